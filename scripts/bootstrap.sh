@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtual environment (.venv) with kfabric and its dev tools.
+# Idempotent: reinstalls only when pyproject.toml changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.kfabric-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "kfabric: installing into .venv (first run takes about a minute)..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 \
+    | grep -v "WARNING: Location" >&2 || true
+  .venv/bin/python -c "import kfabric" # fail loudly if the install did not work
+  touch "$stamp"
+fi

@@ -1,0 +1,3 @@
+"""kfabric: control plane for a national AI compute fabric."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""Domain errors. Each says what is wrong, where, and how to fix it; the edges map them to messages."""
+
+from __future__ import annotations
+
+
+class KfabricError(Exception):
+    """Base of every error kfabric raises on purpose."""
+
+
+class ValidationError(KfabricError):
+    """A value is invalid. ``where`` names the object and field, ``fix`` tells the user what to do."""
+
+    def __init__(self, where: str, problem: str, fix: str = "") -> None:
+        self.where = where
+        self.problem = problem
+        self.fix = fix
+        text = f"{where}: {problem}"
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class TransitionError(KfabricError):
+    """A job state change that the state machine does not allow."""
+
+    def __init__(self, job_id: str, current: str, wanted: str, allowed: tuple[str, ...]) -> None:
+        self.job_id = job_id
+        self.current = current
+        self.wanted = wanted
+        allowed_text = ", ".join(allowed) if allowed else "none (final state)"
+        super().__init__(f"job {job_id}: cannot go from {current} to {wanted}; allowed from {current}: {allowed_text}")
+
+
+def require(condition: bool, where: str, problem: str, fix: str = "") -> None:
+    """Raise :class:`ValidationError` unless ``condition`` holds."""
+    if not condition:
+        raise ValidationError(where, problem, fix)
+
+
+def require_name(value: str, where: str) -> None:
+    """Names are non-empty, have no slash (they form topology paths) and no surrounding spaces."""
+    require(
+        isinstance(value, str) and value != "" and value == value.strip(),
+        where,
+        f"name must be a non-empty string without leading/trailing spaces, got {value!r}",
+        "use a short identifier such as 'nhn-gwangju'",
+    )
+    require("/" not in value, where, f"name {value!r} contains '/'", "names form topology paths; drop the '/'")

@@ -1,0 +1,193 @@
+"""Organizations, projects, programs, applications, reviews and grants (product spec section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from enum import Enum
+
+from kfabric.model.errors import require, require_name
+
+
+class OrgKind(Enum):
+    GOVERNMENT = "government"
+    UNIVERSITY = "university"
+    INSTITUTE = "institute"
+    STARTUP = "startup"
+    ENTERPRISE = "enterprise"
+
+
+class OnExhausted(Enum):
+    """What happens to new work of an expired or exhausted grant."""
+
+    STOP = "stop"
+    SCAVENGER = "scavenger"
+
+
+@dataclass(frozen=True, slots=True)
+class Organization:
+    name: str
+    kind: OrgKind
+    region: str = ""
+    flags: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        require_name(self.name, "organization.name")
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    name: str
+    organization: str
+    members: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        require_name(self.name, "project.name")
+        require_name(self.organization, f"project {self.name!r}.organization")
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramRules:
+    """Rules a program carries, as Korea's GPU programs run them.
+
+    ``per_project_cap`` maps a GPU model class to the most GPUs one project may be granted of it;
+    ``price_factor`` maps an organization kind or flag (e.g. ``youth-startup``) to the fraction of list
+    price charged (0.0 = free, 0.5 = 50% off); the lowest applicable factor wins.
+    """
+
+    eligible_kinds: frozenset[OrgKind] = frozenset(OrgKind)
+    per_project_cap: tuple[tuple[str, int], ...] = ()
+    max_duration_days: int = 365
+    max_job_duration_s: float | None = None
+    price_factor: tuple[tuple[str, float], ...] = ()
+    review_weights: tuple[tuple[str, float], ...] = (("impact", 1.0),)
+    concentration_cap_pct: float = 100.0
+    preferred_regions: frozenset[str] = frozenset()
+    utilization_floor_pct: float = 0.0
+    on_exhausted: OnExhausted = OnExhausted.STOP
+
+    def __post_init__(self) -> None:
+        require(self.max_duration_days >= 1, "program.rules.max_duration_days", "must be >= 1 day")
+        require(
+            self.max_job_duration_s is None or self.max_job_duration_s > 0,
+            "program.rules.max_job_duration_s",
+            "must be > 0 seconds when set",
+        )
+        for key, cap in self.per_project_cap:
+            require(cap >= 1, f"program.rules.per_project_cap.{key}", f"must be >= 1 GPU, got {cap}")
+        for key, factor in self.price_factor:
+            require(
+                0.0 <= factor <= 1.0,
+                f"program.rules.price_factor.{key}",
+                f"must be between 0.0 (free) and 1.0 (list price), got {factor}",
+            )
+        for key, weight in self.review_weights:
+            require(weight >= 0, f"program.rules.review_weights.{key}", f"must be >= 0, got {weight}")
+        require(
+            0 < self.concentration_cap_pct <= 100,
+            "program.rules.concentration_cap_pct",
+            f"must be in (0, 100], got {self.concentration_cap_pct}",
+        )
+        require(
+            0 <= self.utilization_floor_pct <= 100,
+            "program.rules.utilization_floor_pct",
+            f"must be in [0, 100], got {self.utilization_floor_pct}",
+        )
+
+    def cap_for(self, model_class: str) -> int | None:
+        return dict(self.per_project_cap).get(model_class)
+
+    def price_for(self, org: Organization) -> float:
+        factors = dict(self.price_factor)
+        keys = [org.kind.value, *sorted(org.flags)]
+        applicable = [factors[k] for k in keys if k in factors]
+        return min(applicable) if applicable else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    name: str
+    description: str = ""
+    owner: str = ""
+    rules: ProgramRules = field(default_factory=ProgramRules)
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_name(self.name, "program.name")
+        require(self.weight > 0, f"program {self.name!r}.weight", f"must be > 0, got {self.weight}")
+
+
+@dataclass(frozen=True, slots=True)
+class Application:
+    """What an organization asks of a program: GPUs of a model class for some months, and why."""
+
+    id: str
+    program: str
+    organization: str
+    project: str
+    gpu_model_class: str
+    gpus: int
+    months: int
+    justification: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"application {self.id!r}"
+        require(self.gpus >= 1, f"{where}.gpus", f"must be >= 1, got {self.gpus}")
+        require(self.months >= 1, f"{where}.months", f"must be >= 1, got {self.months}")
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    application: str
+    reviewer: str
+    scores: tuple[tuple[str, float], ...]
+
+    def __post_init__(self) -> None:
+        for criterion, score in self.scores:
+            require(
+                0 <= score <= 10,
+                f"review of {self.application!r}.scores.{criterion}",
+                f"must be between 0 and 10, got {score}",
+            )
+
+    def weighted(self, weights: tuple[tuple[str, float], ...]) -> float:
+        w = dict(weights)
+        total = sum(w.values()) or 1.0
+        return sum(score * w.get(c, 0.0) for c, score in self.scores) / total
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A project's entitlement under a program: reserved GPUs of a model class and/or credit in SU-hours."""
+
+    id: str
+    program: str
+    project: str
+    start: date
+    end: date
+    reserved_model: str | None = None
+    reserved_gpus: int = 0
+    credit_su_hours: float = 0.0
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        where = f"grant {self.id!r}"
+        require(self.end > self.start, f"{where}.end", f"end {self.end} must be after start {self.start}")
+        require(self.reserved_gpus >= 0, f"{where}.reserved_gpus", "must be >= 0")
+        require(
+            (self.reserved_gpus == 0) == (self.reserved_model is None),
+            f"{where}.reserved_model",
+            "reserved_model and reserved_gpus go together",
+            "set both (e.g. B200 and 128) or neither",
+        )
+        require(self.credit_su_hours >= 0, f"{where}.credit_su_hours", "must be >= 0")
+        require(
+            self.reserved_gpus > 0 or self.credit_su_hours > 0,
+            where,
+            "grants nothing",
+            "give it reserved_gpus, credit_su_hours, or both",
+        )
+        require(self.weight > 0, f"{where}.weight", f"must be > 0, got {self.weight}")
+
+    def active_on(self, day: date) -> bool:
+        return self.start <= day < self.end

@@ -1,0 +1,309 @@
+"""The capacity index: free GPUs, GPU milli, CPU and memory per node, aggregated up the topology tree.
+
+Struct-of-arrays (numpy) built once from the fleet; a job start or end touches a handful of entries. Every
+change is written to an undo log, so a scheduling cycle can try things ("what if these are preempted?") and
+roll back to a mark for free. Indexes kept up to date on every change:
+
+* per node: whole free GPUs, free milli per GPU, CPU, memory, up/down;
+* per pool: nodes bucketed by whole free GPUs (ordered dicts: deterministic first-in order), with fully free
+  nodes split by whether their rack is still whole, so small jobs fill broken racks first;
+* per rack and scalable unit: fully free nodes and whole free GPUs;
+* per pool: free milli; per site: power drawn by allocated GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from kfabric.model.fleet import Fleet, Sharing
+from kfabric.model.job import MILLI_PER_GPU
+from kfabric.model.sovereignty import Classification
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    index: int
+    name: str
+    model: str
+    su_weight: float
+    site: int
+    cluster: str
+    owner: str
+    sharing: Sharing
+    first_node: int
+    nodes: int
+    gpus_per_node: int
+    nodes_per_rack: int
+    racks_per_unit: int
+    nodes_per_domain: int
+    domain_gpus: int
+    first_rack: int
+    racks: int
+    first_unit: int
+    units: int
+    kw_per_gpu: float
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def node_range(self) -> range:
+        return range(self.first_node, self.first_node + self.nodes)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInfo:
+    index: int
+    name: str
+    certification: str
+    clearance: Classification
+    cap_kw: float
+
+
+class Capacity:
+    """Mutable capacity state with an undo log. Not thread-safe; one cycle at a time."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        sites = {s.name: i for i, s in enumerate(fleet.sites)}
+        self.sites = tuple(
+            SiteInfo(i, s.name, s.certification, s.clearance, s.power_cap_mw * 1000.0)
+            for i, s in enumerate(fleet.sites)
+        )
+        pools: list[PoolInfo] = []
+        node, rack, unit = 0, 0, 0
+        for i, fp in enumerate(fleet.pools):
+            p = fp
+            racks = -(-p.nodes // p.nodes_per_rack)
+            units = -(-racks // p.racks_per_unit)
+            pools.append(
+                PoolInfo(
+                    index=i,
+                    name=p.name,
+                    model=p.gpu_model,
+                    su_weight=fleet.model(p.gpu_model).su_weight,
+                    site=sites[fleet.cluster(p.cluster).site],
+                    cluster=p.cluster,
+                    owner=p.owner,
+                    sharing=p.sharing,
+                    first_node=node,
+                    nodes=p.nodes,
+                    gpus_per_node=p.gpus_per_node,
+                    nodes_per_rack=p.nodes_per_rack,
+                    racks_per_unit=p.racks_per_unit,
+                    nodes_per_domain=p.nodes_per_domain,
+                    domain_gpus=min(p.nvlink_domain_gpus, max(p.gpus_per_node, 1) * p.nodes_per_domain),
+                    first_rack=rack,
+                    racks=racks,
+                    first_unit=unit,
+                    units=units,
+                    kw_per_gpu=p.node_power_kw / max(p.gpus_per_node, 1),
+                )
+            )
+            node, rack, unit = node + p.nodes, rack + racks, unit + units
+        self.pools = tuple(pools)
+        self.pool_by_name = {p.name: p for p in pools}
+        n = node
+        self.n_nodes = n
+        gmax = max((p.gpus_per_node for p in pools), default=0)
+        self.gmax = gmax
+        self.node_pool = np.empty(n, dtype=np.int64)
+        self.node_rack = np.empty(n, dtype=np.int64)
+        self.node_unit = np.empty(n, dtype=np.int64)
+        self.node_gpus = np.empty(n, dtype=np.int64)
+        self.cpu_total = np.empty(n, dtype=np.int64)
+        self.mem_total = np.empty(n, dtype=np.int64)
+        self.rack_size = np.zeros(rack, dtype=np.int64)
+        self.unit_size = np.zeros(unit, dtype=np.int64)
+        for info, fp in zip(pools, fleet.pools, strict=True):
+            sl = slice(info.first_node, info.first_node + info.nodes)
+            local = np.arange(info.nodes)
+            self.node_pool[sl] = info.index
+            self.node_rack[sl] = info.first_rack + local // info.nodes_per_rack
+            self.node_unit[sl] = info.first_unit + (local // info.nodes_per_rack) // info.racks_per_unit
+            self.node_gpus[sl] = info.gpus_per_node
+            self.cpu_total[sl] = fp.cpu_milli_per_node
+            self.mem_total[sl] = fp.memory_mib_per_node
+        np.add.at(self.rack_size, self.node_rack, 1)
+        np.add.at(self.unit_size, self.node_unit, 1)
+        self.unit_pool = np.zeros(unit, dtype=np.int64)
+        self.unit_pool[self.node_unit] = self.node_pool
+        # dynamic state; every node starts down (offline) until its pool is brought online
+        self.milli = np.full((n, max(gmax, 1)), -1, dtype=np.int64)
+        for info in pools:
+            self.milli[info.first_node : info.first_node + info.nodes, : info.gpus_per_node] = MILLI_PER_GPU
+        self.whole = self.node_gpus.copy()
+        self.cpu_free = self.cpu_total.copy()
+        self.mem_free = self.mem_total.copy()
+        self.up = np.zeros(n, dtype=bool)
+        self.rack_full = np.zeros(rack, dtype=np.int64)
+        self.unit_full = np.zeros(unit, dtype=np.int64)
+        self.rack_gpus = np.zeros(rack, dtype=np.int64)
+        self.unit_gpus = np.zeros(unit, dtype=np.int64)
+        self.pool_milli = np.zeros(len(pools), dtype=np.int64)
+        self.pool_up_milli = np.zeros(len(pools), dtype=np.int64)
+        self.site_kw = np.zeros(len(self.sites), dtype=np.float64)
+        self.buckets: list[list[dict[int, None]]] = [[{} for _ in range(q.gpus_per_node + 1)] for q in pools]
+        self.fresh: list[dict[int, None]] = [{} for _ in pools]
+        self._log: list[tuple[int, int, tuple[int, ...], int, int, int]] = []
+        self.logging = False
+        # bucket order is part of the state (best fit takes the first node in a bucket), so a rollback puts
+        # every dict back in its order: a dict's keys are saved on its first change after each mark
+        self._orders: list[tuple[int, dict[int, None], list[int]]] = []
+        self._order_epoch = 0
+        self._order_saved: dict[int, int] = {}
+
+    # ---- queries -------------------------------------------------------------------------------------------
+    def node_full(self, node: int) -> bool:
+        return bool(self.up[node]) and int(self.whole[node]) == int(self.node_gpus[node])
+
+    def rack_whole(self, rack: int) -> bool:
+        return int(self.rack_full[rack]) == int(self.rack_size[rack])
+
+    def free_gpus_on(self, node: int) -> list[int]:
+        """Indices of the node's GPUs that are entirely free, lowest first."""
+        row = self.milli[node]
+        return [g for g in range(int(self.node_gpus[node])) if row[g] == MILLI_PER_GPU]
+
+    def node_name(self, node: int) -> str:
+        p = self.pools[int(self.node_pool[node])]
+        return f"{p.name}-n{node - p.first_node:05d}"
+
+    # ---- changes (logged) ----------------------------------------------------------------------------------
+    def mark(self) -> int:
+        self._order_epoch += 1
+        return len(self._log)
+
+    def rollback(self, mark: int) -> None:
+        while len(self._log) > mark:
+            op, node, gpus, milli, cpu, mem = self._log.pop()
+            was = self.logging
+            self.logging = False
+            if op == _TAKE:
+                self._apply(node, gpus, -milli, -cpu, -mem)
+            elif op == _GIVE:
+                self._apply(node, gpus, milli, cpu, mem)
+            else:
+                self.set_up(node, op == _DOWN)
+            self.logging = was
+        # each dict goes back to the order it had at its first change after the mark (the earliest save)
+        earliest: dict[int, tuple[dict[int, None], list[int]]] = {}
+        while self._orders and self._orders[-1][0] >= mark:
+            _, bucket, keys = self._orders.pop()
+            earliest[id(bucket)] = (bucket, keys)
+            self._order_saved.pop(id(bucket), None)
+        for bucket, keys in earliest.values():
+            bucket.clear()
+            bucket.update(dict.fromkeys(keys))
+
+    def forget(self) -> None:
+        """Make every logged change permanent."""
+        self._log.clear()
+        self._orders.clear()
+        self._order_saved.clear()
+
+    def take(self, node: int, gpus: tuple[int, ...], milli: int, cpu: int, mem: int) -> None:
+        self._apply(node, gpus, milli, cpu, mem)
+        if self.logging:
+            self._log.append((_TAKE, node, gpus, milli, cpu, mem))
+
+    def give(self, node: int, gpus: tuple[int, ...], milli: int, cpu: int, mem: int) -> None:
+        self._apply(node, gpus, -milli, -cpu, -mem)
+        if self.logging:
+            self._log.append((_GIVE, node, gpus, milli, cpu, mem))
+
+    def set_up(self, node: int, up: bool) -> None:
+        if bool(self.up[node]) == up:
+            return
+        self._unindex(node)
+        self.up[node] = up
+        self._index(node)
+        if self.logging:
+            self._log.append((_UP if up else _DOWN, node, (), 0, 0, 0))
+
+    def set_pool_online(self, pool: int, online: bool) -> None:
+        for node in self.pools[pool].node_range:
+            self.set_up(node, online)
+
+    def _apply(self, node: int, gpus: tuple[int, ...], milli: int, cpu: int, mem: int) -> None:
+        self._unindex(node)
+        row = self.milli[node]
+        for g in gpus:
+            row[g] -= milli
+        self.cpu_free[node] -= cpu
+        self.mem_free[node] -= mem
+        self.whole[node] = int(np.count_nonzero(row[: self.node_gpus[node]] == MILLI_PER_GPU))
+        p = self.pools[int(self.node_pool[node])]
+        self.site_kw[p.site] += p.kw_per_gpu * milli * len(gpus) / MILLI_PER_GPU
+        self._index(node)
+
+    def _save_order(self, bucket: dict[int, None]) -> None:
+        """Remember a dict's order before its first change after the latest mark (see :meth:`rollback`)."""
+        if self.logging and self._order_saved.get(id(bucket)) != self._order_epoch:
+            self._order_saved[id(bucket)] = self._order_epoch
+            self._orders.append((len(self._log), bucket, list(bucket)))
+
+    def _unindex(self, node: int) -> None:
+        self._count(node, -1)
+
+    def _index(self, node: int) -> None:
+        self._count(node, +1)
+
+    def _count(self, node: int, sign: int) -> None:
+        """Add (sign=+1) or remove (sign=-1) a node's contribution to every aggregate and bucket."""
+        if not self.up[node]:
+            return
+        pi = int(self.node_pool[node])
+        p = self.pools[pi]
+        rack, unit = int(self.node_rack[node]), int(self.node_unit[node])
+        whole = int(self.whole[node])
+        full = whole == p.gpus_per_node
+        row = self.milli[node, : p.gpus_per_node]
+        self.pool_milli[pi] += sign * int(row.sum())
+        self.pool_up_milli[pi] += sign * p.gpus_per_node * MILLI_PER_GPU
+        self.rack_gpus[rack] += sign * whole
+        self.unit_gpus[unit] += sign * whole
+        buckets = self.buckets[pi]
+        if not full:
+            self._save_order(buckets[whole])
+            if sign > 0:
+                buckets[whole][node] = None
+            else:
+                del buckets[whole][node]
+            return
+        rack_was_whole = self.rack_whole(rack)
+        if sign > 0:
+            self.rack_full[rack] += 1
+            self.unit_full[unit] += 1
+        else:
+            self.rack_full[rack] -= 1
+            self.unit_full[unit] -= 1
+        rack_is_whole = self.rack_whole(rack)
+        target = self.fresh[pi] if (rack_is_whole if sign > 0 else rack_was_whole) else buckets[whole]
+        self._save_order(target)
+        if sign > 0:
+            target[node] = None
+        else:
+            del target[node]
+        if rack_was_whole != rack_is_whole:
+            self._move_rack(p, rack, node, to_fresh=rack_is_whole)
+
+    def _move_rack(self, p: PoolInfo, rack: int, skip: int, to_fresh: bool) -> None:
+        """A rack became whole (or stopped being whole): move its other fully free nodes between dicts."""
+        full_bucket = self.buckets[p.index][p.gpus_per_node]
+        src, dst = (full_bucket, self.fresh[p.index]) if to_fresh else (self.fresh[p.index], full_bucket)
+        self._save_order(src)
+        self._save_order(dst)
+        start = p.first_node + (rack - p.first_rack) * p.nodes_per_rack
+        for n in range(start, min(start + p.nodes_per_rack, p.first_node + p.nodes)):
+            if n != skip and n in src:
+                del src[n]
+                dst[n] = None
+
+
+_TAKE, _GIVE, _UP, _DOWN = 0, 1, 2, 3

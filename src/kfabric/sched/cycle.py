@@ -1,0 +1,587 @@
+"""One scheduling cycle: ``cycle(snapshot, pending, policy, now) -> Decision``. Pure: the snapshot is left
+exactly as found (every trial change is rolled back), and the same inputs give the same decision.
+
+Steps:
+ 1. fair-share factors and ordering keys for the whole queue (vectorized), one stable sort;
+ 2. walk the queue in order; per equivalence class, the pools it may ever use (models, sovereignty,
+    ownership, topology, online); per job, grant and program rules;
+ 3. place the job (non-borrowed pools first), honouring power caps, borrow limits and, with backfill, every
+    reservation made so far (availability profiles);
+ 4. if it does not fit: try preemption (priority class, quota reclaim) as an undoable trial;
+ 5. otherwise give it a reservation (while the policy allows more) or a reason, and mark its class as
+    failed so the rest of that class is skipped in O(1);
+ 6. stop early once every class in the queue has failed; everything left gets its class's reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from kfabric.model.decision import Admission, Decision, Placement, Preemption, Reservation
+from kfabric.model.fleet import Sharing
+from kfabric.model.job import MILLI_PER_GPU, Job, PriorityClass
+from kfabric.model.reasons import PendingReason, ReasonCode
+from kfabric.model.tenancy import OnExhausted
+from kfabric.sched import fairshare
+from kfabric.sched.eligibility import Eligibility, eligible_pools, placement_rule
+from kfabric.sched.ordering import OrderContext, order
+from kfabric.sched.placement import PlaceRequest
+from kfabric.sched.policy import Policy
+from kfabric.sched.profile import Profile
+from kfabric.sched.queue import PendingQueue
+from kfabric.sched.reasons import PendingReasons
+from kfabric.sched.registry import ORDERINGS, PLACEMENTS
+from kfabric.sched.snapshot import RunningJob, Snapshot
+
+#: default host resources a GPU brings along when a job does not ask for CPU/memory explicitly
+CPU_MILLI_PER_GPU = 4_000
+MEMORY_MIB_PER_GPU = 32_768
+#: victims considered per preemption attempt (cheapest first)
+VICTIM_CANDIDATES = 512
+
+
+def cycle(snapshot: Snapshot, pending: PendingQueue, policy: Policy, now_s: float) -> Decision:
+    cap = snapshot.capacity
+    was_logging = cap.logging
+    cap.logging = True
+    mark = cap.mark()
+    try:
+        return _Cycle(snapshot, pending, policy, now_s).run()
+    finally:
+        cap.rollback(mark)
+        cap.logging = was_logging
+
+
+@dataclass(frozen=True, slots=True)
+class _VictimTable:
+    runs: list[RunningJob]
+    priority: np.ndarray
+    borrowed: np.ndarray
+    start_s: np.ndarray
+    lost: np.ndarray
+
+
+@dataclass(slots=True)
+class _PoolChoice:
+    pool: int
+    borrowed: bool
+    guaranteed: bool
+
+
+class _Cycle:
+    def __init__(self, snap: Snapshot, q: PendingQueue, policy: Policy, now_s: float) -> None:
+        self.snap, self.q, self.policy, self.now = snap, q, policy, now_s
+        self.cap = snap.capacity
+        self.place = PLACEMENTS[policy.placement]
+        self.admissions: list[Admission] = []
+        self.preemptions: list[Preemption] = []
+        self.reservations: list[Reservation] = []
+        self.victims: set[str] = set()
+        self.own = defaultdict(float, snap.own_gpus)
+        self.shared_used = defaultdict(float, snap.shared_used)
+        self.borrowed = defaultdict(float, snap.borrowed_gpus)
+        self.profiles: dict[int, Profile] = {}
+        self.cycle_releases: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        self.blocked_pools: set[int] = set()
+        self.reservations_left = (
+            0
+            if policy.backfill == "none"
+            else policy.reservations
+            if policy.backfill == "easy"
+            else policy.bf_max_job_test
+        )
+        self.any_reservation = False
+        self._running_by_pool: dict[int, list[RunningJob]] | None = None
+        self._victim_tables: dict[int, _VictimTable] = {}
+        self.preemption_tries = policy.max_preemption_attempts
+        self.task_types: tuple[tuple[int, int, float], ...] = ()
+        self.unreserved = self._unreserved()
+        self.borrow_limit = policy.borrow_limit_pct / 100.0 * float(self.cap.pool_up_milli.sum()) / MILLI_PER_GPU
+        self._reserved: dict[tuple[str, str], int] = {}
+
+    # ---- 1. order ------------------------------------------------------------------------------------------
+    def _keys(self) -> np.ndarray:
+        w = self.policy.weights
+        total_milli = float(self.cap.pool_up_milli.sum())
+        ctx = OrderContext(
+            now_s=self.now,
+            fairshare=fairshare.factors(self.snap.tenants, self.snap.usage_su) if self.snap.tenants else {},
+            estimator=self.snap.estimator,
+            attained_gpu_s=self.snap.attained_gpu_s,
+            weights_priority_class=w.priority_class,
+            weights_fairshare=w.fairshare,
+            weights_age=w.age,
+            weights_size=w.size,
+            max_age_s=w.max_age_s,
+            favor_small=w.favor_small,
+            total_milli=total_milli,
+            las_thresholds_gpu_s=self.policy.las_thresholds_gpu_s,
+            starvation_age_s=self.policy.starvation_age_s,
+        )
+        return ORDERINGS[self.policy.ordering](self.q, ctx)
+
+    def run(self) -> Decision:
+        q = self.q
+        rows = order(q, self._keys())
+        jobs = q.rows()
+        klass = q.arrays()["klass"].astype(np.int64)
+        if self.policy.placement == "fgd":
+            self.task_types = self._task_types(klass[rows])
+        live_classes = len(np.unique(klass[rows])) if rows.size else 0
+        class_reason: dict[int, int] = {}
+        eligibility: dict[int, Eligibility] = {}
+        reasons: list[PendingReason] = []
+        reason_ids: dict[PendingReason, int] = {}
+        pending_ids: list[str] = []
+        pending_idx: list[int] = []
+        examined = 0
+
+        def note(job_id: str, reason: PendingReason) -> None:
+            idx = reason_ids.get(reason)
+            if idx is None:
+                idx = reason_ids[reason] = len(reasons)
+                reasons.append(reason)
+            pending_ids.append(job_id)
+            pending_idx.append(idx)
+
+        stop_at = len(rows)
+        for pos in range(len(rows)):
+            r = int(rows[pos])
+            job = jobs[r]
+            assert job is not None
+            k = int(klass[r])
+            if k in class_reason:
+                pending_ids.append(job.id)
+                pending_idx.append(class_reason[k])
+                continue
+            if len(class_reason) >= live_classes or examined >= self.policy.bf_max_job_test:
+                stop_at = pos
+                break
+            examined += 1
+            elig = eligibility.get(k)
+            if elig is None:
+                affiliation = str(q.class_keys[k][-1])
+                elig = eligibility[k] = eligible_pools(self.cap, job, affiliation)
+            if elig.reason is not None:
+                note(job.id, elig.reason)
+                class_reason[k] = pending_idx[-1]
+                continue
+            outcome = self._schedule(job, elig.pools)
+            if outcome is None:
+                continue
+            reason, class_failed = outcome
+            note(job.id, reason)
+            if class_failed:
+                class_reason[k] = reason_ids[self._class_reason(reason, reasons, reason_ids)]
+        limit = PendingReason(
+            ReasonCode.CYCLE_LIMIT, "not examined in this cycle (the scheduler's per-cycle bound); retried next cycle"
+        )
+        for pos in range(stop_at, len(rows)):
+            r = int(rows[pos])
+            job = jobs[r]
+            assert job is not None
+            k = int(klass[r])
+            if k in class_reason:
+                pending_ids.append(job.id)
+                pending_idx.append(class_reason[k])
+            else:
+                note(job.id, limit)
+        return Decision(
+            admissions=tuple(self.admissions),
+            preemptions=tuple(self.preemptions),
+            reservations=tuple(self.reservations),
+            pending=PendingReasons(pending_ids, pending_idx, reasons),
+        )
+
+    def _class_reason(
+        self, reason: PendingReason, reasons: list[PendingReason], ids: dict[PendingReason, int]
+    ) -> PendingReason:
+        """Jobs of a failed class behind a reservation wait for it; the reason they get says so."""
+        if reason.code == ReasonCode.RESERVATION:
+            reason = PendingReason(
+                ReasonCode.PRIORITY,
+                "waiting behind higher-priority jobs of the same shape that hold reservations on the capacity",
+            )
+        if reason not in ids:
+            ids[reason] = len(reasons)
+            reasons.append(reason)
+        return reason
+
+    # ---- 2-5. one job ----------------------------------------------------------------------------------------
+    def _schedule(self, job: Job, pools: tuple[int, ...]) -> tuple[PendingReason, bool] | None:
+        """Admit the job (None) or say why not and whether its whole class is blocked for this cycle."""
+        rule_block = self._rules(job)
+        if rule_block is not None:
+            return rule_block, False
+        scavenger = self._scavenger(job)
+        choices, quota_reason, power_reason = self._choices(job, pools, scavenger)
+        if not choices:
+            reason = quota_reason or power_reason
+            if reason is None:  # every pool is held for reservations over this job's time limit
+                reason = PendingReason(
+                    ReasonCode.PRIORITY,
+                    "starting now would delay jobs ahead of it that hold reservations; a shorter --time may backfill",
+                )
+            return reason, False
+        placed = self._try_place(job, choices)
+        if placed is not None:
+            self._admit(job, placed[0], placed[1], self.now)
+            return None
+        if self._try_preempt(job, choices):
+            return None
+        milli = job.gpu_milli_total
+        if self.policy.backfill == "none":
+            self.blocked_pools.update(c.pool for c in choices)
+        if self.reservations_left > 0:
+            reservation = self._reserve(job, choices, milli)
+            if reservation is not None:
+                return reservation, True
+        if self.any_reservation:
+            return (
+                PendingReason(
+                    ReasonCode.PRIORITY,
+                    "waiting behind higher-priority jobs that hold reservations on the capacity it needs",
+                ),
+                True,
+            )
+        models = sorted({self.cap.pools[c.pool].model for c in choices})
+        return (
+            PendingReason(
+                ReasonCode.RESOURCES,
+                f"waiting for {job.whole_gpus:g} free GPU(s) of {', '.join(models)} in a shape that fits "
+                f"(min topology: {job.min_topology.name.lower()}); none free now",
+            ),
+            True,
+        )
+
+    def _rules(self, job: Job) -> PendingReason | None:
+        grants = self.snap.grants
+        if not grants:
+            return None
+        grant = grants.get(job.grant) if job.grant else None
+        if grant is None:
+            active = [g for g in self.snap.grants_by_project.get(job.project, ()) if g.start_s <= self.now]
+            grant = active[-1] if active else None
+        if grant is None:
+            return PendingReason(
+                ReasonCode.NO_GRANT, f"project {job.project} has no grant that covers this job; apply to a program"
+            )
+        if grant.max_job_duration_s is not None and job.time_limit_s > grant.max_job_duration_s:
+            return PendingReason(
+                ReasonCode.MAX_DURATION,
+                f"time limit {job.time_limit_s / 3600:g} h exceeds the program's maximum of "
+                f"{grant.max_job_duration_s / 3600:g} h; lower --time",
+            )
+        if grant.on_exhausted == OnExhausted.STOP:
+            if grant.end_s <= self.now:
+                return PendingReason(
+                    ReasonCode.GRANT_EXPIRED, f"grant {grant.id} has expired; ask the program for a renewal"
+                )
+            if grant.credit_left_su is not None and grant.credit_left_su <= 0:
+                return PendingReason(
+                    ReasonCode.CREDIT_EXHAUSTED, f"grant {grant.id} has no service-unit credit left; top it up"
+                )
+        return None
+
+    def _scavenger(self, job: Job) -> bool:
+        if job.priority == PriorityClass.SCAVENGER:
+            return True
+        for g in self.snap.grants_by_project.get(job.project, ()):
+            if g.on_exhausted == OnExhausted.SCAVENGER and (
+                g.end_s <= self.now or (g.credit_left_su is not None and g.credit_left_su <= 0)
+            ):
+                return True
+        return False
+
+    def _choices(
+        self, job: Job, pools: tuple[int, ...], scavenger: bool
+    ) -> tuple[list[_PoolChoice], PendingReason | None, PendingReason | None]:
+        """Pools the job may use now, non-borrowed first, with why the others are excluded."""
+        tenant = self.snap.tenants.get(job.project)
+        affiliation = tenant.affiliation if tenant else ""
+        gpus = job.whole_gpus
+        own_first: list[_PoolChoice] = []
+        borrow: list[_PoolChoice] = []
+        quota_reason = power_reason = None
+        cap = self.cap
+        for pi in pools:
+            p = cap.pools[pi]
+            if pi in self.blocked_pools:
+                continue
+            site = cap.sites[p.site]
+            if cap.site_kw[p.site] + gpus * p.kw_per_gpu > site.cap_kw + 1e-9:
+                power_reason = PendingReason(
+                    ReasonCode.POWER_CAP,
+                    f"site {site.name} is at its power cap ({site.cap_kw / 1000:g} MW); waiting for power headroom",
+                )
+                continue
+            guaranteed = False
+            if p.sharing == Sharing.SHARED and not scavenger:
+                reserved = self._reserved_for(job.project, p.model)
+                if reserved and self.own[(job.project, p.model)] + gpus <= reserved:
+                    guaranteed = True
+                    borrowed = False
+                else:
+                    borrowed = self.shared_used[p.model] + gpus > self.unreserved.get(p.model, 0.0)
+            else:
+                borrowed = scavenger or p.owner != affiliation
+            if borrowed:
+                if not job.preemptible:
+                    quota_reason = PendingReason(
+                        ReasonCode.QUOTA,
+                        "only borrowed capacity is free and non-preemptible jobs cannot borrow; "
+                        "mark the job preemptible or wait for entitled capacity",
+                    )
+                    continue
+                limit = self.borrow_limit
+                if self.borrowed[job.project] + gpus > limit:
+                    quota_reason = PendingReason(
+                        ReasonCode.QUOTA,
+                        f"project {job.project} already borrows {self.borrowed[job.project]:g} GPUs "
+                        f"(limit {limit:g}); waiting for its own work to finish",
+                    )
+                    continue
+            (borrow if borrowed else own_first).append(_PoolChoice(pi, borrowed, guaranteed))
+        return own_first + borrow, quota_reason, power_reason
+
+    def _try_place(self, job: Job, choices: list[_PoolChoice]) -> tuple[Placement, _PoolChoice] | None:
+        """Place on non-borrowed pools first. A pool holding reservations takes the job only if its
+        availability profile holds it over the whole time limit (backfill never delays a reservation)."""
+        by_pool = {c.pool: c for c in choices}
+        for borrowed in (False, True):
+            group = [c.pool for c in choices if c.borrowed == borrowed]
+            while group:
+                req = PlaceRequest(job, group, CPU_MILLI_PER_GPU, MEMORY_MIB_PER_GPU, task_types=self.task_types)
+                placement = self.place(self.cap, req)
+                if placement is None:
+                    break
+                pool = self.cap.pool_by_name[placement.pool].index
+                profile = self.profiles.get(pool)
+                if (
+                    profile is None
+                    or not profile.reserved
+                    or profile.fits(self.now, job.time_limit_s, job.gpu_milli_total)
+                ):
+                    return placement, by_pool[pool]
+                group = [g for g in group if g != pool]
+        return None
+
+    def _admit(self, job: Job, placement: Placement, choice: _PoolChoice, start_s: float) -> None:
+        cap = self.cap
+        for s in placement.shares:
+            cap.take(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+        p = cap.pools[choice.pool]
+        gpus = job.whole_gpus
+        if choice.guaranteed:
+            self.own[(job.project, p.model)] += gpus
+        elif choice.borrowed:
+            self.borrowed[job.project] += gpus
+        elif p.sharing == Sharing.SHARED:
+            self.shared_used[p.model] += gpus
+        profile = self.profiles.get(choice.pool)
+        if profile is not None:
+            profile.take(start_s, job.time_limit_s, job.gpu_milli_total)
+        else:
+            self.cycle_releases[choice.pool].append((start_s + job.time_limit_s, float(job.gpu_milli_total)))
+        self.admissions.append(
+            Admission(
+                job_id=job.id,
+                placement=placement,
+                start_at_s=start_s,
+                borrowed=choice.borrowed,
+                rule=placement_rule(cap, choice.pool, job),
+                backfilled=self.any_reservation,
+            )
+        )
+
+    # ---- 4. preemption ---------------------------------------------------------------------------------------
+    def _running_on(self, pool: int) -> list[RunningJob]:
+        if self._running_by_pool is None:
+            index: dict[int, list[RunningJob]] = defaultdict(list)
+            for run in self.snap.running.values():
+                index[self.cap.pool_by_name[run.placement.pool].index].append(run)
+            self._running_by_pool = dict(index)
+        return self._running_by_pool.get(pool, [])
+
+    def _claims(self, job: Job, pool: int) -> bool:
+        """May the job reclaim borrowed capacity in this pool (its reservation, or its owner's pool)?"""
+        p = self.cap.pools[pool]
+        tenant = self.snap.tenants.get(job.project)
+        if p.sharing == Sharing.LENDABLE:
+            return tenant is not None and tenant.affiliation == p.owner
+        reserved = self._reserved_for(job.project, p.model)
+        return reserved > 0 and self.own[(job.project, p.model)] + job.whole_gpus <= reserved
+
+    def _victim_table(self, pool: int) -> _VictimTable:
+        table = self._victim_tables.get(pool)
+        if table is None:
+            runs = [r for r in self._running_on(pool) if r.job.preemptible]
+            table = self._victim_tables[pool] = _VictimTable(
+                runs=runs,
+                priority=np.fromiter((int(r.job.priority) for r in runs), dtype=np.int64, count=len(runs)),
+                borrowed=np.fromiter((r.borrowed for r in runs), dtype=bool, count=len(runs)),
+                start_s=np.fromiter((r.start_s for r in runs), dtype=np.float64, count=len(runs)),
+                lost=np.fromiter((r.lost_work_gpu_s(self.now) for r in runs), dtype=np.float64, count=len(runs)),
+            )
+        return table
+
+    def _victims(self, job: Job, choices: list[_PoolChoice]) -> list[RunningJob]:
+        """Preemptible running work the job may displace, cheapest first: borrowed work, then the least work
+        lost since the last checkpoint. Jobs younger than the minimum run time are never chosen."""
+        pol = self.policy
+        picked: list[tuple[bool, float, str, RunningJob]] = []
+        for c in choices:
+            t = self._victim_table(c.pool)
+            if not t.runs:
+                continue
+            allowed = np.zeros(len(t.runs), dtype=bool)
+            if pol.preempt_by_priority:
+                allowed |= t.priority < int(job.priority)
+            if pol.reclaim and self._claims(job, c.pool):
+                allowed |= t.borrowed
+            allowed &= (self.now - t.start_s) >= pol.min_run_s
+            idx = np.flatnonzero(allowed)
+            if idx.size > VICTIM_CANDIDATES:
+                cost = np.where(t.borrowed[idx], 0.0, 1e18) + t.lost[idx]
+                idx = idx[np.argsort(cost, kind="stable")[:VICTIM_CANDIDATES]]
+            for i in idx.tolist():
+                run = t.runs[i]
+                if run.job.id not in self.victims:
+                    picked.append((not run.borrowed, float(t.lost[i]), run.job.id, run))
+        picked.sort(key=lambda x: x[:3])
+        return [x[3] for x in picked[:VICTIM_CANDIDATES]]
+
+    def _try_preempt(self, job: Job, choices: list[_PoolChoice]) -> bool:
+        if self.preemption_tries <= 0 or job.priority == PriorityClass.SCAVENGER:
+            return False
+        pol = self.policy
+        if not pol.preempt_by_priority and not pol.reclaim:
+            return False
+        victims = self._victims(job, choices)
+        if not victims:
+            return False
+        self.preemption_tries -= 1
+        cap = self.cap
+        mark = cap.mark()
+        freed: list[RunningJob] = []
+        need = job.gpu_milli_total
+        for run in victims:
+            for s in run.placement.shares:
+                cap.give(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+            freed.append(run)
+            pool = cap.pool_by_name[run.placement.pool].index
+            if cap.pool_milli[pool] < need:
+                continue
+            placed = self._try_place(job, choices)
+            if placed is None:
+                continue
+            kept = self._minimize(freed, placed[0])
+            for run_v in kept:
+                self.victims.add(run_v.job.id)
+                self._uncount(run_v)
+                self.preemptions.append(
+                    Preemption(
+                        job_id=run_v.job.id,
+                        by_job=job.id,
+                        reason="quota reclaim" if run_v.borrowed else "higher priority class",
+                        grace_s=pol.grace_s,
+                    )
+                )
+            self._admit(job, placed[0], placed[1], self.now + pol.grace_s)
+            return True
+        cap.rollback(mark)
+        return False
+
+    def _minimize(self, freed: list[RunningJob], placement: Placement) -> list[RunningJob]:
+        """Give back victims whose GPUs the new placement does not use (most recently chosen first)."""
+        used = {(s.node, g) for s in placement.shares for g in s.gpus}
+        cap = self.cap
+        kept: list[RunningJob] = []
+        for run in reversed(freed):
+            overlap = any((s.node, g) in used for s in run.placement.shares for g in s.gpus)
+            host_ok = all(
+                cap.cpu_free[s.node] >= s.cpu_milli and cap.mem_free[s.node] >= s.memory_mib
+                for s in run.placement.shares
+            )
+            if overlap or not host_ok:
+                kept.append(run)
+                continue
+            for s in run.placement.shares:
+                cap.take(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+        return list(reversed(kept))
+
+    def _uncount(self, run: RunningJob) -> None:
+        p = self.cap.pool_by_name[run.placement.pool]
+        if run.guaranteed:
+            self.own[(run.job.project, p.model)] -= run.gpus
+        elif run.borrowed:
+            self.borrowed[run.job.project] -= run.gpus
+        elif p.sharing == Sharing.SHARED:
+            self.shared_used[p.model] -= run.gpus
+
+    # ---- 5. reservations -------------------------------------------------------------------------------------
+    def _profile(self, pool: int) -> Profile:
+        profile = self.profiles.get(pool)
+        if profile is None:
+            releases = [
+                (run.expected_end_s, float(run.placement.gpu_milli_total))
+                for run in self._running_on(pool)
+                if run.job.id not in self.victims
+            ]
+            releases.extend(self.cycle_releases.pop(pool, ()))
+            profile = self.profiles[pool] = Profile(self.now, float(self.cap.pool_milli[pool]), releases)
+        return profile
+
+    def _reserve(self, job: Job, choices: list[_PoolChoice], milli: int) -> PendingReason | None:
+        best: tuple[float, int] | None = None
+        for c in choices:
+            t = self._profile(c.pool).earliest(self.now, job.time_limit_s, milli, strictly_after=True)
+            if t is not None and (best is None or t < best[0]):
+                best = (t, c.pool)
+        if best is None:
+            return None
+        start, pool = best
+        profile = self.profiles[pool]
+        profile.take(start, job.time_limit_s, milli)
+        profile.reserved = True
+        self.any_reservation = True
+        self.reservations_left -= 1
+        name = self.cap.pools[pool].name
+        self.reservations.append(Reservation(job.id, name, start))
+        return PendingReason(
+            ReasonCode.RESERVATION,
+            f"capacity is reserved for it on pool {name}; expected to start by t={start:.0f}s at the latest "
+            "(running jobs' time limits bound it)",
+            expected_start_s=start,
+        )
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+    def _reserved_for(self, project: str, model: str) -> int:
+        key = (project, model)
+        got = self._reserved.get(key)
+        if got is None:
+            got = self._reserved[key] = self.snap.reserved(project, model, self.now)
+        return got
+
+    def _unreserved(self) -> dict[str, float]:
+        """GPUs per model in shared pools that no active grant reserves (the national pool)."""
+        cap = self.cap
+        total: dict[str, float] = defaultdict(float)
+        for p in cap.pools:
+            if p.sharing == Sharing.SHARED:
+                total[p.model] += float(cap.pool_up_milli[p.index]) / MILLI_PER_GPU
+        for g in self.snap.grants.values():
+            if g.reserved_model and g.start_s <= self.now < g.end_s:
+                total[g.reserved_model] -= g.reserved_gpus
+        return dict(total)
+
+    def _task_types(self, klass_rows: np.ndarray) -> tuple[tuple[int, int, float], ...]:
+        counts: Counter[tuple[int, int]] = Counter()
+        for k, n in zip(*np.unique(klass_rows, return_counts=True), strict=True):
+            key = self.q.class_keys[int(k)]
+            counts[(int(key[1]), int(key[0]))] += int(n)  # type: ignore[call-overload]
+        total = sum(counts.values()) or 1
+        return tuple((m, g, n / total) for (m, g), n in sorted(counts.items()))

@@ -1,0 +1,115 @@
+"""The pending queue with column arrays, kept incrementally so a cycle never rebuilds them from objects.
+
+Jobs join with ``add`` and leave with ``remove``; removed rows are tombstoned and compacted in bulk. Every job
+gets an equivalence class: jobs of one class (same shape, models, topology, classification, CPU/memory and
+owner affiliation) fit or fail to fit in the same way, so a cycle can skip a class once one of its jobs failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+
+from kfabric.model.job import Job
+
+ShapeKey = tuple[object, ...]
+
+
+def shape_key(job: Job, affiliation: str) -> ShapeKey:
+    return (
+        job.gpus,
+        job.gpu_milli,
+        job.nodes,
+        job.gpus_per_node,
+        job.gpu_models,
+        int(job.min_topology),
+        int(job.classification),
+        job.cpu_milli,
+        job.memory_mib,
+        affiliation,
+    )
+
+
+class PendingQueue:
+    def __init__(self) -> None:
+        self._jobs: list[Job | None] = []
+        self._row: dict[str, int] = {}
+        self._project_ids: dict[str, int] = {}
+        self.projects: list[str] = []
+        self._class_ids: dict[ShapeKey, int] = {}
+        self.class_keys: list[ShapeKey] = []
+        self._cols = np.zeros((len(_COLUMNS), 1024), dtype=np.float64)
+        self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._row
+
+    def __iter__(self) -> Iterator[Job]:
+        return (j for j in self._jobs if j is not None)
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs[self._row[job_id]]
+        assert job is not None
+        return job
+
+    def add(self, job: Job, affiliation: str = "") -> None:
+        if job.id in self._row:
+            raise ValueError(f"job {job.id} is already pending")
+        pid = self._project_ids.setdefault(job.project, len(self._project_ids))
+        if pid == len(self.projects):
+            self.projects.append(job.project)
+        key = shape_key(job, affiliation)
+        cid = self._class_ids.setdefault(key, len(self._class_ids))
+        if cid == len(self.class_keys):
+            self.class_keys.append(key)
+        row = len(self._jobs)
+        if row == self._cols.shape[1]:
+            self._cols = np.concatenate([self._cols, np.zeros_like(self._cols)], axis=1)
+        self._row[job.id] = row
+        self._jobs.append(job)
+        self._cols[:, row] = (
+            job.submit_s,
+            float(job.priority),
+            float(job.gpu_milli_total),
+            job.time_limit_s,
+            float(pid),
+            float(cid),
+            1.0,
+        )
+
+    def remove(self, job_id: str) -> Job:
+        row = self._row.pop(job_id)
+        job = self._jobs[row]
+        assert job is not None
+        self._jobs[row] = None
+        self._cols[_ALIVE, row] = 0.0
+        self._dead += 1
+        if self._dead > 1024 and self._dead * 2 > len(self._jobs):
+            self._compact()
+        return job
+
+    def _compact(self) -> None:
+        keep = [i for i, j in enumerate(self._jobs) if j is not None]
+        self._jobs = [self._jobs[i] for i in keep]
+        cols = np.zeros((len(_COLUMNS), max(1024, 2 * len(keep))), dtype=np.float64)
+        cols[:, : len(keep)] = self._cols[:, keep]
+        self._cols = cols
+        self._row = {j.id: i for i, j in enumerate(self._jobs) if j is not None}
+        self._dead = 0
+
+    def rows(self) -> list[Job | None]:
+        """Jobs by row (None where removed); rows line up with :meth:`arrays`."""
+        return self._jobs
+
+    def arrays(self) -> dict[str, npt.NDArray[np.float64]]:
+        n = len(self._jobs)
+        return {name: self._cols[i, :n] for i, name in enumerate(_COLUMNS)}
+
+
+_COLUMNS = ("submit_s", "priority", "milli", "time_limit_s", "project", "klass", "alive")
+_ALIVE = _COLUMNS.index("alive")

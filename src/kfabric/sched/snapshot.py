@@ -1,0 +1,123 @@
+"""The scheduler's view of the world, kept by its owner (simulator or service) and updated by deltas.
+
+``Snapshot`` holds the capacity index, running work with expected ends, tenants, grants, decayed usage and
+the run-time history. ``start`` and ``finish`` are the only ways work enters or leaves it, so the quota
+counters stay consistent with the running set. A cycle reads a snapshot and leaves it as it found it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from kfabric.model.decision import Placement
+from kfabric.model.fleet import Fleet
+from kfabric.model.job import MILLI_PER_GPU, Job
+from kfabric.model.tenancy import OnExhausted
+from kfabric.sched.capacity import Capacity
+from kfabric.sched.estimator import RuntimeEstimator
+from kfabric.sched.fairshare import TenantInfo
+
+
+@dataclass(slots=True)
+class RunningJob:
+    job: Job
+    placement: Placement
+    start_s: float
+    expected_end_s: float
+    last_checkpoint_s: float
+    borrowed: bool
+    guaranteed: bool = False
+
+    @property
+    def gpus(self) -> float:
+        return self.placement.gpu_milli_total / MILLI_PER_GPU
+
+    def lost_work_gpu_s(self, now_s: float) -> float:
+        """GPU-seconds lost if preempted now: time since the last checkpoint (or start) times GPUs."""
+        since = max(self.last_checkpoint_s, self.start_s)
+        return max(0.0, now_s - since) * self.gpus
+
+
+@dataclass(frozen=True, slots=True)
+class GrantState:
+    id: str
+    project: str
+    start_s: float
+    end_s: float
+    reserved_model: str | None = None
+    reserved_gpus: int = 0
+    credit_left_su: float | None = None
+    on_exhausted: OnExhausted = OnExhausted.STOP
+    max_job_duration_s: float | None = None
+
+
+@dataclass
+class Snapshot:
+    capacity: Capacity
+    tenants: Mapping[str, TenantInfo] = field(default_factory=dict)
+    grants: Mapping[str, GrantState] = field(default_factory=dict)
+    usage_su: dict[str, float] = field(default_factory=dict)
+    attained_gpu_s: dict[str, float] = field(default_factory=dict)
+    estimator: RuntimeEstimator = field(default_factory=RuntimeEstimator)
+    running: dict[str, RunningJob] = field(default_factory=dict)
+    #: GPUs of guaranteed (reserved) work per (project, model)
+    own_gpus: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    #: GPUs per model used on shared pools by work that is neither guaranteed nor borrowed
+    shared_used: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: GPUs each project runs on borrowed capacity
+    borrowed_gpus: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    grants_by_project: dict[str, list[GrantState]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        by_project: dict[str, list[GrantState]] = defaultdict(list)
+        for g in sorted(self.grants.values(), key=lambda g: (g.start_s, g.id)):
+            by_project[g.project].append(g)
+        self.grants_by_project = dict(by_project)
+
+    @classmethod
+    def for_fleet(cls, fleet: Fleet, online_at_s: float | None = None, **kwargs: object) -> Snapshot:
+        """A snapshot with every pool online (or those online at ``online_at_s``, a POSIX time)."""
+        cap = Capacity(fleet)
+        for i, pool in enumerate(fleet.pools):
+            if online_at_s is None or pool.online <= datetime.fromtimestamp(online_at_s, UTC).date():
+                cap.set_pool_online(i, True)
+        return cls(cap, **kwargs)  # type: ignore[arg-type]
+
+    def reserved(self, project: str, model: str, now_s: float) -> int:
+        return sum(
+            g.reserved_gpus
+            for g in self.grants_by_project.get(project, ())
+            if g.reserved_model == model and g.start_s <= now_s < g.end_s
+        )
+
+    def start(self, job: Job, placement: Placement, now_s: float, borrowed: bool, guaranteed: bool = False) -> None:
+        """Record that ``job`` runs on ``placement`` from ``now_s`` (takes the capacity)."""
+        if job.id in self.running:
+            raise ValueError(f"job {job.id} is already running")
+        cap = self.capacity
+        for s in placement.shares:
+            cap.take(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+        run = RunningJob(job, placement, now_s, now_s + job.time_limit_s, now_s, borrowed, guaranteed)
+        self.running[job.id] = run
+        self._count(run, +1.0)
+
+    def finish(self, job_id: str) -> RunningJob:
+        """Remove a running job (ended, killed or preempted) and give its capacity back."""
+        run = self.running.pop(job_id)
+        cap = self.capacity
+        for s in run.placement.shares:
+            cap.give(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+        self._count(run, -1.0)
+        return run
+
+    def _count(self, run: RunningJob, sign: float) -> None:
+        pool = self.capacity.pool_by_name[run.placement.pool]
+        if run.guaranteed:
+            self.own_gpus[(run.job.project, pool.model)] += sign * run.gpus
+        elif run.borrowed:
+            self.borrowed_gpus[run.job.project] += sign * run.gpus
+        elif pool.sharing.value == "shared":
+            self.shared_used[pool.model] += sign * run.gpus

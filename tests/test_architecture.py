@@ -1,0 +1,66 @@
+"""The dependency rule of docs/architecture.md, enforced: the pure core imports no outer layer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint(src: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(config), "--no-cache"],
+        cwd=src.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_contracts_kept_on_the_real_tree() -> None:
+    result = _lint(SRC, ROOT / "pyproject.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("where", "bad_import"),
+    [
+        ("sched", "import kfabric.cli.main"),
+        ("sched", "import yaml"),
+        ("model", "from kfabric.scenarios import loader"),
+        ("model", "import kfabric.sim"),
+        ("sched", "import rich.console"),
+    ],
+    ids=["sched->cli", "sched->yaml", "model->scenarios", "model->sim", "sched->terminal"],
+)
+def test_a_bad_import_breaks_the_contract(tmp_path: Path, where: str, bad_import: str) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(SRC / "kfabric", src / "kfabric", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "kfabric" / where / "_deliberately_bad.py").write_text(bad_import + "\n")
+    config = tmp_path / "pyproject.toml"
+    shutil.copy(ROOT / "pyproject.toml", config)
+    result = _lint(src, config)
+    assert result.returncode != 0
+    assert f"kfabric.{where}._deliberately_bad" in result.stdout
+    assert "BROKEN" in result.stdout
+
+
+def test_every_outer_package_is_forbidden_to_the_core() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contract = next(c for c in config["tool"]["importlinter"]["contracts"] if c["id"] == "pure-core")
+    packages = {p.name for p in (SRC / "kfabric").iterdir() if (p / "__init__.py").exists()}
+    outer = packages - {"model", "sched"}
+    missing = sorted(f"kfabric.{p}" for p in outer if f"kfabric.{p}" not in contract["forbidden_modules"])
+    assert missing == [], f"add {missing} to the pure-core contract in pyproject.toml"
