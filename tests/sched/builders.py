@@ -222,7 +222,9 @@ class FleetBuilder:
                 gpu_model=p.model,
                 gpus_per_node=p.gpus_per_node,
                 nodes=p.nodes,
-                nvlink_domain_gpus=p.domain if p.domain is not None else min(MODELS[p.model].nvlink_domain_gpus, 8),
+                nvlink_domain_gpus=p.domain
+                if p.domain is not None
+                else max(1, min(MODELS[p.model].nvlink_domain_gpus, p.gpus_per_node)),
                 nodes_per_rack=p.nodes_per_rack,
                 racks_per_unit=p.racks_per_unit,
                 node_power_kw=p.node_kw,
@@ -250,7 +252,9 @@ def a_fleet() -> FleetBuilder:
 
 def hgx_fleet(nodes: int = 4, nodes_per_rack: int = 2, racks_per_unit: int = 2, **pool: Any) -> Fleet:
     """One site, one shared pool of 8-GPU HGX H100 nodes."""
-    return a_fleet().pool("p", nodes=nodes, nodes_per_rack=nodes_per_rack, racks_per_unit=racks_per_unit, **pool).build()
+    return (
+        a_fleet().pool("p", nodes=nodes, nodes_per_rack=nodes_per_rack, racks_per_unit=racks_per_unit, **pool).build()
+    )
 
 
 # ---- tenants, grants, snapshots ----------------------------------------------------------------------------
@@ -302,9 +306,7 @@ def snapshot_of(
     fleet: Fleet, tenants: Iterable[TenantInfo] = (), grants: Iterable[GrantState] = (), **kw: Any
 ) -> Snapshot:
     """A snapshot of ``fleet`` with every pool online."""
-    return Snapshot.for_fleet(
-        fleet, tenants={t.project: t for t in tenants}, grants={g.id: g for g in grants}, **kw
-    )
+    return Snapshot.for_fleet(fleet, tenants={t.project: t for t in tenants}, grants={g.id: g for g in grants}, **kw)
 
 
 def queue_of(snap: Snapshot, *jobs: Job) -> PendingQueue:
@@ -354,7 +356,9 @@ def online_capacity(fleet: Fleet) -> Capacity:
     return cap
 
 
-def use(cap: Capacity, node: int, gpus: int = 0, milli: int = MILLI_PER_GPU, *, first: int = 0, cpu: int = 0, mem: int = 0) -> None:
+def use(
+    cap: Capacity, node: int, gpus: int = 0, milli: int = MILLI_PER_GPU, *, first: int = 0, cpu: int = 0, mem: int = 0
+) -> None:
     """Take ``gpus`` GPUs of ``node`` starting at GPU ``first`` (``milli`` each), plus CPU and memory."""
     cap.take(node, tuple(range(first, first + gpus)), milli, cpu, mem)
 
@@ -387,7 +391,9 @@ def snapshot_state(snap: Snapshot) -> dict[str, object]:
         "capacity": capacity_state(snap.capacity),
         "log": snap.capacity.mark(),
         "logging": snap.capacity.logging,
-        "running": {k: (r.placement, r.start_s, r.expected_end_s, r.borrowed, r.guaranteed) for k, r in snap.running.items()},
+        "running": {
+            k: (r.placement, r.start_s, r.expected_end_s, r.borrowed, r.guaranteed) for k, r in snap.running.items()
+        },
         "own": nonzero(snap.own_gpus),
         "shared": nonzero(snap.shared_used),
         "borrowed": nonzero(snap.borrowed_gpus),

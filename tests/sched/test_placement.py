@@ -24,7 +24,9 @@ from kfabric.sched.registry import PLACEMENTS
 ALL = sorted(PLACEMENTS)  # best-fit, fgd, first-fit, kfabric
 
 
-def place(name: str, cap: Capacity, job: Job, pools: list[int] | None = None, cpu: int = 0, mem: int = 0) -> Placement | None:
+def place(
+    name: str, cap: Capacity, job: Job, pools: list[int] | None = None, cpu: int = 0, mem: int = 0
+) -> Placement | None:
     req = PlaceRequest(job, pools if pools is not None else list(range(len(cap.pools))), cpu, mem)
     before = capacity_state(cap)
     found = PLACEMENTS[name](cap, req)
@@ -292,7 +294,9 @@ def _nvl72(racks: int = 3) -> Capacity:
     return online_capacity(fleet)
 
 
-@pytest.mark.parametrize("level", [MinTopology.ANY, MinTopology.NVLINK, MinTopology.RACK], ids=["any", "nvlink", "rack"])
+@pytest.mark.parametrize(
+    "level", [MinTopology.ANY, MinTopology.NVLINK, MinTopology.RACK], ids=["any", "nvlink", "rack"]
+)
 @pytest.mark.parametrize("policy", ALL)
 def test_nvl72_gang_of_72_fills_one_rack(policy: str, level: MinTopology) -> None:
     cap = _nvl72()
@@ -393,8 +397,8 @@ def test_gang_skips_nodes_without_host_room(policy: str) -> None:
 @pytest.mark.parametrize("policy", ALL)
 def test_cpu_only_job_best_fits_cpu(policy: str) -> None:
     cap = online_capacity(hgx_fleet())
-    use(cap, 1, 0, cpu=100_000)
-    use(cap, 2, 0, cpu=90_000)
+    use(cap, 1, 0, cpu=105_000)  # 7k CPU left: too little
+    use(cap, 2, 0, cpu=90_000)  # 22k left: the tightest that fits
     found = place(policy, cap, a_job("c").gpus(0).cpu(10_000).memory(1_000).build())
     assert nodes_gpus(found) == [(2, ())]
     assert found is not None and found.gpu_milli_total == 0
@@ -437,7 +441,13 @@ def test_prefer_pools_order(speed: dict[int, float] | None, expected: list[int])
         ("fgd", [2, 1, 0], "rtx"),
         ("kfabric", [0, 1], "h100"),
     ],
-    ids=["kfabric-reorders", "best-fit-request-order", "first-fit-request-order", "fgd-request-order", "kfabric-subset"],
+    ids=[
+        "kfabric-reorders",
+        "best-fit-request-order",
+        "first-fit-request-order",
+        "fgd-request-order",
+        "kfabric-subset",
+    ],
 )
 def test_pools_are_tried_in_policy_order(policy: str, pools: list[int], expected_pool: str) -> None:
     cap = _three_models()

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from kfabric.sched.packing import (
 NODE_FIELDS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
 POD_FIELDS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec")
 MAX_RATIO = 10.0
+_SEED_PART = re.compile(r"(?P<lo>\d+)(?:\s*-\s*(?P<hi>\d+))?")
 
 
 def _read_rows(path: Path, fields: Sequence[str], what: str) -> list[tuple[int, dict[str, str]]]:
@@ -153,24 +155,17 @@ def checkpoints(demand: I64, allocated: I64, capacity: int, percents: Sequence[i
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"42-51"`` -> 42..51; ``"1,5,7-9"`` -> [1, 5, 7, 8, 9]."""
+    """``"42-51"`` -> [42, ..., 51]; ``"1,5,7-9"`` -> [1, 5, 7, 8, 9]."""
     seeds: list[int] = []
     for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-", 1)[0], "")
-                a, b = int(lo), int(hi)
-                if b < a:
-                    raise ValueError
-                seeds.extend(range(a, b + 1))
-            else:
-                seeds.append(int(part))
-        except ValueError:
+        m = _SEED_PART.fullmatch(part.strip())
+        if m is None or (m["hi"] is not None and int(m["hi"]) < int(m["lo"])):
             raise ValueError(
-                f"bad seeds {text!r}: part {part!r} is not an integer or a range LO-HI with LO <= HI "
-                f"(example: 42-51 or 1,2,5)"
-            ) from None
+                f"bad seeds {text!r}: {part.strip()!r} is neither a non-negative integer nor a range LO-HI "
+                f"with LO <= HI; write e.g. 42-51 or 1,2,5"
+            )
+        lo = int(m["lo"])
+        seeds.extend(range(lo, int(m["hi"]) + 1) if m["hi"] is not None else [lo])
     return seeds
 
 

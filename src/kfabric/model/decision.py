@@ -38,7 +38,9 @@ class Admission:
     """Start ``job_id`` on ``placement``. ``start_at_s`` > now when it waits for preempted victims to exit.
 
     ``borrowed`` work runs on capacity its project is not entitled to (idle reservations, lendable pools)
-    and is the first to be reclaimed. ``rule`` is the sovereignty sentence an auditor reads.
+    and is the first to be reclaimed. ``guaranteed`` work runs on its project's reserved GPUs; the owner
+    passes both flags to ``Snapshot.start`` so the quota counters see it. ``rule`` is the sovereignty
+    sentence an auditor reads.
     """
 
     job_id: str
@@ -47,6 +49,7 @@ class Admission:
     borrowed: bool
     rule: str
     backfilled: bool = False
+    guaranteed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,8 @@ from kfabric.sched.snapshot import RunningJob, Snapshot
 #: default host resources a GPU brings along when a job does not ask for CPU/memory explicitly
 CPU_MILLI_PER_GPU = 4_000
 MEMORY_MIB_PER_GPU = 32_768
+#: queue positions scanned per vectorized step of the main loop
+_CHUNK = 2048
 #: victims considered per preemption attempt (cheapest first)
 VICTIM_CANDIDATES = 512
 
@@ -101,6 +103,7 @@ class _Cycle:
         self.unreserved = self._unreserved()
         self.borrow_limit = policy.borrow_limit_pct / 100.0 * float(self.cap.pool_up_milli.sum()) / MILLI_PER_GPU
         self._reserved: dict[tuple[str, str], int] = {}
+        self._time_bound = False  # the job being scheduled was held back by a reservation's profile
 
     # ---- 1. order ------------------------------------------------------------------------------------------
     def _keys(self) -> np.ndarray:
@@ -127,87 +130,98 @@ class _Cycle:
         q = self.q
         rows = order(q, self._keys())
         jobs = q.rows()
-        klass = q.arrays()["klass"].astype(np.int64)
+        klass = q.arrays()["klass"].astype(np.int64)[rows]
         if self.policy.placement == "fgd":
-            self.task_types = self._task_types(klass[rows])
-        live_classes = len(np.unique(klass[rows])) if rows.size else 0
-        class_reason: dict[int, int] = {}
-        eligibility: dict[int, Eligibility] = {}
+            self.task_types = self._task_types(klass)
+        n_classes = len(q.class_keys)
+        live_classes = int(np.count_nonzero(np.bincount(klass, minlength=n_classes))) if rows.size else 0
+        failed = np.zeros(n_classes, dtype=bool)
+        class_reason = np.full(n_classes, -1, dtype=np.int64)
+        # per position: -2 not examined, -1 admitted, >= 0 index into reasons
+        outcome_of = np.full(len(rows), -2, dtype=np.int64)
         reasons: list[PendingReason] = []
         reason_ids: dict[PendingReason, int] = {}
-        pending_ids: list[str] = []
-        pending_idx: list[int] = []
-        examined = 0
+        eligibility: dict[int, Eligibility] = {}
+        rows_list: list[int] = rows.tolist()
+        n_failed = examined = 0
+        bound = self.policy.bf_max_job_test
+        # a job whose project holds a reservation may reclaim what its class-mates may not: never skipped
+        holder = self._holder_rows(rows)
+        holders_left = int(holder.sum())
 
-        def note(job_id: str, reason: PendingReason) -> None:
+        def index_of(reason: PendingReason) -> int:
             idx = reason_ids.get(reason)
             if idx is None:
                 idx = reason_ids[reason] = len(reasons)
                 reasons.append(reason)
-            pending_ids.append(job_id)
-            pending_idx.append(idx)
+            return idx
 
-        stop_at = len(rows)
-        for pos in range(len(rows)):
-            r = int(rows[pos])
-            job = jobs[r]
-            assert job is not None
-            k = int(klass[r])
-            if k in class_reason:
-                pending_ids.append(job.id)
-                pending_idx.append(class_reason[k])
-                continue
-            if len(class_reason) >= live_classes or examined >= self.policy.bf_max_job_test:
-                stop_at = pos
+        def fail_class(k: int, reason: PendingReason) -> None:
+            nonlocal n_failed
+            if failed[k]:
+                return
+            failed[k] = True
+            class_reason[k] = index_of(self._class_reason(reason))
+            n_failed += 1
+
+        # walk the queue in chunks, looking only at positions whose class has not failed yet
+        for chunk_start in range(0, len(rows), _CHUNK):
+            if (n_failed >= live_classes and not holders_left) or examined >= bound:
                 break
-            examined += 1
-            elig = eligibility.get(k)
-            if elig is None:
-                affiliation = str(q.class_keys[k][-1])
-                elig = eligibility[k] = eligible_pools(self.cap, job, affiliation)
-            if elig.reason is not None:
-                note(job.id, elig.reason)
-                class_reason[k] = pending_idx[-1]
-                continue
-            outcome = self._schedule(job, elig.pools)
-            if outcome is None:
-                continue
-            reason, class_failed = outcome
-            note(job.id, reason)
-            if class_failed:
-                class_reason[k] = reason_ids[self._class_reason(reason, reasons, reason_ids)]
-        limit = PendingReason(
-            ReasonCode.CYCLE_LIMIT, "not examined in this cycle (the scheduler's per-cycle bound); retried next cycle"
+            chunk = slice(chunk_start, chunk_start + _CHUNK)
+            todo = np.flatnonzero(~failed[klass[chunk]] | holder[chunk]) + chunk_start
+            for pos in todo.tolist():
+                k = int(klass[pos])
+                mine = bool(holder[pos])
+                if failed[k] and not mine:
+                    continue
+                if (n_failed >= live_classes and not holders_left) or examined >= bound:
+                    break
+                holders_left -= mine
+                examined += 1
+                job = jobs[rows_list[pos]]
+                assert job is not None
+                elig = eligibility.get(k)
+                if elig is None:
+                    affiliation = str(q.class_keys[k][-1])
+                    elig = eligibility[k] = eligible_pools(self.cap, job, affiliation)
+                if elig.reason is not None:
+                    outcome_of[pos] = index_of(elig.reason)
+                    fail_class(k, elig.reason)
+                    continue
+                outcome = self._schedule(job, elig.pools)
+                if outcome is None:
+                    outcome_of[pos] = -1
+                    continue
+                reason, class_failed = outcome
+                outcome_of[pos] = index_of(reason)
+                if class_failed:
+                    fail_class(k, reason)
+        # everything not examined: its class's reason, or the per-cycle bound
+        limit = index_of(
+            PendingReason(
+                ReasonCode.CYCLE_LIMIT,
+                "not examined in this cycle (the scheduler's per-cycle bound); retried next cycle",
+            )
         )
-        for pos in range(stop_at, len(rows)):
-            r = int(rows[pos])
-            job = jobs[r]
-            assert job is not None
-            k = int(klass[r])
-            if k in class_reason:
-                pending_ids.append(job.id)
-                pending_idx.append(class_reason[k])
-            else:
-                note(job.id, limit)
+        unexamined = outcome_of == -2
+        outcome_of[unexamined] = np.where(failed[klass[unexamined]], class_reason[klass[unexamined]], limit)
+        waiting = np.flatnonzero(outcome_of >= 0)
         return Decision(
             admissions=tuple(self.admissions),
             preemptions=tuple(self.preemptions),
             reservations=tuple(self.reservations),
-            pending=PendingReasons(pending_ids, pending_idx, reasons),
+            pending=PendingReasons(q.ids, rows[waiting], outcome_of[waiting], reasons),
         )
 
-    def _class_reason(
-        self, reason: PendingReason, reasons: list[PendingReason], ids: dict[PendingReason, int]
-    ) -> PendingReason:
+    @staticmethod
+    def _class_reason(reason: PendingReason) -> PendingReason:
         """Jobs of a failed class behind a reservation wait for it; the reason they get says so."""
         if reason.code == ReasonCode.RESERVATION:
-            reason = PendingReason(
+            return PendingReason(
                 ReasonCode.PRIORITY,
                 "waiting behind higher-priority jobs of the same shape that hold reservations on the capacity",
             )
-        if reason not in ids:
-            ids[reason] = len(reasons)
-            reasons.append(reason)
         return reason
 
     # ---- 2-5. one job ----------------------------------------------------------------------------------------
@@ -226,26 +240,30 @@ class _Cycle:
                     "starting now would delay jobs ahead of it that hold reservations; a shorter --time may backfill",
                 )
             return reason, False
+        self._time_bound = False
         placed = self._try_place(job, choices)
         if placed is not None:
             self._admit(job, placed[0], placed[1], self.now)
             return None
         if self._try_preempt(job, choices):
             return None
+        # held back by reservations over its time limit, or by its project's borrowing: a class-mate with a
+        # shorter time limit or from another project may still fit, so the class is not blocked
+        class_wide = not self._time_bound and quota_reason is None
         milli = job.gpu_milli_total
         if self.policy.backfill == "none":
             self.blocked_pools.update(c.pool for c in choices)
         if self.reservations_left > 0:
             reservation = self._reserve(job, choices, milli)
             if reservation is not None:
-                return reservation, True
+                return reservation, class_wide
         if self.any_reservation:
             return (
                 PendingReason(
                     ReasonCode.PRIORITY,
                     "waiting behind higher-priority jobs that hold reservations on the capacity it needs",
                 ),
-                True,
+                class_wide,
             )
         models = sorted({self.cap.pools[c.pool].model for c in choices})
         return (
@@ -254,7 +272,7 @@ class _Cycle:
                 f"waiting for {job.whole_gpus:g} free GPU(s) of {', '.join(models)} in a shape that fits "
                 f"(min topology: {job.min_topology.name.lower()}); none free now",
             ),
-            True,
+            class_wide,
         )
 
     def _rules(self, job: Job) -> PendingReason | None:
@@ -366,6 +384,7 @@ class _Cycle:
                     or profile.fits(self.now, job.time_limit_s, job.gpu_milli_total)
                 ):
                     return placement, by_pool[pool]
+                self._time_bound = True
                 group = [g for g in group if g != pool]
         return None
 
@@ -394,6 +413,7 @@ class _Cycle:
                 borrowed=choice.borrowed,
                 rule=placement_rule(cap, choice.pool, job),
                 backfilled=self.any_reservation,
+                guaranteed=choice.guaranteed,
             )
         )
 
@@ -460,22 +480,29 @@ class _Cycle:
         pol = self.policy
         if not pol.preempt_by_priority and not pol.reclaim:
             return False
+        cap = self.cap
+        need = job.gpu_milli_total
         victims = self._victims(job, choices)
+        # only pools where free capacity plus every candidate victim could hold the job are worth a trial
+        releasable: dict[int, float] = defaultdict(float)
+        for run in victims:
+            releasable[cap.pool_by_name[run.placement.pool].index] += run.milli
+        hopeful = {pi for pi, milli in releasable.items() if cap.pool_milli[pi] + milli >= need}
+        victims = [r for r in victims if cap.pool_by_name[r.placement.pool].index in hopeful]
         if not victims:
             return False
         self.preemption_tries -= 1
-        cap = self.cap
         mark = cap.mark()
         freed: list[RunningJob] = []
-        need = job.gpu_milli_total
         for run in victims:
             for s in run.placement.shares:
                 cap.give(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+            self._release_early(run, True)
             freed.append(run)
             pool = cap.pool_by_name[run.placement.pool].index
             if cap.pool_milli[pool] < need:
                 continue
-            placed = self._try_place(job, choices)
+            placed = self._try_place(job, [c for c in choices if c.pool == pool])
             if placed is None:
                 continue
             kept = self._minimize(freed, placed[0])
@@ -493,17 +520,33 @@ class _Cycle:
             self._admit(job, placed[0], placed[1], self.now + pol.grace_s)
             return True
         cap.rollback(mark)
+        for run in freed:
+            self._release_early(run, False)
         return False
+
+    def _release_early(self, run: RunningJob, released: bool) -> None:
+        """A (trial) victim's GPUs come free now instead of at its expected end, in its pool's availability
+        profile (so a reservation does not stop a preemption that does not delay it); False undoes it."""
+        profile = self.profiles.get(self.cap.pool_by_name[run.placement.pool].index)
+        if profile is not None and run.expected_end_s > self.now:
+            profile.take(self.now, run.expected_end_s - self.now, -run.milli if released else run.milli)
 
     def _minimize(self, freed: list[RunningJob], placement: Placement) -> list[RunningJob]:
         """Give back victims whose GPUs the new placement does not use (most recently chosen first)."""
         used = {(s.node, g) for s in placement.shares for g in s.gpus}
+        # the new job's host share is not taken yet: a victim given back must leave room for it
+        cpu_new: dict[int, int] = defaultdict(int)
+        mem_new: dict[int, int] = defaultdict(int)
+        for s in placement.shares:
+            cpu_new[s.node] += s.cpu_milli
+            mem_new[s.node] += s.memory_mib
         cap = self.cap
         kept: list[RunningJob] = []
         for run in reversed(freed):
             overlap = any((s.node, g) in used for s in run.placement.shares for g in s.gpus)
             host_ok = all(
-                cap.cpu_free[s.node] >= s.cpu_milli and cap.mem_free[s.node] >= s.memory_mib
+                cap.cpu_free[s.node] - cpu_new[s.node] >= s.cpu_milli
+                and cap.mem_free[s.node] - mem_new[s.node] >= s.memory_mib
                 for s in run.placement.shares
             )
             if overlap or not host_ok:
@@ -511,6 +554,7 @@ class _Cycle:
                 continue
             for s in run.placement.shares:
                 cap.take(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+            self._release_early(run, False)
         return list(reversed(kept))
 
     def _uncount(self, run: RunningJob) -> None:
@@ -526,13 +570,14 @@ class _Cycle:
     def _profile(self, pool: int) -> Profile:
         profile = self.profiles.get(pool)
         if profile is None:
-            releases = [
-                (run.expected_end_s, float(run.placement.gpu_milli_total))
-                for run in self._running_on(pool)
-                if run.job.id not in self.victims
-            ]
-            releases.extend(self.cycle_releases.pop(pool, ()))
-            profile = self.profiles[pool] = Profile(self.now, float(self.cap.pool_milli[pool]), releases)
+            runs = [run for run in self._running_on(pool) if run.job.id not in self.victims]
+            extra = self.cycle_releases.pop(pool, [])
+            ends = np.fromiter((r.expected_end_s for r in runs), dtype=np.float64, count=len(runs))
+            milli = np.fromiter((r.milli for r in runs), dtype=np.float64, count=len(runs))
+            if extra:
+                ends = np.concatenate((ends, [e for e, _ in extra]))
+                milli = np.concatenate((milli, [m for _, m in extra]))
+            profile = self.profiles[pool] = Profile(self.now, float(self.cap.pool_milli[pool]), ends, milli)
         return profile
 
     def _reserve(self, job: Job, choices: list[_PoolChoice], milli: int) -> PendingReason | None:
@@ -559,6 +604,20 @@ class _Cycle:
         )
 
     # ---- helpers ---------------------------------------------------------------------------------------------
+    def _holder_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Per ordered row: does the job's project hold an active reservation (so it may reclaim)?"""
+        pids = [
+            pid
+            for pid, project in enumerate(self.q.projects)
+            if any(
+                g.reserved_gpus > 0 and g.start_s <= self.now < g.end_s
+                for g in self.snap.grants_by_project.get(project, ())
+            )
+        ]
+        if not pids or not rows.size:
+            return np.zeros(len(rows), dtype=bool)
+        return np.isin(self.q.arrays()["project"][rows].astype(np.int64), pids)
+
     def _reserved_for(self, project: str, model: str) -> int:
         key = (project, model)
         got = self._reserved.get(key)

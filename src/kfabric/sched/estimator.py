@@ -46,4 +46,5 @@ class RuntimeEstimator:
             runs = self._runs.get(key)
             if runs is not None and len(runs) >= self.min_samples:
                 return min(self._sum[key] / len(runs), job.time_limit_s)
-        return job.runtime_estimate_s if job.runtime_estimate_s is not None else job.time_limit_s
+        # never the declared estimate: the simulator's oracle puts the true run time there (for sjf)
+        return job.time_limit_s

@@ -25,6 +25,10 @@ least.  The sum over task types is precomputed into lookup tables indexed by (GP
 fit the node's free CPU[/memory], free milli of one GPU), so a node's fragmentation costs one gather per
 GPU slot and scoring every candidate (node, GPU) for a task is a handful of array operations.
 
+Policies (``POLICIES``, name -> factory): ``first-fit``; ``best-fit`` (the paper's BestFit: least normalized
+resources left); ``fgd`` (the above, ties broken at random); ``kfabric`` (:class:`KFabric`: FGD extended to
+the expected waste of a GPU over several arrivals, plus GPUs stranded by the node's CPU/memory).
+
 Only numpy and the standard library are imported here.
 """
 
@@ -172,6 +176,8 @@ class PackState:
         """Largest free milli of any GPU per node."""
         self.gpu_free_total: I64 = cluster.gpu_count * GPU_MILLI
         self.allocated_gpu_milli = 0
+        self.changed: list[int] = []
+        """The node of every placement applied so far, in order (lets scorers cache per-node values)."""
 
     def feasible(self, task: TaskSpec) -> Mask:
         """Boolean per node: does the task fit there now?"""
@@ -204,6 +210,7 @@ class PackState:
     def apply(self, task: TaskSpec, placement: Placement) -> None:
         """Commit a placement (assumed valid; see :meth:`check`)."""
         n = placement.node
+        self.changed.append(n)
         self.cpu_free[n] -= task.cpu_milli
         self.mem_free[n] -= task.memory_mib
         if placement.gpus:
@@ -337,6 +344,9 @@ class FragmentationModel:
         self._lc, self._lm, self._g1 = lc, lm, g1
         self._usable = usable.reshape(-1)
         self._multi = multi.reshape(-1)
+        self._cache_state: PackState | None = None
+        self._cache_seen = 0
+        self._cache: I64 = np.zeros(cluster.size, dtype=np.int64)
 
     def key(self, state: PackState, nodes: I64, cpu_free: I64, mem_free: I64) -> I64:
         """Feasibility class of ``nodes`` given their (hypothetical) free CPU and memory."""
@@ -365,10 +375,23 @@ class FragmentationModel:
         out: I64 = total - self.usable_sum(key, free) - self.multi_term(key, state.n_full[nodes])
         return out
 
+    def all_frag(self, state: PackState) -> I64:
+        """Fragmentation of every node, cached per state: only nodes changed since the last call are
+        recomputed."""
+        done = len(state.changed)
+        if self._cache_state is state and self._cache_seen <= done:
+            if self._cache_seen < done:
+                nodes = np.unique(np.array(state.changed[self._cache_seen :], dtype=np.int64))
+                self._cache[nodes] = self.node_frag(state, nodes)
+        else:
+            self._cache = self.node_frag(state, np.arange(self.cluster.size, dtype=np.int64))
+            self._cache_state = state
+        self._cache_seen = done
+        return self._cache
+
     def cluster_frag(self, state: PackState) -> float:
         """Expected fragmented GPU milli of the whole cluster (weights normalized to popularities)."""
-        nodes = np.arange(self.cluster.size, dtype=np.int64)
-        return float(self.node_frag(state, nodes).sum()) / self.total_weight
+        return float(self.all_frag(state).sum()) / self.total_weight
 
     def delta(self, state: PackState, task: TaskSpec, nodes: I64) -> I64:
         """Fragmentation increase for placing ``task`` on each of ``nodes`` (which must fit it).
@@ -376,7 +399,7 @@ class FragmentationModel:
         Shape ``(len(nodes),)`` for CPU-only and whole-GPU tasks; ``(len(nodes), max_gpus)`` for shared-GPU
         tasks, one column per GPU slot, with ``INT64_MAX`` where the slot can not hold the task.
         """
-        before = self.node_frag(state, nodes)
+        before = self.all_frag(state)[nodes]
         cpu2 = state.cpu_free[nodes] - task.cpu_milli
         mem2 = state.mem_free[nodes] - task.memory_mib
         key2 = self.key(state, nodes, cpu2, mem2)
@@ -494,13 +517,14 @@ class Stranding:
         return out
 
 
-def choose_lexicographic(primary: F64, secondary: F64, tol: float = 1e-9) -> int:
-    """Flat index minimizing ``primary`` (within ``tol``), then ``secondary``, then the index."""
+def choose_lexicographic(primary: F64, secondary: Callable[[], F64], tol: float = 1e-9) -> int:
+    """Flat index minimizing ``primary`` (within ``tol``), then ``secondary()`` (computed only on a tie,
+    broadcast to ``primary``'s shape), then the index."""
     p = primary.reshape(-1)
     best = np.flatnonzero(p <= p.min() + tol)
     if len(best) == 1:
         return int(best[0])
-    s = np.broadcast_to(secondary, primary.shape).reshape(-1)[best]
+    s = np.broadcast_to(secondary(), primary.shape).reshape(-1)[best]
     return int(best[int(np.argmin(s))])
 
 
@@ -520,10 +544,14 @@ class KFabric:
 
     def choose(self, state: PackState, task: TaskSpec, nodes: I64) -> Placement:
         ds = self.strand.delta(state, task, nodes)
-        fit = remaining_share(state, task, nodes, (1.0, 1.0, 1.0))
+
+        def fit() -> F64:
+            share = remaining_share(state, task, nodes, (1.0, 1.0, 1.0))
+            return share[:, None] if task.fractional else share
+
         if task.fractional:
             score = self.waste.delta(state.gpu_free[nodes], task.gpu_milli) + ds[:, None]
-            i = choose_lexicographic(score, fit[:, None])
+            i = choose_lexicographic(score, fit)
             g = state.cluster.max_gpus
             return Placement(int(nodes[i // g]), (i % g,))
         score = self.frag.delta(state, task, nodes) / self.frag.total_weight + ds

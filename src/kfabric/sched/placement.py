@@ -147,32 +147,34 @@ def _gang(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, counts: list[
     g = p.gpus_per_node
     cpu, mem = _cpu_mem(job, req, counts[0])
     full_needed = sum(1 for c in counts if c == g)
-    levels: list[tuple[np.ndarray, np.ndarray, int]] = []  # (free full nodes, free gpus, nodes per domain)
-    if job.min_topology <= MinTopology.RACK or p.nodes_per_domain > 1:
-        levels.append(
-            (
-                cap.rack_full[p.first_rack : p.first_rack + p.racks],
-                cap.rack_gpus[p.first_rack : p.first_rack + p.racks],
-                p.nodes_per_rack,
-            )
-        )
-    if job.min_topology <= MinTopology.UNIT or job.min_topology == MinTopology.ANY:
-        levels.append(
-            (
-                cap.unit_full[p.first_unit : p.first_unit + p.units],
-                cap.unit_gpus[p.first_unit : p.first_unit + p.units],
-                p.nodes_per_rack * p.racks_per_unit,
-            )
-        )
+    # the largest domain the job may span (nodes); levels larger than it are never tried
     limit = {
+        MinTopology.NODE: 1,
         MinTopology.NVLINK: max(p.nodes_per_domain, 1),
         MinTopology.RACK: p.nodes_per_rack,
         MinTopology.UNIT: p.nodes_per_rack * p.racks_per_unit,
-    }.get(job.min_topology, p.nodes)
-    if n > limit:
+    }.get(job.min_topology)
+    if n > (p.nodes if limit is None else limit):
         return None
+    levels: list[tuple[np.ndarray, np.ndarray, int]] = []  # (free full nodes, free gpus, nodes per domain)
+    if 1 < p.nodes_per_domain < p.nodes_per_rack:  # NVLink domains smaller than a rack (e.g. NVL36x2)
+        levels.append((*_domain_free(cap, p), p.nodes_per_domain))
+    levels.append(
+        (
+            cap.rack_full[p.first_rack : p.first_rack + p.racks],
+            cap.rack_gpus[p.first_rack : p.first_rack + p.racks],
+            p.nodes_per_rack,
+        )
+    )
+    levels.append(
+        (
+            cap.unit_full[p.first_unit : p.first_unit + p.units],
+            cap.unit_gpus[p.first_unit : p.first_unit + p.units],
+            p.nodes_per_rack * p.racks_per_unit,
+        )
+    )
     for full, gpus, size in levels:
-        if n > size:
+        if n > size or (limit is not None and size > limit):
             continue
         ok = (full >= full_needed) & (gpus >= job.gpus)
         candidates = np.flatnonzero(ok)
@@ -205,6 +207,18 @@ def _gang(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, counts: list[
             if chosen is not None:
                 return _gang_placement(cap, p, job, req, chosen, counts)
     return None
+
+
+def _domain_free(cap: Capacity, p: PoolInfo) -> tuple[np.ndarray, np.ndarray]:
+    """Fully free nodes and whole free GPUs per NVLink domain of a pool (domains tile its racks)."""
+    sl = slice(p.first_node, p.first_node + p.nodes)
+    up = cap.up[sl]
+    full = (up & (cap.whole[sl] == p.gpus_per_node)).astype(np.int64)
+    gpus = np.where(up, cap.whole[sl], 0)
+    pad = -p.nodes % p.nodes_per_domain
+    full = np.concatenate([full, np.zeros(pad, dtype=np.int64)]).reshape(-1, p.nodes_per_domain).sum(axis=1)
+    gpus = np.concatenate([gpus, np.zeros(pad, dtype=np.int64)]).reshape(-1, p.nodes_per_domain).sum(axis=1)
+    return full, gpus
 
 
 def _pick_from(cap: Capacity, idx: np.ndarray, counts: list[int], cpu: int, mem: int) -> list[int] | None:

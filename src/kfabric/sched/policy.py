@@ -76,6 +76,16 @@ class Policy:
         require(0 <= self.borrow_limit_pct <= 100, "policy.borrow_limit_pct", "must be within 0..100")
         require(self.reservations >= 0, "policy.reservations", "must be >= 0")
         require(self.bf_max_job_test >= 1, "policy.bf_max_job_test", "must be >= 1")
+        require(self.max_preemption_attempts >= 0, "policy.max_preemption_attempts", "must be >= 0")
+        w = self.weights
+        for key, weight in (
+            ("priority_class", w.priority_class),
+            ("fairshare", w.fairshare),
+            ("age", w.age),
+            ("size", w.size),
+        ):
+            require(weight >= 0, f"policy.weights.{key}", f"must be >= 0, got {weight}")
+        require(w.max_age_s > 0, "policy.weights.max_age_s", "must be > 0 seconds")
         require(
             list(self.las_thresholds_gpu_s) == sorted(self.las_thresholds_gpu_s),
             "policy.las_thresholds_gpu_s",

@@ -1,8 +1,9 @@
 """The pending queue with column arrays, kept incrementally so a cycle never rebuilds them from objects.
 
 Jobs join with ``add`` and leave with ``remove``; removed rows are tombstoned and compacted in bulk. Every job
-gets an equivalence class: jobs of one class (same shape, models, topology, classification, CPU/memory and
-owner affiliation) fit or fail to fit in the same way, so a cycle can skip a class once one of its jobs failed.
+gets an equivalence class: jobs of one class (same shape, models, topology, classification, CPU/memory, priority
+class, preemptibility and owner affiliation) fit or fail to fit in the same way, so a cycle can skip a class once
+one of its jobs failed. (Priority decides what a job may preempt; preemptibility whether it may borrow.)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def shape_key(job: Job, affiliation: str) -> ShapeKey:
         int(job.classification),
         job.cpu_milli,
         job.memory_mib,
+        int(job.priority),
+        job.preemptible,
         affiliation,
     )
 
@@ -35,6 +38,8 @@ def shape_key(job: Job, affiliation: str) -> ShapeKey:
 class PendingQueue:
     def __init__(self) -> None:
         self._jobs: list[Job | None] = []
+        #: job id per row; only ever appended to (compaction makes a new list), so readers may keep it
+        self.ids: list[str] = []
         self._row: dict[str, int] = {}
         self._project_ids: dict[str, int] = {}
         self.projects: list[str] = []
@@ -72,6 +77,7 @@ class PendingQueue:
             self._cols = np.concatenate([self._cols, np.zeros_like(self._cols)], axis=1)
         self._row[job.id] = row
         self._jobs.append(job)
+        self.ids.append(job.id)
         self._cols[:, row] = (
             job.submit_s,
             float(job.priority),
@@ -96,6 +102,7 @@ class PendingQueue:
     def _compact(self) -> None:
         keep = [i for i, j in enumerate(self._jobs) if j is not None]
         self._jobs = [self._jobs[i] for i in keep]
+        self.ids = [self.ids[i] for i in keep]
         cols = np.zeros((len(_COLUMNS), max(1024, 2 * len(keep))), dtype=np.float64)
         cols[:, : len(keep)] = self._cols[:, keep]
         self._cols = cols

@@ -30,10 +30,15 @@ class RunningJob:
     last_checkpoint_s: float
     borrowed: bool
     guaranteed: bool = False
+    #: GPU milli held (cached from the placement: the hot loops read it)
+    milli: int = 0
+
+    def __post_init__(self) -> None:
+        self.milli = self.placement.gpu_milli_total
 
     @property
     def gpus(self) -> float:
-        return self.placement.gpu_milli_total / MILLI_PER_GPU
+        return self.milli / MILLI_PER_GPU
 
     def lost_work_gpu_s(self, now_s: float) -> float:
         """GPU-seconds lost if preempted now: time since the last checkpoint (or start) times GPUs."""
