@@ -456,7 +456,10 @@ def test_no_backfill_blocks_later_jobs_on_the_same_pools() -> None:
         ReasonCode.RESOURCES,
         "waiting for 16 free GPU(s) of H100 in a shape that fits (min topology: any); none free now",
     )
-    assert d.pending["small-h100"].code == ReasonCode.PRIORITY
+    assert d.pending["small-h100"] == PendingReason(
+        ReasonCode.PRIORITY,
+        "waiting behind jobs ahead of it that cannot start yet on the same pools (backfill is off)",
+    )
     # with EASY the small H100 job backfills instead
     d = decide(snap, head, small_h100, small_any, policy=FIFO)
     assert pools_of(d) == {"small-h100": "p", "small-any": "q"}
@@ -744,6 +747,50 @@ def test_a_class_mate_without_a_reservation_does_not_stop_reclaim() -> None:
     )
     assert d.preemptions == (Preemption("b2", "a1", "quota reclaim", 60.0),)
     assert pools_of(d) == {"a1": "p"}
+
+
+def test_a_class_mate_at_its_borrow_limit_does_not_stop_another_project_from_borrowing() -> None:
+    fleet = (
+        a_fleet()
+        .owner("acme")
+        .owner("xcorp")
+        .pool("own", nodes=1, nodes_per_rack=1, racks_per_unit=1, owner="xcorp", sharing=Sharing.DEDICATED)
+        .pool("lend", nodes=1, nodes_per_rack=1, racks_per_unit=1, owner="acme", sharing=Sharing.LENDABLE)
+        .build()
+    )
+    snap = snapshot_of(fleet, tenants=[tenant("x", affiliation="xcorp"), tenant("y", affiliation="xcorp")])
+    running(snap, "r", "own", 0, EIGHT, 1.0, project="x")
+    running(snap, "x-borrows", "lend", 1, (0, 1), 1.0, project="x", borrowed=True)
+    # 16 GPUs online, 25%: each project may borrow 4; x already borrows 2
+    d = decide(
+        snap,
+        a_job("x1").project("x").gpus(4).submitted(1).build(),
+        a_job("y1").project("y").gpus(4).submitted(2).build(),
+        policy=FIFO.with_(borrow_limit_pct=25.0),
+    )
+    assert [(a.job_id, a.placement.pool, a.borrowed) for a in d.admissions] == [("y1", "lend", True)]
+
+
+def test_a_class_mate_demoted_by_its_grant_does_not_stop_another_project() -> None:
+    grants = [
+        a_grant("g-d").project("d").credit(0).on_exhausted(OnExhausted.SCAVENGER).build(),
+        a_grant("g-e").project("e").credit(10).build(),
+    ]
+    snap = snapshot_of(hgx_fleet(), tenants=[tenant("d"), tenant("e")], grants=grants)
+    d = decide(
+        snap,
+        a_job("d1").project("d").preemptible(False).submitted(1).build(),
+        a_job("e1").project("e").preemptible(False).submitted(2).build(),
+    )
+    assert [(a.job_id, a.borrowed) for a in d.admissions] == [("e1", False)]
+    assert d.pending["d1"].code == ReasonCode.QUOTA
+
+
+def test_non_preemptible_class_mates_share_the_quota_reason() -> None:
+    snap = _lendable()
+    d = decide(snap, *(a_job(f"firm{i}").project("x").preemptible(False).submitted(i).build() for i in range(3)))
+    assert len({d.pending[f"firm{i}"] for i in range(3)}) == 1
+    assert d.pending["firm2"].code == ReasonCode.QUOTA
 
 
 # ---- purity and determinism ---------------------------------------------------------------------------------------

@@ -480,3 +480,23 @@ def test_falls_through_to_the_next_pool_when_the_first_is_full(policy: str) -> N
 )
 def test_node_counts(job: Job, gpus_per_node: int, expected: list[int] | None) -> None:
     assert node_counts(job, gpus_per_node) == expected
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("best-fit", (1, (2, 3))), ("kfabric", (1, (2, 3))), ("fgd", (1, (2, 3))), ("first-fit", (0, (4, 5)))],
+    ids=["best-fit", "kfabric", "fgd", "first-fit"],
+)
+def test_nvlink_job_stays_inside_one_in_node_domain(policy: str, expected: tuple[int, tuple[int, ...]]) -> None:
+    # 8-GPU nodes with two 4-GPU NVLink domains each (GPUs 0-3 and 4-7)
+    cap = online_capacity(hgx_fleet(nodes=2, racks_per_unit=1, domain=4))
+    use(cap, 0, 3)  # node 0: domain 0 has GPU 3 free, domain 1 is whole
+    use(cap, 1, 2)  # node 1: domain 0 has GPUs 2-3 free
+    use(cap, 1, 2, first=6)  # node 1: domain 1 has GPUs 4-5 free
+    # best fit: the tightest domain that holds the job; first fit: the first domain that does
+    assert nodes_gpus(place(policy, cap, a_job("j").gpus(2).topology(MinTopology.NVLINK).build())) == [expected]
+    four = a_job("k").gpus(4).topology(MinTopology.NVLINK).build()
+    assert nodes_gpus(place(policy, cap, four)) == [(0, (4, 5, 6, 7))]
+    assert place(policy, cap, a_job("k").gpus(5).topology(MinTopology.NVLINK).build()) is None
+    # without the NVLink constraint the job may straddle domains
+    assert place(policy, cap, a_job("k").gpus(5).build()) is not None

@@ -9,7 +9,7 @@ by reclaiming them from preemptible borrowers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from builders import (
     HOUR_S,
@@ -41,6 +41,9 @@ from kfabric.sched.snapshot import Snapshot
 NOW = 1_000_000.0
 PROJECTS = ("a", "b", "c")
 AFFILIATION = {"a": "acme", "b": "", "c": "gov"}
+CLASSIFICATIONS = st.sampled_from([Classification.PUBLIC, Classification.PUBLIC, *Classification])
+CLEARANCES = st.sampled_from([*Classification, Classification.RESTRICTED])
+ANY_PRIORITY = st.sampled_from(list(PriorityClass))
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -55,7 +58,7 @@ class PoolSpec:
     site: int
     sharing: Sharing
     owner: str
-    rack_domain: bool  # one NVLink domain per rack (NVL72-like) instead of per node
+    domain: str  # one NVLink domain per "node" (HGX), per "half" a node, or per "rack" (NVL72-like)
 
 
 @dataclass(frozen=True)
@@ -90,15 +93,15 @@ pool_specs = st.builds(
     nodes_per_rack=st.integers(1, 3),
     racks_per_unit=st.integers(1, 2),
     site=st.integers(0, 1),
-    sharing=st.sampled_from([Sharing.SHARED, Sharing.SHARED, Sharing.LENDABLE, Sharing.DEDICATED]),
+    sharing=st.sampled_from([Sharing.SHARED, Sharing.SHARED, Sharing.SHARED, Sharing.LENDABLE, Sharing.DEDICATED]),
     owner=st.sampled_from(["acme", "gov"]),
-    rack_domain=st.booleans(),
+    domain=st.sampled_from(["node", "half", "rack"]),
 )
 
 run_specs = st.builds(
     RunSpec,
     pool=st.integers(0, 2),
-    gpus=st.sampled_from([1, 1, 2, 4, 8]),
+    gpus=st.sampled_from([1, 2, 4, 8, 8]),
     milli=st.sampled_from([1000, 1000, 1000, 250, 500]),
     started_s_ago=st.sampled_from([60.0, 300.0, 599.0, 600.0, 3_600.0, 20_000.0]),
     limit_h=st.sampled_from([1.0, 4.0, 24.0]),
@@ -110,7 +113,7 @@ run_specs = st.builds(
 
 
 @st.composite
-def pending_jobs(draw: st.DrawFn) -> tuple[Job, ...]:
+def pending_jobs(draw: st.DrawFn, priorities: st.SearchStrategy[PriorityClass] = ANY_PRIORITY) -> tuple[Job, ...]:
     n = draw(st.integers(1, 10))
     jobs = []
     for i in range(n):
@@ -119,22 +122,23 @@ def pending_jobs(draw: st.DrawFn) -> tuple[Job, ...]:
             .project(draw(st.sampled_from(PROJECTS)))
             .submitted(float(draw(st.integers(0, 5))))
             .limit_h(draw(st.sampled_from([0.5, 1.0, 4.0, 30.0])))
-            .priority(draw(st.sampled_from(list(PriorityClass))))
+            .priority(draw(priorities))
             .preemptible(draw(st.booleans()))
-            .classification(draw(st.sampled_from(list(Classification))))
+            .classification(draw(CLASSIFICATIONS))
         )
         kind = draw(st.sampled_from(["whole", "whole", "fraction", "gang", "shape"]))
         if kind == "fraction":
             b.fraction(draw(st.sampled_from([100, 250, 500, 900])))
         elif kind == "whole":
             b.gpus(draw(st.sampled_from([1, 2, 3, 4, 8])))
+            b.topology(draw(st.sampled_from([MinTopology.ANY, MinTopology.ANY, MinTopology.NVLINK, MinTopology.NODE])))
         elif kind == "gang":
             b.gpus(draw(st.sampled_from([8, 12, 16, 24])))
             b.topology(draw(st.sampled_from([MinTopology.ANY, MinTopology.RACK, MinTopology.UNIT])))
         else:
             b.shape(draw(st.integers(2, 3)), draw(st.sampled_from([2, 4])))
             b.topology(draw(st.sampled_from([MinTopology.ANY, MinTopology.NVLINK, MinTopology.RACK])))
-        if draw(st.booleans()):
+        if draw(st.integers(0, 2)) == 0:
             b.models(*draw(st.lists(st.sampled_from(["H100", "B200", "RTX"]), min_size=1, max_size=2, unique=True)))
         if draw(st.integers(0, 3)) == 0:
             b.cpu(draw(st.sampled_from([1_000, 30_000, 100_000])))
@@ -155,12 +159,29 @@ policies = st.builds(
 
 worlds = st.builds(
     World,
-    clearances=st.tuples(st.sampled_from(list(Classification)), st.sampled_from(list(Classification))),
-    power_caps_mw=st.tuples(st.sampled_from([0.02, 0.05, 1.0]), st.sampled_from([0.03, 1.0])),
+    clearances=st.tuples(CLEARANCES, CLEARANCES),
+    power_caps_mw=st.tuples(st.sampled_from([0.03, 0.1, 1.0]), st.sampled_from([0.05, 1.0])),
     pools=st.lists(pool_specs, min_size=1, max_size=3).map(tuple),
-    runs=st.lists(run_specs, max_size=10).map(tuple),
+    runs=st.lists(run_specs, max_size=16).map(tuple),
     jobs=pending_jobs(),
     reserved_a=st.sampled_from([0, 0, 4, 8]),
+    policy=policies,
+)
+
+
+#: crowded fleets: much low-priority running work, high-priority arrivals (preemption everywhere)
+busy_worlds = st.builds(
+    World,
+    clearances=st.just((Classification.RESTRICTED, Classification.RESTRICTED)),
+    power_caps_mw=st.just((1.0, 1.0)),
+    pools=st.lists(pool_specs.filter(lambda p: p.sharing != Sharing.DEDICATED), min_size=1, max_size=2).map(tuple),
+    runs=st.lists(
+        run_specs.map(lambda r: replace(r, priority=PriorityClass(min(r.priority, PriorityClass.NORMAL)))),
+        min_size=4,
+        max_size=20,
+    ).map(tuple),
+    jobs=pending_jobs(st.sampled_from([PriorityClass.HIGH, PriorityClass.URGENT])),
+    reserved_a=st.sampled_from([0, 8]),
     policy=policies,
 )
 
@@ -183,7 +204,9 @@ def build(world: World) -> Snapshot:
             owner=p.owner,
             sharing=p.sharing,
             cpu_milli=112_000,
-            domain=p.gpus_per_node * p.nodes_per_rack if p.rack_domain else None,
+            domain={"node": p.gpus_per_node, "half": p.gpus_per_node // 2, "rack": p.gpus_per_node * p.nodes_per_rack}[
+                p.domain
+            ],
         )
     fleet = b.build()
     grants = [a_grant(f"g-{p}").project(p).credit(100.0).build() for p in PROJECTS if p != "a"]
@@ -194,14 +217,12 @@ def build(world: World) -> Snapshot:
     snap = snapshot_of(fleet, tenants=[tenant(p, affiliation=AFFILIATION[p]) for p in PROJECTS], grants=grants)
     cap = snap.capacity
     for i, r in enumerate(world.runs):
-        if r.pool >= len(cap.pools):
-            continue
-        p = cap.pools[r.pool]
+        p = cap.pools[r.pool % len(cap.pools)]
         job = a_job(f"r{i}").project(r.project).limit_h(r.limit_h).priority(r.priority).preemptible(r.preemptible)
         job = (job.fraction(r.milli) if r.milli < MILLI_PER_GPU else job.gpus(r.gpus)).build()
         if cap.site_kw[p.site] + job.whole_gpus * p.kw_per_gpu > cap.sites[p.site].cap_kw:
             continue
-        placement = best_fit(cap, PlaceRequest(job, [r.pool], CPU_MILLI_PER_GPU, MEMORY_MIB_PER_GPU))
+        placement = best_fit(cap, PlaceRequest(job, [p.index], CPU_MILLI_PER_GPU, MEMORY_MIB_PER_GPU))
         if placement is not None:
             snap.start(job, placement, NOW - r.started_s_ago, r.borrowed)
     return snap
@@ -229,12 +250,17 @@ def check_decision(snap: Snapshot, q: PendingQueue, jobs: tuple[Job, ...], d: De
         if job.nodes is not None:
             assert sorted(len(s.gpus) for s in adm.placement.shares) == [job.gpus_per_node] * job.nodes
         nodes = [s.node for s in adm.placement.shares]
-        if job.min_topology == MinTopology.RACK:
+        if job.min_topology == MinTopology.NODE:
+            assert len(nodes) == 1
+        elif job.min_topology == MinTopology.RACK:
             assert len({int(cap.node_rack[n]) for n in nodes}) == 1
         elif job.min_topology == MinTopology.UNIT:
             assert len({int(cap.node_unit[n]) for n in nodes}) == 1
         elif job.min_topology == MinTopology.NVLINK:
             assert len({(n - pool.first_node) // pool.nodes_per_domain for n in nodes}) == 1
+            assert len({(s.node, g // pool.domain_gpus) for s in adm.placement.shares for g in s.gpus}) == 1 or (
+                pool.domain_gpus >= pool.gpus_per_node
+            )
         # sovereignty, model list, dedicated pools
         assert site.clearance >= job.classification
         assert adm.rule.startswith(f"site {site.name} ")
@@ -251,7 +277,7 @@ def check_decision(snap: Snapshot, q: PendingQueue, jobs: tuple[Job, ...], d: De
 
 
 @FAST
-@given(worlds)
+@given(st.one_of(worlds, busy_worlds))
 def test_any_decision_is_safe_to_apply(world: World) -> None:
     snap = build(world)
     check_invariants(snap.capacity)

@@ -11,7 +11,9 @@ from rich.table import Table
 
 from kfabric.bench.cycle import run_cycle_bench
 from kfabric.bench.pack import format_table, parse_seeds, run_pack
-from kfabric.cli.main import UsageError
+from kfabric.bench.philly import KEYS, run_philly
+from kfabric.bench.simspeed import run_sim_speed
+from kfabric.cli.errors import UsageError
 from kfabric.scenarios.loader import load_scenario
 
 _TRACES = Path(__file__).resolve().parents[3].parent / "shared" / "traces" / "alibaba-openb-2023" / "csv"
@@ -53,6 +55,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cyc.add_argument("--json", action="store_true", help="print JSON")
     cyc.set_defaults(handler=_cycle)
 
+    philly = bench_sub.add_parser(
+        "philly",
+        help="Philly-derived protocol: JCT and waits of fifo, sjf-oracle, qssf, las, multifactor, kfabric",
+        description="Replays all 15 Gavel/Philly VC traces on 64 x 8 V100 under each policy (docs/benchmarks.md).",
+    )
+    philly.add_argument("--traces", help="directory of Gavel *.trace files (default: ../shared/traces/...)")
+    philly.add_argument("--seed", type=int, default=0, help="seed of the time-limit over-estimates")
+    philly.add_argument("--out", type=Path, help="also write each run (jobs.csv, timeline.csv, summary.json) here")
+    philly.add_argument("--json", action="store_true", help="print JSON")
+    philly.set_defaults(handler=_philly)
+
+    sim = bench_sub.add_parser(
+        "sim",
+        help="simulator speed: synthetic national jobs replayed per minute on korea-2030",
+        description="Replays N synthetic national jobs on korea-2030 with the default policy.",
+    )
+    sim.add_argument("--jobs", type=int, default=1_000_000)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--json", action="store_true", help="print JSON")
+    sim.set_defaults(handler=_sim)
+
 
 def _pack(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in str(args.policy).split(",") if p.strip()]
@@ -66,6 +89,44 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_figures(title: str, result: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
+    Console().print(table)
+
+
+def _philly(args: argparse.Namespace) -> int:
+    err = Console(stderr=True)
+    result = run_philly(args.traces, seed=args.seed, out_dir=args.out, progress=lambda n: err.print(f"running {n}..."))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    table = Table(title=f"Philly-derived protocol: {result['jobs']:,} jobs on 64 x 8 V100 ({result['seconds']} s)")
+    table.add_column("policy")
+    for key in KEYS:
+        table.add_column(key, justify="right")
+    policies: dict[str, dict[str, float]] = result["policies"]
+    for name, figures in policies.items():
+        table.add_row(name, *[f"{figures[k]:.3f}" if k == "utilization" else f"{figures[k]:,.0f}" for k in KEYS])
+    Console().print(table)
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: must be >= 1, got {args.jobs}")
+    with Console(stderr=True).status(f"replaying {args.jobs:,} synthetic national jobs on korea-2030"):
+        result = run_sim_speed(args.jobs, seed=args.seed)
+    _print_figures("simulator speed on korea-2030", result, args.json)
+    return 0
+
+
 def _cycle(args: argparse.Namespace) -> int:
     for flag in ("pending", "running", "cycles"):
         if getattr(args, flag) < (1 if flag == "cycles" else 0):
@@ -74,13 +135,5 @@ def _cycle(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     with console.status(f"building state: {args.running:,} running, {args.pending:,} pending on {scenario.name}"):
         result = run_cycle_bench(scenario, args.pending, args.running, args.cycles, seed=args.seed)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    table = Table(title=f"sched.cycle() on {scenario.name}")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
-    Console().print(table)
+    _print_figures(f"sched.cycle() on {scenario.name}", result, args.json)
     return 0

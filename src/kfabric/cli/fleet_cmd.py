@@ -10,7 +10,7 @@ from datetime import date
 from rich.console import Console
 from rich.table import Table
 
-from kfabric.cli.main import UsageError
+from kfabric.cli.errors import UsageError
 from kfabric.scenarios.loader import load_scenario
 from kfabric.scenarios.summary import FleetSummary, summarize, to_json
 

@@ -6,22 +6,19 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from rich.console import Console
-
+from kfabric.cli import bench_cmd, fleet_cmd, report_cmd, simulate_cmd
+from kfabric.cli.errors import UsageError
 from kfabric.model.errors import KfabricError
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class UsageError(KfabricError):
-    """A command-line argument is wrong; the message says which and how to fix it."""
+__all__ = ["UsageError", "build_parser", "main"]
 
 
 def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # One line per command module; each adds its parser and sets ``handler``.
-    from kfabric.cli import bench_cmd, fleet_cmd
-
     fleet_cmd.register(sub)
+    simulate_cmd.register(sub)
+    report_cmd.register(sub)
     bench_cmd.register(sub)
 
 
@@ -42,14 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    err = Console(stderr=True)
     try:
         return handler(args)
     except (KfabricError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # plain text, never wrapped: error lines name files and keys that must stay copyable
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        err.print("interrupted")
+        print("interrupted", file=sys.stderr)
         return 130
 
 

@@ -32,7 +32,7 @@ from kfabric.scenarios.errors import ScenarioError
 from kfabric.scenarios.yamldoc import Doc, Fields, read_doc
 
 _T = TypeVar("_T")
-PACKAGED = ("korea-2030", "lab")
+PACKAGED = ("korea-2030", "lab", "philly")
 
 
 @dataclass(frozen=True)

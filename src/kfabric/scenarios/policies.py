@@ -18,9 +18,7 @@ def load_policy(name_or_path: str) -> Policy:
         return PRESETS[name_or_path]
     path = Path(name_or_path)
     if not path.exists():
-        raise ScenarioError(
-            name_or_path, "", None, f"a policy preset ({', '.join(PRESETS)}) or a YAML file", "neither"
-        )
+        raise ScenarioError(name_or_path, "", None, f"a policy preset ({', '.join(PRESETS)}) or a YAML file", "neither")
     doc = read_doc(path)
     if not isinstance(doc.data, dict):
         raise doc.error("", "a mapping of policy settings", doc.data)

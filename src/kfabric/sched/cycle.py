@@ -103,7 +103,9 @@ class _Cycle:
         self.unreserved = self._unreserved()
         self.borrow_limit = policy.borrow_limit_pct / 100.0 * float(self.cap.pool_up_milli.sum()) / MILLI_PER_GPU
         self._reserved: dict[tuple[str, str], int] = {}
-        self._time_bound = False  # the job being scheduled was held back by a reservation's profile
+        # the job being scheduled was held back by something of its own (its time limit against a reservation's
+        # profile, its project's borrowing), not by its class: a class-mate may still fit
+        self._job_bound = False
 
     # ---- 1. order ------------------------------------------------------------------------------------------
     def _keys(self) -> np.ndarray:
@@ -227,29 +229,32 @@ class _Cycle:
     # ---- 2-5. one job ----------------------------------------------------------------------------------------
     def _schedule(self, job: Job, pools: tuple[int, ...]) -> tuple[PendingReason, bool] | None:
         """Admit the job (None) or say why not and whether its whole class is blocked for this cycle."""
+        self._job_bound = False
         rule_block = self._rules(job)
         if rule_block is not None:
             return rule_block, False
         scavenger = self._scavenger(job)
+        if scavenger and job.priority != PriorityClass.SCAVENGER:
+            self._job_bound = True  # demoted by its project's grant, not by its class
         choices, quota_reason, power_reason = self._choices(job, pools, scavenger)
         if not choices:
-            reason = quota_reason or power_reason
-            if reason is None:  # every pool is held for reservations over this job's time limit
+            if quota_reason is not None:
+                # only borrowed capacity for a job that may not borrow: so for its class-mates too
+                return quota_reason, not self._job_bound
+            reason = power_reason
+            if reason is None:  # every pool is blocked behind a job ahead of it (backfill is off)
                 reason = PendingReason(
                     ReasonCode.PRIORITY,
-                    "starting now would delay jobs ahead of it that hold reservations; a shorter --time may backfill",
+                    "waiting behind jobs ahead of it that cannot start yet on the same pools (backfill is off)",
                 )
             return reason, False
-        self._time_bound = False
         placed = self._try_place(job, choices)
         if placed is not None:
             self._admit(job, placed[0], placed[1], self.now)
             return None
         if self._try_preempt(job, choices):
             return None
-        # held back by reservations over its time limit, or by its project's borrowing: a class-mate with a
-        # shorter time limit or from another project may still fit, so the class is not blocked
-        class_wide = not self._time_bound and quota_reason is None
+        class_wide = not self._job_bound
         milli = job.gpu_milli_total
         if self.policy.backfill == "none":
             self.blocked_pools.update(c.pool for c in choices)
@@ -327,7 +332,7 @@ class _Cycle:
         cap = self.cap
         for pi in pools:
             p = cap.pools[pi]
-            if pi in self.blocked_pools:
+            if pi in self.blocked_pools and not self._claims(job, pi):  # a reservation holder is never blocked
                 continue
             site = cap.sites[p.site]
             if cap.site_kw[p.site] + gpus * p.kw_per_gpu > site.cap_kw + 1e-9:
@@ -356,6 +361,7 @@ class _Cycle:
                     continue
                 limit = self.borrow_limit
                 if self.borrowed[job.project] + gpus > limit:
+                    self._job_bound = True
                     quota_reason = PendingReason(
                         ReasonCode.QUOTA,
                         f"project {job.project} already borrows {self.borrowed[job.project]:g} GPUs "
@@ -384,7 +390,7 @@ class _Cycle:
                     or profile.fits(self.now, job.time_limit_s, job.gpu_milli_total)
                 ):
                     return placement, by_pool[pool]
-                self._time_bound = True
+                self._job_bound = True
                 group = [g for g in group if g != pool]
         return None
 
@@ -454,13 +460,16 @@ class _Cycle:
         pol = self.policy
         picked: list[tuple[bool, float, str, RunningJob]] = []
         for c in choices:
+            claims = pol.reclaim and self._claims(job, c.pool)
+            if not claims and not pol.preempt_by_priority:
+                continue
             t = self._victim_table(c.pool)
             if not t.runs:
                 continue
             allowed = np.zeros(len(t.runs), dtype=bool)
             if pol.preempt_by_priority:
                 allowed |= t.priority < int(job.priority)
-            if pol.reclaim and self._claims(job, c.pool):
+            if claims:
                 allowed |= t.borrowed
             allowed &= (self.now - t.start_s) >= pol.min_run_s
             idx = np.flatnonzero(allowed)

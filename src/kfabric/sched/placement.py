@@ -261,12 +261,32 @@ def _place_in_pool(cap: Capacity, p: PoolInfo, req: PlaceRequest, single: str) -
     if counts is None:
         return None
     if len(counts) == 1:
+        if job.min_topology == MinTopology.NVLINK and p.domain_gpus < p.gpus_per_node:
+            return _in_node_domain(cap, p, job, req, counts[0], best=single != "first")
         if single == "first":
             return _whole_first_fit(cap, p, job, req, counts[0])
         if single == "fgd":
             return _fgd_whole(cap, p, job, req, counts[0])
         return _whole_best_fit(cap, p, job, req, counts[0])
     return _gang(cap, p, job, req, counts)
+
+
+def _in_node_domain(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, k: int, best: bool) -> Placement | None:
+    """``k`` whole GPUs inside one NVLink domain of a node (HGX boards split into several domains): the domain
+    with the fewest free GPUs that holds them (best fit) or the first one (first fit)."""
+    cpu, mem = _cpu_mem(job, req, k)
+    sl = slice(p.first_node, p.first_node + p.nodes)
+    d = p.domain_gpus
+    free = (cap.milli[sl, : p.gpus_per_node] == MILLI_PER_GPU).reshape(p.nodes, p.gpus_per_node // d, d)
+    count = free.sum(axis=2)
+    host = cap.up[sl] & (cap.cpu_free[sl] >= cpu) & (cap.mem_free[sl] >= mem)
+    ok = (count >= k) & host[:, None]
+    if not ok.any():
+        return None
+    flat = int(np.argmin(np.where(ok, count, 1 << 20))) if best else int(np.flatnonzero(ok.ravel())[0])
+    node_local, domain = divmod(flat, p.gpus_per_node // d)
+    gpus = tuple(domain * d + int(g) for g in np.flatnonzero(free[node_local, domain])[:k])
+    return Placement(p.name, (NodeShare(p.first_node + node_local, gpus, MILLI_PER_GPU, cpu, mem),))
 
 
 def _cpu_only(cap: Capacity, p: PoolInfo, job: Job) -> Placement | None:

@@ -1,0 +1,47 @@
+"""``kfabric bench sim``: how many synthetic national jobs the twin replays per minute of wall time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kfabric.scenarios.loader import load_scenario
+from kfabric.sched.presets import PRESETS
+from kfabric.sim.engine import SimOptions
+from kfabric.sim.run import default_start, simulate
+from kfabric.sim.workload import Workload
+from kfabric.traces.national import synthetic_national
+
+
+def national_jobs(n: int, seed: int) -> tuple[Workload, float]:
+    """About ``n`` jobs of the synthetic national workload on korea-2030, and the days they span."""
+    scenario = load_scenario("korea-2030")
+    probe = synthetic_national(scenario, 1.0, seed)
+    per_day = max(len(probe.jobs), 1)
+    days = max(n / per_day, 0.01)
+    workload = synthetic_national(scenario, days, seed)
+    jobs = workload.jobs[:n]
+    return Workload(workload.name, jobs, workload.tenants, workload.description), days
+
+
+def run_sim_speed(jobs: int = 1_000_000, seed: int = 0, policy: str = "kfabric") -> dict[str, Any]:
+    scenario = load_scenario("korea-2030")
+    t_gen = time.perf_counter()
+    workload, _days = national_jobs(jobs, seed)
+    gen_s = time.perf_counter() - t_gen
+    options = SimOptions(start=default_start(scenario), seed=seed)
+    t0 = time.perf_counter()
+    run = simulate(scenario, workload, PRESETS[policy], options)
+    wall = time.perf_counter() - t0
+    done = int(run.summary["jobs_finished"])
+    return {
+        "jobs": len(workload.jobs),
+        "jobs_finished": done,
+        "sim_days": round(float(run.summary["sim_days"]), 2),
+        "wall_s": round(wall, 2),
+        "jobs_per_min": round(len(workload.jobs) / wall * 60.0, 1) if wall > 0 else 0.0,
+        "cycles": run.summary["cycles"],
+        "cycle_s": round(float(run.summary["cycle_s"]), 2),
+        "generate_s": round(gen_s, 2),
+        "policy": policy,
+    }

@@ -1,0 +1,161 @@
+"""``kfabric simulate``: replay a workload on a fleet under one or more policies (one run each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kfabric.cli.errors import UsageError
+from kfabric.scenarios.loader import Scenario, load_scenario
+from kfabric.scenarios.policies import load_policy
+from kfabric.sched.policy import Policy
+from kfabric.sim.engine import SimOptions
+from kfabric.sim.run import RunResult, default_start, simulate
+from kfabric.sim.workload import Workload
+from kfabric.traces.sources import load_workload
+
+
+def _pct(v: float) -> str:
+    return f"{v:.1%}"
+
+
+def _count(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def _ratio(v: float) -> str:
+    return f"{v:.3f}"
+
+
+SUMMARY_COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
+    ("utilization", "util", _pct),
+    ("avg_jct_s", "avg JCT", lambda v: _human(v)),
+    ("p99_jct_s", "p99 JCT", lambda v: _human(v)),
+    ("avg_wait_s", "avg wait", lambda v: _human(v)),
+    ("p999_wait_s", "p99.9 wait", lambda v: _human(v)),
+    ("avg_bounded_slowdown", "slowdown", _ratio),
+    ("jain_index", "Jain", _ratio),
+    ("preemptions", "preempt", _count),
+    ("lost_gpu_hours", "lost GPU-h", _count),
+    ("jobs_finished", "jobs done", _count),
+    ("jobs_per_min", "jobs/min", _count),
+)
+
+
+def _human(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="replay a workload on a fleet under one or more policies (the digital twin)",
+        description="Replay a workload on a fleet; one run per --policy, written to OUT/<policy>/.",
+    )
+    p.add_argument("--fleet", required=True, help="scenario: korea-2030, lab, openb[:CSV] or a YAML file")
+    p.add_argument(
+        "--workload", required=True, help="national[:scale=X], philly[:DIR], openb[:PODS_CSV], tiresias[:CSV]"
+    )
+    p.add_argument("--days", type=float, help="simulated days (arrivals after this are dropped)")
+    p.add_argument("--policy", action="append", required=True, help="preset name or policy YAML; repeatable")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", help="calendar date of t=0, YYYY-MM-DD (default: when the whole fleet is online)")
+    p.add_argument("--interval", type=float, default=60.0, help="minimum seconds between scheduling cycles")
+    p.add_argument("--no-failures", action="store_true", help="disable node failures")
+    p.add_argument("--out", type=Path, required=True, help="output directory (one sub-directory per policy)")
+    p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    p.set_defaults(handler=run_cmd)
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    if args.days is not None and args.days <= 0:
+        raise UsageError(f"--days: must be > 0, got {args.days}")
+    if args.interval <= 0:
+        raise UsageError(f"--interval: must be > 0 seconds, got {args.interval}")
+    policies: list[Policy] = [load_policy(p) for p in args.policy]
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--policy: two policies share a name ({', '.join(names)}); give each file a unique name")
+    scenario = load_scenario(args.fleet)
+    start = default_start(scenario)
+    if args.start:
+        try:
+            start = date.fromisoformat(args.start)
+        except ValueError:
+            raise UsageError(f"--start: expected YYYY-MM-DD, got {args.start!r}") from None
+    err = Console(stderr=True)
+    with err.status(f"loading workload {args.workload}"):
+        workload = load_workload(args.workload, scenario, args.days, args.seed)
+    options = SimOptions(
+        start=start,
+        days=args.days,
+        interval_s=args.interval,
+        seed=args.seed,
+        failures_per_gpu_s=0.0 if args.no_failures else SimOptions(start=start).failures_per_gpu_s,
+    )
+    horizon = (args.days or max((j.job.submit_s for j in workload.jobs), default=0.0) / 86_400.0) * 86_400.0
+    summaries: dict[str, dict[str, Any]] = {}
+    for policy in policies:
+        result = _run_one(scenario, workload, policy, options, args.out / policy.name, horizon, err)
+        summaries[policy.name] = result.summary
+    if args.json:
+        print(json.dumps({"runs": {n: _without_tenants(s) for n, s in summaries.items()}}, indent=2))
+        return 0
+    table = Table(title=f"{workload.name} on {scenario.name}: {len(workload.jobs):,} jobs, seed {args.seed}")
+    table.add_column("policy")
+    for _, label, _fmt in SUMMARY_COLUMNS:
+        table.add_column(label, justify="right")
+    for name, s in summaries.items():
+        table.add_row(name, *[fmt(s[key]) for key, _, fmt in SUMMARY_COLUMNS])
+    Console().print(table)
+    Console().print(f"runs written under {args.out}/ ({', '.join(summaries)})")
+    return 0
+
+
+def _run_one(
+    scenario: Scenario,
+    workload: Workload,
+    policy: Policy,
+    options: SimOptions,
+    out_dir: Path,
+    horizon: float,
+    err: Console,
+) -> RunResult:
+    with Progress(
+        TextColumn(f"[bold]{policy.name}[/]"),
+        BarColumn(),
+        TextColumn("day {task.fields[day]:.1f}"),
+        TextColumn("{task.fields[done]:,} jobs done"),
+        TextColumn("{task.fields[queue]:,} queued"),
+        TextColumn("{task.fields[speed]:,.0f} jobs/min"),
+        TimeElapsedColumn(),
+        console=err,
+    ) as bar:
+        task = bar.add_task("sim", total=max(horizon, 1.0), day=0.0, done=0, queue=0, speed=0.0)
+        t0 = time.perf_counter()
+
+        def report(t: float, done: int, queued: int) -> None:
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            speed = done / elapsed * 60
+            bar.update(task, completed=min(t, horizon), day=t / 86_400, done=done, queue=queued, speed=speed)
+
+        return simulate(scenario, workload, policy, options, out_dir=out_dir, progress=report)
+
+
+def _without_tenants(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k != "tenants"}

@@ -1,0 +1,1 @@
+"""Tests of the trace readers and the synthetic national workload."""
