@@ -13,6 +13,7 @@ from kfabric.bench.cycle import run_cycle_bench
 from kfabric.bench.pack import format_table, parse_seeds, run_pack
 from kfabric.bench.philly import KEYS, run_philly
 from kfabric.bench.simspeed import run_sim_speed
+from kfabric.cli.console import stdout_console
 from kfabric.cli.errors import UsageError
 from kfabric.scenarios.loader import load_scenario
 
@@ -98,7 +99,7 @@ def _print_figures(title: str, result: dict[str, object], as_json: bool) -> None
     table.add_column("value", justify="right")
     for key, value in result.items():
         table.add_row(key, f"{value:,}" if isinstance(value, int | float) else str(value))
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def _philly(args: argparse.Namespace) -> int:
@@ -114,7 +115,7 @@ def _philly(args: argparse.Namespace) -> int:
     policies: dict[str, dict[str, float]] = result["policies"]
     for name, figures in policies.items():
         table.add_row(name, *[f"{figures[k]:.3f}" if k == "utilization" else f"{figures[k]:,.0f}" for k in KEYS])
-    Console().print(table)
+    stdout_console().print(table)
     return 0
 
 

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import os
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kfabric.cli.console import stdout_console
 from kfabric.cli.errors import UsageError
-from kfabric.scenarios.loader import Scenario, load_scenario
+from kfabric.cli.sim_runs import run_policies
+from kfabric.scenarios.loader import load_scenario
 from kfabric.scenarios.policies import load_policy
 from kfabric.sched.policy import Policy
 from kfabric.sim.engine import SimOptions
-from kfabric.sim.run import RunResult, default_start, simulate
-from kfabric.sim.workload import Workload
+from kfabric.sim.run import default_start
 from kfabric.traces.sources import load_workload
 
 
@@ -78,6 +78,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--interval", type=float, default=60.0, help="minimum seconds between scheduling cycles")
     p.add_argument("--no-failures", action="store_true", help="disable node failures")
     p.add_argument("--out", type=Path, required=True, help="output directory (one sub-directory per policy)")
+    p.add_argument("--jobs", type=int, help="runs in parallel (default: one per policy, up to the CPU count)")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON")
     p.set_defaults(handler=run_cmd)
 
@@ -85,6 +86,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_cmd(args: argparse.Namespace) -> int:
     if args.days is not None and args.days <= 0:
         raise UsageError(f"--days: must be > 0, got {args.days}")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs: must be >= 1, got {args.jobs}")
     if args.interval <= 0:
         raise UsageError(f"--interval: must be > 0 seconds, got {args.interval}")
     policies: list[Policy] = [load_policy(p) for p in args.policy]
@@ -109,10 +112,8 @@ def run_cmd(args: argparse.Namespace) -> int:
         failures_per_gpu_s=0.0 if args.no_failures else SimOptions(start=start).failures_per_gpu_s,
     )
     horizon = (args.days or max((j.job.submit_s for j in workload.jobs), default=0.0) / 86_400.0) * 86_400.0
-    summaries: dict[str, dict[str, Any]] = {}
-    for policy in policies:
-        result = _run_one(scenario, workload, policy, options, args.out / policy.name, horizon, err)
-        summaries[policy.name] = result.summary
+    workers = args.jobs if args.jobs is not None else min(len(policies), os.cpu_count() or 1)
+    summaries = run_policies(scenario, workload, policies, options, args.out, horizon, err, workers)
     if args.json:
         print(json.dumps({"runs": {n: _without_tenants(s) for n, s in summaries.items()}}, indent=2))
         return 0
@@ -122,39 +123,9 @@ def run_cmd(args: argparse.Namespace) -> int:
         table.add_column(label, justify="right")
     for name, s in summaries.items():
         table.add_row(name, *[fmt(s[key]) for key, _, fmt in SUMMARY_COLUMNS])
-    Console().print(table)
-    Console().print(f"runs written under {args.out}/ ({', '.join(summaries)})")
+    stdout_console().print(table)
+    stdout_console().print(f"runs written under {args.out}/ ({', '.join(summaries)})")
     return 0
-
-
-def _run_one(
-    scenario: Scenario,
-    workload: Workload,
-    policy: Policy,
-    options: SimOptions,
-    out_dir: Path,
-    horizon: float,
-    err: Console,
-) -> RunResult:
-    with Progress(
-        TextColumn(f"[bold]{policy.name}[/]"),
-        BarColumn(),
-        TextColumn("day {task.fields[day]:.1f}"),
-        TextColumn("{task.fields[done]:,} jobs done"),
-        TextColumn("{task.fields[queue]:,} queued"),
-        TextColumn("{task.fields[speed]:,.0f} jobs/min"),
-        TimeElapsedColumn(),
-        console=err,
-    ) as bar:
-        task = bar.add_task("sim", total=max(horizon, 1.0), day=0.0, done=0, queue=0, speed=0.0)
-        t0 = time.perf_counter()
-
-        def report(t: float, done: int, queued: int) -> None:
-            elapsed = max(time.perf_counter() - t0, 1e-9)
-            speed = done / elapsed * 60
-            bar.update(task, completed=min(t, horizon), day=t / 86_400, done=done, queue=queued, speed=speed)
-
-        return simulate(scenario, workload, policy, options, out_dir=out_dir, progress=report)
 
 
 def _without_tenants(summary: dict[str, Any]) -> dict[str, Any]:

@@ -220,9 +220,16 @@ class Capacity:
     def set_up(self, node: int, up: bool) -> None:
         if bool(self.up[node]) == up:
             return
-        self._unindex(node)
+        pi = int(self.node_pool[node])
+        g = self.pools[pi].gpus_per_node
+        sign = 1 if up else -1
+        if not up:
+            self._count(node, -1, int(self.whole[node]))
         self.up[node] = up
-        self._index(node)
+        self.pool_milli[pi] += sign * int(self.milli[node, :g].sum())
+        self.pool_up_milli[pi] += sign * g * MILLI_PER_GPU
+        if up:
+            self._count(node, +1, int(self.whole[node]))
         if self.logging:
             self._log.append((_UP if up else _DOWN, node, (), 0, 0, 0))
 
@@ -231,16 +238,34 @@ class Capacity:
             self.set_up(node, online)
 
     def _apply(self, node: int, gpus: tuple[int, ...], milli: int, cpu: int, mem: int) -> None:
-        self._unindex(node)
+        """Take ``milli`` from each of ``gpus`` on ``node`` (negative gives back). Aggregates move by deltas;
+        buckets and rack/unit counters change only when the node's count of whole free GPUs changes."""
         row = self.milli[node]
+        delta_whole = 0
         for g in gpus:
-            row[g] -= milli
+            old = int(row[g])
+            new = old - milli
+            row[g] = new
+            if old == MILLI_PER_GPU:
+                delta_whole -= 1
+            elif new == MILLI_PER_GPU:
+                delta_whole += 1
         self.cpu_free[node] -= cpu
         self.mem_free[node] -= mem
-        self.whole[node] = int(np.count_nonzero(row[: self.node_gpus[node]] == MILLI_PER_GPU))
-        p = self.pools[int(self.node_pool[node])]
+        pi = int(self.node_pool[node])
+        p = self.pools[pi]
         self.site_kw[p.site] += p.kw_per_gpu * milli * len(gpus) / MILLI_PER_GPU
-        self._index(node)
+        up = bool(self.up[node])
+        if up:
+            self.pool_milli[pi] -= milli * len(gpus)
+        if delta_whole == 0:
+            return
+        whole_old = int(self.whole[node])
+        if up:
+            self._count(node, -1, whole_old)
+        self.whole[node] = whole_old + delta_whole
+        if up:
+            self._count(node, +1, whole_old + delta_whole)
 
     def _save_order(self, bucket: dict[int, None]) -> None:
         """Remember a dict's order before its first change after the latest mark (see :meth:`rollback`)."""
@@ -248,24 +273,13 @@ class Capacity:
             self._order_saved[id(bucket)] = self._order_epoch
             self._orders.append((len(self._log), bucket, list(bucket)))
 
-    def _unindex(self, node: int) -> None:
-        self._count(node, -1)
-
-    def _index(self, node: int) -> None:
-        self._count(node, +1)
-
-    def _count(self, node: int, sign: int) -> None:
-        """Add (sign=+1) or remove (sign=-1) a node's contribution to every aggregate and bucket."""
-        if not self.up[node]:
-            return
+    def _count(self, node: int, sign: int, whole: int) -> None:
+        """Add (sign=+1) or remove (sign=-1) an up node with ``whole`` free GPUs from the buckets and the
+        rack/unit counters."""
         pi = int(self.node_pool[node])
         p = self.pools[pi]
         rack, unit = int(self.node_rack[node]), int(self.node_unit[node])
-        whole = int(self.whole[node])
         full = whole == p.gpus_per_node
-        row = self.milli[node, : p.gpus_per_node]
-        self.pool_milli[pi] += sign * int(row.sum())
-        self.pool_up_milli[pi] += sign * p.gpus_per_node * MILLI_PER_GPU
         self.rack_gpus[rack] += sign * whole
         self.unit_gpus[unit] += sign * whole
         buckets = self.buckets[pi]

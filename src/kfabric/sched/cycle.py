@@ -34,7 +34,7 @@ from kfabric.sched.profile import Profile
 from kfabric.sched.queue import PendingQueue
 from kfabric.sched.reasons import PendingReasons
 from kfabric.sched.registry import ORDERINGS, PLACEMENTS
-from kfabric.sched.snapshot import RunningJob, Snapshot
+from kfabric.sched.snapshot import GrantState, RunningJob, Snapshot
 
 #: default host resources a GPU brings along when a job does not ask for CPU/memory explicitly
 CPU_MILLI_PER_GPU = 4_000
@@ -96,13 +96,13 @@ class _Cycle:
             else policy.bf_max_job_test
         )
         self.any_reservation = False
-        self._running_by_pool: dict[int, list[RunningJob]] | None = None
         self._victim_tables: dict[int, _VictimTable] = {}
         self.preemption_tries = policy.max_preemption_attempts
         self.task_types: tuple[tuple[int, int, float], ...] = ()
         self.unreserved = self._unreserved()
         self.borrow_limit = policy.borrow_limit_pct / 100.0 * float(self.cap.pool_up_milli.sum()) / MILLI_PER_GPU
         self._reserved: dict[tuple[str, str], int] = {}
+        self._grant_status: dict[tuple[str, str | None], tuple[GrantState | None, PendingReason | None]] = {}
         # the job being scheduled was held back by something of its own (its time limit against a reservation's
         # profile, its project's borrowing), not by its class: a class-mate may still fit
         self._job_bound = False
@@ -113,7 +113,11 @@ class _Cycle:
         total_milli = float(self.cap.pool_up_milli.sum())
         ctx = OrderContext(
             now_s=self.now,
-            fairshare=fairshare.factors(self.snap.tenants, self.snap.usage_su) if self.snap.tenants else {},
+            fairshare=(
+                fairshare.factors(self.snap.tenants, self.snap.usage_su, self.snap.fair_shares())
+                if self.snap.tenants
+                else {}
+            ),
             estimator=self.snap.estimator,
             attained_gpu_s=self.snap.attained_gpu_s,
             weights_priority_class=w.priority_class,
@@ -186,7 +190,7 @@ class _Cycle:
                 elig = eligibility.get(k)
                 if elig is None:
                     affiliation = str(q.class_keys[k][-1])
-                    elig = eligibility[k] = eligible_pools(self.cap, job, affiliation)
+                    elig = eligibility[k] = self._eligibility(q.class_keys[k], job, affiliation)
                 if elig.reason is not None:
                     outcome_of[pos] = index_of(elig.reason)
                     fail_class(k, elig.reason)
@@ -215,6 +219,18 @@ class _Cycle:
             reservations=tuple(self.reservations),
             pending=PendingReasons(q.ids, rows[waiting], outcome_of[waiting], reasons),
         )
+
+    def _eligibility(self, key: object, job: Job, affiliation: str) -> Eligibility:
+        """Per class, cached across cycles for as long as the same pools are online."""
+        online = tuple(bool(m > 0) for m in self.cap.pool_up_milli.tolist())
+        cache = self.snap.eligibility_cache
+        cached = cache.get((key, online))
+        if isinstance(cached, Eligibility):
+            return cached
+        if len(cache) > 100_000:
+            cache.clear()
+        elig = cache[(key, online)] = eligible_pools(self.cap, job, affiliation)
+        return elig
 
     @staticmethod
     def _class_reason(reason: PendingReason) -> PendingReason:
@@ -281,33 +297,44 @@ class _Cycle:
         )
 
     def _rules(self, job: Job) -> PendingReason | None:
-        grants = self.snap.grants
-        if not grants:
+        """Grant and program rules: a covering grant, not expired, credit left, time limit within the maximum."""
+        if not self.snap.grants:
             return None
-        grant = grants.get(job.grant) if job.grant else None
-        if grant is None:
-            active = [g for g in self.snap.grants_by_project.get(job.project, ()) if g.start_s <= self.now]
-            grant = active[-1] if active else None
-        if grant is None:
-            return PendingReason(
-                ReasonCode.NO_GRANT, f"project {job.project} has no grant that covers this job; apply to a program"
-            )
+        key = (job.project, job.grant)
+        status = self._grant_status.get(key)
+        if status is None:
+            status = self._grant_status[key] = self._find_grant(job)
+        grant, blocked = status
+        if blocked is not None or grant is None:
+            return blocked
         if grant.max_job_duration_s is not None and job.time_limit_s > grant.max_job_duration_s:
             return PendingReason(
                 ReasonCode.MAX_DURATION,
                 f"time limit {job.time_limit_s / 3600:g} h exceeds the program's maximum of "
                 f"{grant.max_job_duration_s / 3600:g} h; lower --time",
             )
+        return None
+
+    def _find_grant(self, job: Job) -> tuple[GrantState | None, PendingReason | None]:
+        """The grant that covers the job (once per project per cycle) and what blocks it, if anything."""
+        grant = self.snap.grants.get(job.grant) if job.grant else None
+        if grant is None:
+            active = [g for g in self.snap.grants_by_project.get(job.project, ()) if g.start_s <= self.now]
+            grant = active[-1] if active else None
+        if grant is None:
+            return None, PendingReason(
+                ReasonCode.NO_GRANT, f"project {job.project} has no grant that covers this job; apply to a program"
+            )
         if grant.on_exhausted == OnExhausted.STOP:
             if grant.end_s <= self.now:
-                return PendingReason(
+                return grant, PendingReason(
                     ReasonCode.GRANT_EXPIRED, f"grant {grant.id} has expired; ask the program for a renewal"
                 )
             if grant.credit_left_su is not None and grant.credit_left_su <= 0:
-                return PendingReason(
+                return grant, PendingReason(
                     ReasonCode.CREDIT_EXHAUSTED, f"grant {grant.id} has no service-unit credit left; top it up"
                 )
-        return None
+        return grant, None
 
     def _scavenger(self, job: Job) -> bool:
         if job.priority == PriorityClass.SCAVENGER:
@@ -425,12 +452,7 @@ class _Cycle:
 
     # ---- 4. preemption ---------------------------------------------------------------------------------------
     def _running_on(self, pool: int) -> list[RunningJob]:
-        if self._running_by_pool is None:
-            index: dict[int, list[RunningJob]] = defaultdict(list)
-            for run in self.snap.running.values():
-                index[self.cap.pool_by_name[run.placement.pool].index].append(run)
-            self._running_by_pool = dict(index)
-        return self._running_by_pool.get(pool, [])
+        return list(self.snap.running_by_pool.get(pool, {}).values())
 
     def _claims(self, job: Job, pool: int) -> bool:
         """May the job reclaim borrowed capacity in this pool (its reservation, or its owner's pool)?"""
@@ -459,9 +481,18 @@ class _Cycle:
         lost since the last checkpoint. Jobs younger than the minimum run time are never chosen."""
         pol = self.policy
         picked: list[tuple[bool, float, str, RunningJob]] = []
+        need = job.gpu_milli_total
         for c in choices:
             claims = pol.reclaim and self._claims(job, c.pool)
             if not claims and not pol.preempt_by_priority:
+                continue
+            # cheap bound first: free capacity plus every eligible victim must be able to hold the job
+            bound = int(self.cap.pool_milli[c.pool])
+            if pol.preempt_by_priority:
+                bound += sum(self.snap.preemptible_milli.get((c.pool, k), 0) for k in range(int(job.priority)))
+            if claims:
+                bound += self.snap.borrowed_milli.get(c.pool, 0)
+            if bound < need:
                 continue
             t = self._victim_table(c.pool)
             if not t.runs:

@@ -53,9 +53,11 @@ def shares(tenants: Mapping[str, TenantInfo]) -> dict[str, float]:
     return out
 
 
-def factors(tenants: Mapping[str, TenantInfo], usage_su: Mapping[str, float]) -> dict[str, float]:
-    """Fair-share factor in (0, 1] per project; unknown projects get the factor of an equal newcomer."""
-    share = shares(tenants)
+def factors(
+    tenants: Mapping[str, TenantInfo], usage_su: Mapping[str, float], share: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Fair-share factor in (0, 1] per project (``share`` may pass precomputed :func:`shares`)."""
+    share = shares(tenants) if share is None else share
     total = sum(max(u, 0.0) for u in usage_su.values())
     out: dict[str, float] = {}
     for name, s in share.items():

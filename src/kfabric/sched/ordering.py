@@ -57,12 +57,7 @@ def sjf(q: PendingQueue, ctx: OrderContext) -> Keys:
 
 def qssf(q: PendingQueue, ctx: OrderContext) -> Keys:
     """Shortest predicted service (GPU-seconds) first, predictions from history, never the true run time."""
-    est = ctx.estimator
-    predicted = np.fromiter(
-        (0.0 if j is None else est.estimate(j) * j.whole_gpus for j in q.rows()),
-        dtype=np.float64,
-        count=len(q.rows()),
-    )
+    predicted = q.predicted_runtimes(ctx.estimator) * q.arrays()["milli"] / MILLI_PER_GPU
     return _with_starvation_guard(predicted, q, ctx)
 
 
@@ -97,12 +92,7 @@ def kfabric_order(q: PendingQueue, ctx: OrderContext) -> Keys:
     """Our default: priority class first, then shortest predicted service scaled by fair share, with an age
     guard against starvation. Uses only what a real scheduler sees (time limits, history, project)."""
     a = q.arrays()
-    est = ctx.estimator
-    predicted = np.fromiter(
-        (0.0 if j is None else est.estimate(j) * j.whole_gpus for j in q.rows()),
-        dtype=np.float64,
-        count=len(q.rows()),
-    )
+    predicted = q.predicted_runtimes(ctx.estimator) * a["milli"] / MILLI_PER_GPU
     fs_by_project = np.asarray([ctx.fairshare.get(p, 1.0) for p in q.projects] or [1.0], dtype=np.float64)
     fs = fs_by_project[a["project"].astype(np.int64)]
     service = predicted / (0.5 + fs)

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kfabric.model.job import Job
+from kfabric.sched.estimator import LEVELS, RuntimeEstimator
 
 ShapeKey = tuple[object, ...]
 
@@ -36,7 +37,12 @@ def shape_key(job: Job, affiliation: str) -> ShapeKey:
 
 
 class PendingQueue:
-    def __init__(self) -> None:
+    """Pending jobs in columns. With an ``estimator``, each job's history keys are interned at submission so
+    orderings can estimate the whole queue with numpy (``predicted_runtimes``)."""
+
+    def __init__(self, estimator: RuntimeEstimator | None = None) -> None:
+        self.estimator = estimator
+        self._keys = np.zeros((1024, LEVELS), dtype=np.int64)
         self._jobs: list[Job | None] = []
         #: job id per row; only ever appended to (compaction makes a new list), so readers may keep it
         self.ids: list[str] = []
@@ -75,6 +81,9 @@ class PendingQueue:
         row = len(self._jobs)
         if row == self._cols.shape[1]:
             self._cols = np.concatenate([self._cols, np.zeros_like(self._cols)], axis=1)
+            self._keys = np.concatenate([self._keys, np.zeros_like(self._keys)])
+        if self.estimator is not None:
+            self._keys[row] = self.estimator.key_ids(job)
         self._row[job.id] = row
         self._jobs.append(job)
         self.ids.append(job.id)
@@ -106,12 +115,26 @@ class PendingQueue:
         cols = np.zeros((len(_COLUMNS), max(1024, 2 * len(keep))), dtype=np.float64)
         cols[:, : len(keep)] = self._cols[:, keep]
         self._cols = cols
+        keys = np.zeros((cols.shape[1], LEVELS), dtype=np.int64)
+        keys[: len(keep)] = self._keys[keep]
+        self._keys = keys
         self._row = {j.id: i for i, j in enumerate(self._jobs) if j is not None}
         self._dead = 0
 
     def rows(self) -> list[Job | None]:
         """Jobs by row (None where removed); rows line up with :meth:`arrays`."""
         return self._jobs
+
+    def predicted_runtimes(self, estimator: RuntimeEstimator) -> npt.NDArray[np.float64]:
+        """History-based run-time estimate per row (time limit where there is no history)."""
+        n = len(self._jobs)
+        limits = self._cols[_COLUMNS.index("time_limit_s"), :n]
+        if estimator is self.estimator:
+            return estimator.estimate_many(self._keys[:n], limits)
+        rows = [j for j in self._jobs]
+        return np.fromiter(
+            (0.0 if j is None else estimator.estimate(j) for j in rows), dtype=np.float64, count=len(rows)
+        )
 
     def arrays(self) -> dict[str, npt.NDArray[np.float64]]:
         n = len(self._jobs)

@@ -18,7 +18,7 @@ from kfabric.model.job import MILLI_PER_GPU, Job
 from kfabric.model.tenancy import OnExhausted
 from kfabric.sched.capacity import Capacity
 from kfabric.sched.estimator import RuntimeEstimator
-from kfabric.sched.fairshare import TenantInfo
+from kfabric.sched.fairshare import TenantInfo, shares
 
 
 @dataclass(slots=True)
@@ -41,8 +41,12 @@ class RunningJob:
         return self.milli / MILLI_PER_GPU
 
     def lost_work_gpu_s(self, now_s: float) -> float:
-        """GPU-seconds lost if preempted now: time since the last checkpoint (or start) times GPUs."""
-        since = max(self.last_checkpoint_s, self.start_s)
+        """GPU-seconds lost if preempted now: time since the last checkpoint times GPUs. The last checkpoint
+        is the later of what the owner recorded and the job's periodic checkpoints since its start."""
+        ran = max(0.0, now_s - self.start_s)
+        interval = self.job.checkpoint_interval_s
+        periodic = self.start_s + (ran // interval) * interval if interval else self.start_s
+        since = max(self.last_checkpoint_s, periodic)
         return max(0.0, now_s - since) * self.gpus
 
 
@@ -75,6 +79,14 @@ class Snapshot:
     #: GPUs each project runs on borrowed capacity
     borrowed_gpus: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     grants_by_project: dict[str, list[GrantState]] = field(default_factory=dict)
+    #: running work per pool index (kept by start/finish), and the preemptible GPU milli per pool and
+    #: priority class, and per pool on borrowed capacity: preemption skips pools where it cannot succeed
+    running_by_pool: dict[int, dict[str, RunningJob]] = field(default_factory=lambda: defaultdict(dict))
+    preemptible_milli: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
+    borrowed_milli: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    #: caches of things that only change with the tenants or the set of online pools (see their users)
+    _shares: dict[str, float] | None = None
+    eligibility_cache: dict[tuple[object, ...], object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         by_project: dict[str, list[GrantState]] = defaultdict(list)
@@ -90,6 +102,12 @@ class Snapshot:
             if online_at_s is None or pool.online <= datetime.fromtimestamp(online_at_s, UTC).date():
                 cap.set_pool_online(i, True)
         return cls(cap, **kwargs)  # type: ignore[arg-type]
+
+    def fair_shares(self) -> dict[str, float]:
+        """Normalized fair-share shares of the tenants (computed once: tenants do not change after creation)."""
+        if self._shares is None:
+            self._shares = shares(self.tenants)
+        return self._shares
 
     def reserved(self, project: str, model: str, now_s: float) -> int:
         return sum(
@@ -120,6 +138,14 @@ class Snapshot:
 
     def _count(self, run: RunningJob, sign: float) -> None:
         pool = self.capacity.pool_by_name[run.placement.pool]
+        if sign > 0:
+            self.running_by_pool[pool.index][run.job.id] = run
+        else:
+            del self.running_by_pool[pool.index][run.job.id]
+        if run.job.preemptible:
+            self.preemptible_milli[(pool.index, int(run.job.priority))] += int(sign) * run.milli
+            if run.borrowed:
+                self.borrowed_milli[pool.index] += int(sign) * run.milli
         if run.guaranteed:
             self.own_gpus[(run.job.project, pool.model)] += sign * run.gpus
         elif run.borrowed:

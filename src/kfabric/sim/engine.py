@@ -98,7 +98,7 @@ class Simulator:
         self.tenants.update(workload.tenants)
         cap = Capacity(fleet)
         self.snap = Snapshot(cap, tenants=self.tenants, grants=dict(grants or {}))
-        self.queue = PendingQueue()
+        self.queue = PendingQueue(self.snap.estimator)
         self.heap: list[tuple[float, int, int, object]] = []
         self.seq = 0
         self.now = 0.0
@@ -112,6 +112,7 @@ class Simulator:
         self.cycle_pending = False
         self.last_cycle = -math.inf
         self.cycles = 0
+        self.rejected = 0
         self.cycle_s = 0.0
         self.allocated_milli = 0.0
         self.allocated_gpu_s = 0.0
@@ -180,6 +181,11 @@ class Simulator:
 
     # ---- events --------------------------------------------------------------------------------------------
     def _arrive(self, sj: SimJob) -> None:
+        grants = self.snap.grants_by_project.get(sj.job.project)
+        if grants is not None and not any(g.start_s <= self.now < g.end_s for g in grants):
+            # the service refuses a submission whose project has no grant in force (admission control)
+            self.rejected += 1
+            return
         self.live[sj.job.id] = _Live(sj, remaining_s=sj.run_s)
         self.queue.add(sj.job, self._affiliation(sj.job))
         self.cycle_due = True
@@ -273,8 +279,10 @@ class Simulator:
         self.cycle_due = True
 
     def _schedule_failure(self) -> None:
-        rate = self.opt.failures_per_gpu_s * self.fleet.gpus
-        if rate <= 0:
+        """Failures arrive as a Poisson process over the GPUs online now (re-drawn at each failure)."""
+        online = float(self.snap.capacity.pool_up_milli.sum()) / 1000.0
+        rate = self.opt.failures_per_gpu_s * max(online, 1.0)
+        if self.opt.failures_per_gpu_s <= 0:
             return
         self._push(self.now + float(self.rng.exponential(1.0 / rate)), _FAIL, None)
 

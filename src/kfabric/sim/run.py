@@ -22,7 +22,7 @@ from kfabric.scenarios.loader import Scenario
 from kfabric.sched.policy import Policy
 from kfabric.sim.engine import Progress, SimOptions, Simulator
 from kfabric.sim.metrics import JOB_FIELDS, summarize
-from kfabric.sim.setup import grants_of, tenants_of
+from kfabric.sim.setup import grants_of, open_grants, tenants_of
 from kfabric.sim.workload import Workload
 
 
@@ -43,13 +43,14 @@ def simulate(
     wall_clock: Callable[[], float] = time.perf_counter,
 ) -> RunResult:
     t0 = wall_clock()
+    grants = grants_of(scenario, options.start)
     sim = Simulator(
         scenario.fleet,
         workload,
         policy,
         options,
         tenants=tenants_of(scenario),
-        grants=grants_of(scenario, options.start),
+        grants={**grants, **open_grants(workload, grants)},
         wall_clock=wall_clock,
     )
     sim.run(progress)
@@ -63,6 +64,7 @@ def simulate(
         {
             "jobs_submitted": sum(1 for j in workload.jobs if j.job.submit_s <= sim.horizon),
             "jobs_unfinished": len(sim.live),
+            "jobs_rejected": sim.rejected,
             "sim_days": sim.now / 86_400.0,
             "cycles": sim.cycles,
             "cycle_s": sim.cycle_s,

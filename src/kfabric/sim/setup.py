@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date
 
 from kfabric.scenarios.loader import Scenario
 from kfabric.sched.fairshare import TenantInfo
 from kfabric.sched.snapshot import GrantState
+from kfabric.sim.workload import Workload
 
 DAY_S = 86_400.0
 
@@ -48,3 +50,11 @@ def grants_of(scenario: Scenario, start: date) -> dict[str, GrantState]:
             max_job_duration_s=rules.max_job_duration_s,
         )
     return out
+
+
+def open_grants(workload: Workload, grants: dict[str, GrantState]) -> dict[str, GrantState]:
+    """Workload projects the scenario gives no grant (a trace's VCs, synthetic users) get an open-ended one
+    (no reservation, no credit limit), so that they run under the same rules as everyone else."""
+    covered = {g.project for g in grants.values()}
+    projects = sorted({sj.job.project for sj in workload.jobs} - covered)
+    return {f"open:{p}": GrantState(id=f"open:{p}", project=p, start_s=-math.inf, end_s=math.inf) for p in projects}

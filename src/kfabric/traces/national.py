@@ -245,7 +245,7 @@ def national_arrays(
     if not pools:
         raise ValueError(f"synthetic_national: no pool of {scenario.name} is online on {on} (fix: pass a later date)")
     rng = np.random.default_rng([seed, 1])
-    projects = _projects(scenario, pools, rng)
+    projects = _projects(scenario, pools, rng, on)
     builder = _TemplateBuilder(scenario, rng)
     streams: list[tuple[str, list[int], float]] = []  # (kind, template ids, target GPUs)
     public_gpus = sum(p.gpus for p in _public_pools(scenario, pools))
@@ -332,8 +332,10 @@ def _users(rng: np.random.Generator, project: str, members: tuple[str, ...], low
     return list(members) + [f"u{k:02d}@{project}" for k in range(len(members), n)]
 
 
-def _projects(scenario: Scenario, pools: list[NodePool], rng: np.random.Generator) -> list[_Project]:
-    """The scenario's projects sorted into fm / grant / owner, plus synthetic grant and owner projects."""
+def _projects(scenario: Scenario, pools: list[NodePool], rng: np.random.Generator, on: date | None) -> list[_Project]:
+    """The scenario's projects sorted into fm / grant / owner, plus synthetic grant and owner projects.
+    With a date ``on``, a scenario project takes part only if one of its grants is in force then (the
+    service refuses submissions of projects without one); without a date, every project takes part."""
     programs = {p.name: p for p in scenario.programs}
     orgs = {o.name: o for o in scenario.organizations}
     private = {o.name for o in scenario.fleet.owners if o.kind is OwnerKind.PRIVATE}
@@ -346,6 +348,10 @@ def _projects(scenario: Scenario, pools: list[NodePool], rng: np.random.Generato
     out: list[_Project] = []
     for proj in scenario.projects:
         gs = grants.get(proj.name, [])
+        if on is not None and gs:
+            gs = [g for g in gs if g.start <= on < g.end]
+            if not gs:
+                continue
         fm = [g for g in gs if g.program in fm_programs]
         owners = {programs[g.program].owner for g in gs}
         kind_org = orgs[proj.organization].kind if proj.organization in orgs else None
