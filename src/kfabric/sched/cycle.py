@@ -129,6 +129,7 @@ class _Cycle:
             total_milli=total_milli,
             las_thresholds_gpu_s=self.policy.las_thresholds_gpu_s,
             starvation_age_s=self.policy.starvation_age_s,
+            fairshare_strength=self.policy.fairshare_strength,
         )
         return ORDERINGS[self.policy.ordering](self.q, ctx)
 
@@ -274,7 +275,7 @@ class _Cycle:
         milli = job.gpu_milli_total
         if self.policy.backfill == "none":
             self.blocked_pools.update(c.pool for c in choices)
-        if self.reservations_left > 0:
+        if self.reservations_left > 0 and self.now - job.submit_s >= self.policy.reserve_after_s:
             reservation = self._reserve(job, choices, milli)
             if reservation is not None:
                 return reservation, class_wide

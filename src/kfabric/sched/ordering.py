@@ -34,6 +34,7 @@ class OrderContext:
     total_milli: float
     las_thresholds_gpu_s: tuple[float, ...]
     starvation_age_s: float
+    fairshare_strength: float = 1.0
 
 
 OrderingFn = Callable[[PendingQueue, OrderContext], Keys]
@@ -95,7 +96,9 @@ def kfabric_order(q: PendingQueue, ctx: OrderContext) -> Keys:
     predicted = q.predicted_runtimes(ctx.estimator) * a["milli"] / MILLI_PER_GPU
     fs_by_project = np.asarray([ctx.fairshare.get(p, 1.0) for p in q.projects] or [1.0], dtype=np.float64)
     fs = fs_by_project[a["project"].astype(np.int64)]
-    service = predicted / (0.5 + fs)
+    # fs in (0, 1]: a project under its share (fs near 1) moves ahead, one over it falls back
+    lam = ctx.fairshare_strength
+    service = predicted / ((1.0 - lam) + lam * (0.5 + fs))
     cls = float(max(PriorityClass)) - a["priority"]
     keys = cls * 1e15 + np.minimum(service, 9e14)
     return _with_starvation_guard(keys, q, ctx)

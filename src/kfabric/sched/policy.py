@@ -41,12 +41,17 @@ class Policy:
     las_thresholds_gpu_s: tuple[float, ...] = (3_600.0 * 8, 3_600.0 * 64)
     # QSSF/las tie-break and starvation guard: jobs older than this go first, in FIFO order
     starvation_age_s: float = 0.0
+    # kfabric ordering: how much fair share bends shortest-predicted-service order (0 = not at all, 1 = up to 3x)
+    fairshare_strength: float = 1.0
     preempt_by_priority: bool = True
     reclaim: bool = True
     grace_s: float = 60.0
     min_run_s: float = 600.0
     borrow_limit_pct: float = 100.0
     reservations: int = 1
+    # backfill: only jobs that have waited this long get a reservation (0 = any blocked job, as in Slurm);
+    # younger jobs that do not fit simply wait, and do not hold capacity back from the jobs behind them
+    reserve_after_s: float = 0.0
     bf_max_job_test: int = 20_000
     max_preemption_attempts: int = 16
 
@@ -72,9 +77,11 @@ class Policy:
         )
         require(self.fairshare_half_life_s > 0, "policy.fairshare_half_life_s", "must be > 0 seconds")
         require(self.grace_s >= 0, "policy.grace_s", "must be >= 0 seconds")
+        require(0 <= self.fairshare_strength <= 1, "policy.fairshare_strength", "must be within 0..1")
         require(self.min_run_s >= 0, "policy.min_run_s", "must be >= 0 seconds")
         require(0 <= self.borrow_limit_pct <= 100, "policy.borrow_limit_pct", "must be within 0..100")
         require(self.reservations >= 0, "policy.reservations", "must be >= 0")
+        require(self.reserve_after_s >= 0, "policy.reserve_after_s", "must be >= 0 seconds")
         require(self.bf_max_job_test >= 1, "policy.bf_max_job_test", "must be >= 1")
         require(self.max_preemption_attempts >= 0, "policy.max_preemption_attempts", "must be >= 0")
         w = self.weights
