@@ -24,7 +24,6 @@ from kfabric.model.decision import Admission, Decision, Placement, Preemption, R
 from kfabric.model.fleet import Sharing
 from kfabric.model.job import MILLI_PER_GPU, Job, PriorityClass
 from kfabric.model.reasons import PendingReason, ReasonCode
-from kfabric.model.tenancy import OnExhausted
 from kfabric.sched import fairshare
 from kfabric.sched.eligibility import Eligibility, eligible_pools, placement_rule
 from kfabric.sched.ordering import OrderContext, order
@@ -34,15 +33,15 @@ from kfabric.sched.profile import Profile
 from kfabric.sched.queue import PendingQueue
 from kfabric.sched.reasons import PendingReasons
 from kfabric.sched.registry import ORDERINGS, PLACEMENTS
-from kfabric.sched.snapshot import GrantState, RunningJob, Snapshot
+from kfabric.sched.rules import GrantRules
+from kfabric.sched.snapshot import RunningJob, Snapshot
+from kfabric.sched.victims import VICTIM_CANDIDATES, VictimTable
 
 #: default host resources a GPU brings along when a job does not ask for CPU/memory explicitly
 CPU_MILLI_PER_GPU = 4_000
 MEMORY_MIB_PER_GPU = 32_768
 #: queue positions scanned per vectorized step of the main loop
 _CHUNK = 2048
-#: victims considered per preemption attempt (cheapest first)
-VICTIM_CANDIDATES = 512
 
 
 def cycle(snapshot: Snapshot, pending: PendingQueue, policy: Policy, now_s: float) -> Decision:
@@ -55,15 +54,6 @@ def cycle(snapshot: Snapshot, pending: PendingQueue, policy: Policy, now_s: floa
     finally:
         cap.rollback(mark)
         cap.logging = was_logging
-
-
-@dataclass(frozen=True, slots=True)
-class _VictimTable:
-    runs: list[RunningJob]
-    priority: np.ndarray
-    borrowed: np.ndarray
-    start_s: np.ndarray
-    lost: np.ndarray
 
 
 @dataclass(slots=True)
@@ -96,13 +86,13 @@ class _Cycle:
             else policy.bf_max_job_test
         )
         self.any_reservation = False
-        self._victim_tables: dict[int, _VictimTable] = {}
+        self._victim_tables: dict[int, VictimTable] = {}
         self.preemption_tries = policy.max_preemption_attempts
         self.task_types: tuple[tuple[int, int, float], ...] = ()
         self.unreserved = self._unreserved()
         self.borrow_limit = policy.borrow_limit_pct / 100.0 * float(self.cap.pool_up_milli.sum()) / MILLI_PER_GPU
         self._reserved: dict[tuple[str, str], int] = {}
-        self._grant_status: dict[tuple[str, str | None], tuple[GrantState | None, PendingReason | None]] = {}
+        self.rules = GrantRules(snap, now_s)
         # the job being scheduled was held back by something of its own (its time limit against a reservation's
         # profile, its project's borrowing), not by its class: a class-mate may still fit
         self._job_bound = False
@@ -247,10 +237,10 @@ class _Cycle:
     def _schedule(self, job: Job, pools: tuple[int, ...]) -> tuple[PendingReason, bool] | None:
         """Admit the job (None) or say why not and whether its whole class is blocked for this cycle."""
         self._job_bound = False
-        rule_block = self._rules(job)
+        rule_block = self.rules.check(job)
         if rule_block is not None:
             return rule_block, False
-        scavenger = self._scavenger(job)
+        scavenger = self.rules.scavenger(job)
         if scavenger and job.priority != PriorityClass.SCAVENGER:
             self._job_bound = True  # demoted by its project's grant, not by its class
         choices, quota_reason, power_reason = self._choices(job, pools, scavenger)
@@ -296,56 +286,6 @@ class _Cycle:
             ),
             class_wide,
         )
-
-    def _rules(self, job: Job) -> PendingReason | None:
-        """Grant and program rules: a covering grant, not expired, credit left, time limit within the maximum."""
-        if not self.snap.grants:
-            return None
-        key = (job.project, job.grant)
-        status = self._grant_status.get(key)
-        if status is None:
-            status = self._grant_status[key] = self._find_grant(job)
-        grant, blocked = status
-        if blocked is not None or grant is None:
-            return blocked
-        if grant.max_job_duration_s is not None and job.time_limit_s > grant.max_job_duration_s:
-            return PendingReason(
-                ReasonCode.MAX_DURATION,
-                f"time limit {job.time_limit_s / 3600:g} h exceeds the program's maximum of "
-                f"{grant.max_job_duration_s / 3600:g} h; lower --time",
-            )
-        return None
-
-    def _find_grant(self, job: Job) -> tuple[GrantState | None, PendingReason | None]:
-        """The grant that covers the job (once per project per cycle) and what blocks it, if anything."""
-        grant = self.snap.grants.get(job.grant) if job.grant else None
-        if grant is None:
-            active = [g for g in self.snap.grants_by_project.get(job.project, ()) if g.start_s <= self.now]
-            grant = active[-1] if active else None
-        if grant is None:
-            return None, PendingReason(
-                ReasonCode.NO_GRANT, f"project {job.project} has no grant that covers this job; apply to a program"
-            )
-        if grant.on_exhausted == OnExhausted.STOP:
-            if grant.end_s <= self.now:
-                return grant, PendingReason(
-                    ReasonCode.GRANT_EXPIRED, f"grant {grant.id} has expired; ask the program for a renewal"
-                )
-            if grant.credit_left_su is not None and grant.credit_left_su <= 0:
-                return grant, PendingReason(
-                    ReasonCode.CREDIT_EXHAUSTED, f"grant {grant.id} has no service-unit credit left; top it up"
-                )
-        return grant, None
-
-    def _scavenger(self, job: Job) -> bool:
-        if job.priority == PriorityClass.SCAVENGER:
-            return True
-        for g in self.snap.grants_by_project.get(job.project, ()):
-            if g.on_exhausted == OnExhausted.SCAVENGER and (
-                g.end_s <= self.now or (g.credit_left_su is not None and g.credit_left_su <= 0)
-            ):
-                return True
-        return False
 
     def _choices(
         self, job: Job, pools: tuple[int, ...], scavenger: bool
@@ -464,17 +404,10 @@ class _Cycle:
         reserved = self._reserved_for(job.project, p.model)
         return reserved > 0 and self.own[(job.project, p.model)] + job.whole_gpus <= reserved
 
-    def _victim_table(self, pool: int) -> _VictimTable:
+    def _victim_table(self, pool: int) -> VictimTable:
         table = self._victim_tables.get(pool)
         if table is None:
-            runs = [r for r in self._running_on(pool) if r.job.preemptible]
-            table = self._victim_tables[pool] = _VictimTable(
-                runs=runs,
-                priority=np.fromiter((int(r.job.priority) for r in runs), dtype=np.int64, count=len(runs)),
-                borrowed=np.fromiter((r.borrowed for r in runs), dtype=bool, count=len(runs)),
-                start_s=np.fromiter((r.start_s for r in runs), dtype=np.float64, count=len(runs)),
-                lost=np.fromiter((r.lost_work_gpu_s(self.now) for r in runs), dtype=np.float64, count=len(runs)),
-            )
+            table = self._victim_tables[pool] = VictimTable.build(self._running_on(pool), self.now)
         return table
 
     def _victims(self, job: Job, choices: list[_PoolChoice]) -> list[RunningJob]:
@@ -496,22 +429,10 @@ class _Cycle:
             if bound < need:
                 continue
             t = self._victim_table(c.pool)
-            if not t.runs:
-                continue
-            allowed = np.zeros(len(t.runs), dtype=bool)
-            if pol.preempt_by_priority:
-                allowed |= t.priority < int(job.priority)
-            if claims:
-                allowed |= t.borrowed
-            allowed &= (self.now - t.start_s) >= pol.min_run_s
-            idx = np.flatnonzero(allowed)
-            if idx.size > VICTIM_CANDIDATES:
-                cost = np.where(t.borrowed[idx], 0.0, 1e18) + t.lost[idx]
-                idx = idx[np.argsort(cost, kind="stable")[:VICTIM_CANDIDATES]]
-            for i in idx.tolist():
-                run = t.runs[i]
-                if run.job.id not in self.victims:
-                    picked.append((not run.borrowed, float(t.lost[i]), run.job.id, run))
+            below = int(job.priority) if pol.preempt_by_priority else None
+            for key in t.candidates(below, claims, self.now, pol.min_run_s):
+                if key[3].job.id not in self.victims:
+                    picked.append(key)
         picked.sort(key=lambda x: x[:3])
         return [x[3] for x in picked[:VICTIM_CANDIDATES]]
 

@@ -1,0 +1,56 @@
+"""Choosing preemption victims: cheapest first (borrowed work, then the least work lost since the last
+checkpoint), never a job younger than the minimum run time, so there are no preemption loops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from kfabric.sched.snapshot import RunningJob
+
+#: victims considered per preemption attempt (cheapest first)
+VICTIM_CANDIDATES = 512
+
+
+@dataclass(frozen=True, slots=True)
+class VictimTable:
+    """Preemptible running work of one pool, as columns (built at most once per pool per cycle)."""
+
+    runs: list[RunningJob]
+    priority: npt.NDArray[np.int64]
+    borrowed: npt.NDArray[np.bool_]
+    start_s: npt.NDArray[np.float64]
+    lost: npt.NDArray[np.float64]
+
+    @classmethod
+    def build(cls, running: list[RunningJob], now_s: float) -> VictimTable:
+        runs = [r for r in running if r.job.preemptible]
+        n = len(runs)
+        return cls(
+            runs=runs,
+            priority=np.fromiter((int(r.job.priority) for r in runs), dtype=np.int64, count=n),
+            borrowed=np.fromiter((r.borrowed for r in runs), dtype=bool, count=n),
+            start_s=np.fromiter((r.start_s for r in runs), dtype=np.float64, count=n),
+            lost=np.fromiter((r.lost_work_gpu_s(now_s) for r in runs), dtype=np.float64, count=n),
+        )
+
+    def candidates(
+        self, below_priority: int | None, borrowed_too: bool, now_s: float, min_run_s: float
+    ) -> list[tuple[bool, float, str, RunningJob]]:
+        """Sort keys and runs of the allowed victims: lower priority class than ``below_priority`` (when set),
+        or borrowed (when ``borrowed_too``), and running for at least ``min_run_s``."""
+        allowed = np.zeros(len(self.runs), dtype=bool)
+        if below_priority is not None:
+            allowed |= self.priority < below_priority
+        if borrowed_too:
+            allowed |= self.borrowed
+        allowed &= (now_s - self.start_s) >= min_run_s
+        idx = np.flatnonzero(allowed)
+        if idx.size > VICTIM_CANDIDATES:
+            cost = np.where(self.borrowed[idx], 0.0, 1e18) + self.lost[idx]
+            idx = idx[np.argsort(cost, kind="stable")[:VICTIM_CANDIDATES]]
+        return [
+            (not self.runs[i].borrowed, float(self.lost[i]), self.runs[i].job.id, self.runs[i]) for i in idx.tolist()
+        ]
