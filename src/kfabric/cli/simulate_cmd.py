@@ -16,6 +16,7 @@ from rich.table import Table
 from kfabric.cli.console import stdout_console
 from kfabric.cli.errors import UsageError
 from kfabric.cli.sim_runs import run_policies
+from kfabric.report.tables import fmt_duration
 from kfabric.scenarios.loader import load_scenario
 from kfabric.scenarios.policies import load_policy
 from kfabric.sched.policy import Policy
@@ -38,10 +39,10 @@ def _ratio(v: float) -> str:
 
 SUMMARY_COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("utilization", "util", _pct),
-    ("avg_jct_s", "avg JCT", lambda v: _human(v)),
-    ("p99_jct_s", "p99 JCT", lambda v: _human(v)),
-    ("avg_wait_s", "avg wait", lambda v: _human(v)),
-    ("p999_wait_s", "p99.9 wait", lambda v: _human(v)),
+    ("avg_jct_s", "avg JCT", fmt_duration),
+    ("p99_jct_s", "p99 JCT", fmt_duration),
+    ("avg_wait_s", "avg wait", fmt_duration),
+    ("p999_wait_s", "p99.9 wait", fmt_duration),
     ("avg_bounded_slowdown", "slowdown", _ratio),
     ("jain_index", "Jain", _ratio),
     ("preemptions", "preempt", _count),
@@ -49,16 +50,6 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("jobs_finished", "jobs done", _count),
     ("jobs_per_min", "jobs/min", _count),
 )
-
-
-def _human(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86_400:.1f} d"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
