@@ -93,9 +93,10 @@ class _Cycle:
         self.borrow_limit = policy.borrow_limit_pct / 100.0 * float(self.cap.pool_up_milli.sum()) / MILLI_PER_GPU
         self._reserved: dict[tuple[str, str], int] = {}
         self.rules = GrantRules(snap, now_s)
+        self._online = tuple(bool(m > 0) for m in self.cap.pool_up_milli.tolist())
         # the job being scheduled was held back by something of its own (its time limit against a reservation's
         # profile, its project's borrowing), not by its class: a class-mate may still fit
-        self._job_bound = False
+        self._job_bound = self._profile_bound = self._other_bound = False
 
     # ---- 1. order ------------------------------------------------------------------------------------------
     def _keys(self) -> np.ndarray:
@@ -161,12 +162,18 @@ class _Cycle:
             class_reason[k] = index_of(self._class_reason(reason))
             n_failed += 1
 
+        # per class: the shortest time limit that failed only because it would delay a reservation
+        longest_fit: dict[int, tuple[float, int]] = {}
+        cut = np.full(n_classes, np.inf)
+        cut_reason = np.full(n_classes, -1, dtype=np.int64)
+        limits = q.arrays()["time_limit_s"][rows]
         # walk the queue in chunks, looking only at positions whose class has not failed yet
         for chunk_start in range(0, len(rows), _CHUNK):
             if (n_failed >= live_classes and not holders_left) or examined >= bound:
                 break
             chunk = slice(chunk_start, chunk_start + _CHUNK)
-            todo = np.flatnonzero(~failed[klass[chunk]] | holder[chunk]) + chunk_start
+            todo = np.flatnonzero((~failed[klass[chunk]] & (limits[chunk] < cut[klass[chunk]])) | holder[chunk])
+            todo += chunk_start
             for pos in todo.tolist():
                 k = int(klass[pos])
                 mine = bool(holder[pos])
@@ -175,9 +182,14 @@ class _Cycle:
                 if (n_failed >= live_classes and not holders_left) or examined >= bound:
                     break
                 holders_left -= mine
-                examined += 1
                 job = jobs[rows_list[pos]]
                 assert job is not None
+                too_long = longest_fit.get(k)
+                if too_long is not None and not mine and job.time_limit_s >= too_long[0]:
+                    # a class-mate with a shorter time limit could not start without delaying a reservation
+                    outcome_of[pos] = too_long[1]
+                    continue
+                examined += 1
                 elig = eligibility.get(k)
                 if elig is None:
                     affiliation = str(q.class_keys[k][-1])
@@ -194,6 +206,12 @@ class _Cycle:
                 outcome_of[pos] = index_of(reason)
                 if class_failed:
                     fail_class(k, reason)
+                elif self._profile_bound and not self._other_bound and not mine:
+                    previous = longest_fit.get(k)
+                    if previous is None or job.time_limit_s < previous[0]:
+                        longest_fit[k] = (job.time_limit_s, int(outcome_of[pos]))
+                        cut[k] = job.time_limit_s
+                        cut_reason[k] = outcome_of[pos]
         # everything not examined: its class's reason, or the per-cycle bound
         limit = index_of(
             PendingReason(
@@ -202,7 +220,9 @@ class _Cycle:
             )
         )
         unexamined = outcome_of == -2
-        outcome_of[unexamined] = np.where(failed[klass[unexamined]], class_reason[klass[unexamined]], limit)
+        ks = klass[unexamined]
+        too_long_here = limits[unexamined] >= cut[ks]
+        outcome_of[unexamined] = np.where(failed[ks], class_reason[ks], np.where(too_long_here, cut_reason[ks], limit))
         waiting = np.flatnonzero(outcome_of >= 0)
         return Decision(
             admissions=tuple(self.admissions),
@@ -213,7 +233,7 @@ class _Cycle:
 
     def _eligibility(self, key: object, job: Job, affiliation: str) -> Eligibility:
         """Per class, cached across cycles for as long as the same pools are online."""
-        online = tuple(bool(m > 0) for m in self.cap.pool_up_milli.tolist())
+        online = self._online
         cache = self.snap.eligibility_cache
         cached = cache.get((key, online))
         if isinstance(cached, Eligibility):
@@ -236,13 +256,13 @@ class _Cycle:
     # ---- 2-5. one job ----------------------------------------------------------------------------------------
     def _schedule(self, job: Job, pools: tuple[int, ...]) -> tuple[PendingReason, bool] | None:
         """Admit the job (None) or say why not and whether its whole class is blocked for this cycle."""
-        self._job_bound = False
+        self._job_bound = self._profile_bound = self._other_bound = False
         rule_block = self.rules.check(job)
         if rule_block is not None:
             return rule_block, False
         scavenger = self.rules.scavenger(job)
         if scavenger and job.priority != PriorityClass.SCAVENGER:
-            self._job_bound = True  # demoted by its project's grant, not by its class
+            self._job_bound = self._other_bound = True  # demoted by its project's grant, not by its class
         choices, quota_reason, power_reason = self._choices(job, pools, scavenger)
         if not choices:
             if quota_reason is not None:
@@ -329,7 +349,7 @@ class _Cycle:
                     continue
                 limit = self.borrow_limit
                 if self.borrowed[job.project] + gpus > limit:
-                    self._job_bound = True
+                    self._job_bound = self._other_bound = True
                     quota_reason = PendingReason(
                         ReasonCode.QUOTA,
                         f"project {job.project} already borrows {self.borrowed[job.project]:g} GPUs "
@@ -343,23 +363,21 @@ class _Cycle:
         """Place on non-borrowed pools first. A pool holding reservations takes the job only if its
         availability profile holds it over the whole time limit (backfill never delays a reservation)."""
         by_pool = {c.pool: c for c in choices}
+        usable = []
+        for c in choices:
+            profile = self.profiles.get(c.pool)
+            if profile is None or not profile.reserved or profile.fits(self.now, job.time_limit_s, job.gpu_milli_total):
+                usable.append(c)
+            else:
+                self._job_bound = self._profile_bound = True
         for borrowed in (False, True):
-            group = [c.pool for c in choices if c.borrowed == borrowed]
-            while group:
-                req = PlaceRequest(job, group, CPU_MILLI_PER_GPU, MEMORY_MIB_PER_GPU, task_types=self.task_types)
-                placement = self.place(self.cap, req)
-                if placement is None:
-                    break
-                pool = self.cap.pool_by_name[placement.pool].index
-                profile = self.profiles.get(pool)
-                if (
-                    profile is None
-                    or not profile.reserved
-                    or profile.fits(self.now, job.time_limit_s, job.gpu_milli_total)
-                ):
-                    return placement, by_pool[pool]
-                self._job_bound = True
-                group = [g for g in group if g != pool]
+            group = [c.pool for c in usable if c.borrowed == borrowed]
+            if not group:
+                continue
+            req = PlaceRequest(job, group, CPU_MILLI_PER_GPU, MEMORY_MIB_PER_GPU, task_types=self.task_types)
+            placement = self.place(self.cap, req)
+            if placement is not None:
+                return placement, by_pool[self.cap.pool_by_name[placement.pool].index]
         return None
 
     def _admit(self, job: Job, placement: Placement, choice: _PoolChoice, start_s: float) -> None:
@@ -437,11 +455,19 @@ class _Cycle:
         return [x[3] for x in picked[:VICTIM_CANDIDATES]]
 
     def _try_preempt(self, job: Job, choices: list[_PoolChoice]) -> bool:
-        if self.preemption_tries <= 0 or job.priority == PriorityClass.SCAVENGER:
+        """Reclaim (a reservation's owner taking back borrowed capacity) is always tried: the guarantee
+        depends on it. Preemption by priority class is bounded to ``max_preemption_attempts`` victim searches
+        per cycle."""
+        if job.priority == PriorityClass.SCAVENGER:
             return False
         pol = self.policy
         if not pol.preempt_by_priority and not pol.reclaim:
             return False
+        claims = pol.reclaim and any(self._claims(job, c.pool) for c in choices)
+        if not claims:
+            if self.preemption_tries <= 0 or not pol.preempt_by_priority:
+                return False
+            self.preemption_tries -= 1
         cap = self.cap
         need = job.gpu_milli_total
         victims = self._victims(job, choices)
@@ -453,7 +479,6 @@ class _Cycle:
         victims = [r for r in victims if cap.pool_by_name[r.placement.pool].index in hopeful]
         if not victims:
             return False
-        self.preemption_tries -= 1
         mark = cap.mark()
         freed: list[RunningJob] = []
         for run in victims:

@@ -53,7 +53,7 @@ class Policy:
     # younger jobs that do not fit simply wait, and do not hold capacity back from the jobs behind them
     reserve_after_s: float = 0.0
     bf_max_job_test: int = 20_000
-    max_preemption_attempts: int = 16
+    max_preemption_attempts: int = 8
 
     def __post_init__(self) -> None:
         require(self.name != "", "policy.name", "must not be empty")

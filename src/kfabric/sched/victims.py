@@ -11,7 +11,7 @@ import numpy.typing as npt
 from kfabric.sched.snapshot import RunningJob
 
 #: victims considered per preemption attempt (cheapest first)
-VICTIM_CANDIDATES = 512
+VICTIM_CANDIDATES = 256
 
 
 @dataclass(frozen=True, slots=True)
