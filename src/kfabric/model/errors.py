@@ -46,3 +46,37 @@ def require_name(value: str, where: str) -> None:
         "use a short identifier such as 'nhn-gwangju'",
     )
     require("/" not in value, where, f"name {value!r} contains '/'", "names form topology paths; drop the '/'")
+
+
+class NotFound(KfabricError):
+    """The object does not exist, or the caller may not know that it exists (tenants never learn of each
+    other's objects: the API answers 404 for both)."""
+
+    def __init__(self, what: str, key: object, fix: str = "") -> None:
+        self.what, self.key, self.fix = what, key, fix
+        text = f"{what} {key!r} not found"
+        super().__init__(text + (f" (fix: {fix})" if fix else ""))
+
+
+class PermissionDenied(KfabricError):
+    """The caller may see the object but not do this to it."""
+
+    def __init__(self, action: str, why: str, fix: str = "") -> None:
+        self.action, self.why, self.fix = action, why, fix
+        super().__init__(f"not allowed to {action}: {why}" + (f" (fix: {fix})" if fix else ""))
+
+
+class Conflict(KfabricError):
+    """The request clashes with the object's current state (e.g. cancelling a finished job, a duplicate name)."""
+
+    def __init__(self, where: str, problem: str, fix: str = "") -> None:
+        self.where, self.problem, self.fix = where, problem, fix
+        super().__init__(f"{where}: {problem}" + (f" (fix: {fix})" if fix else ""))
+
+
+class Unauthenticated(KfabricError):
+    """No valid credentials were presented."""
+
+    def __init__(self, problem: str, fix: str = "send Authorization: Bearer kf_... (CLI: KFABRIC_TOKEN)") -> None:
+        self.problem, self.fix = problem, fix
+        super().__init__(f"{problem} (fix: {fix})")

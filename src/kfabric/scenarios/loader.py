@@ -29,7 +29,7 @@ from kfabric.model import (
     ValidationError,
 )
 from kfabric.scenarios.errors import ScenarioError
-from kfabric.scenarios.yamldoc import Doc, Fields, read_doc
+from kfabric.scenarios.yamldoc import Doc, Fields, parse_doc, read_doc
 
 _T = TypeVar("_T")
 PACKAGED = ("korea-2030", "lab", "philly")
@@ -78,6 +78,20 @@ def load_gpu_catalog() -> dict[str, GpuModel]:
 def load_file(path: Path, label: str | None = None) -> Scenario:
     doc = read_doc(path, label)
     return build_scenario(doc)
+
+
+def load_text(text: str, label: str) -> Scenario:
+    """A scenario from YAML text (e.g. the fleet document the service stored); errors name ``label``."""
+    return build_scenario(parse_doc(text, label))
+
+
+def scenario_text(name_or_path: str) -> str:
+    """The YAML text of a packaged scenario or a scenario file (what the service stores as its fleet)."""
+    path = packaged_path(name_or_path) if name_or_path in PACKAGED else Path(name_or_path)
+    if not path.exists():
+        known = ", ".join(PACKAGED)
+        raise ScenarioError(name_or_path, "", None, f"a scenario name ({known}) or a YAML file", "neither")
+    return path.read_text()
 
 
 def build_scenario(doc: Doc) -> Scenario:

@@ -1,0 +1,289 @@
+"""The per-attempt runner of the local backend: ``python -m kfabric.backends.local_runner ATTEMPT_DIR``.
+
+:class:`~kfabric.backends.local.LocalBackend` starts one runner per attempt, in a new session, so the runner
+is the leader of its own process group and outlives the controller. The runner:
+
+1. reads ``spec.json`` and claims the attempt by creating the ``pid`` file exclusively. Whoever creates ``pid``
+   first owns the attempt: if the controller already declared it lost (or another runner claimed it), the runner
+   exits without starting anything, so an attempt never runs twice;
+2. runs ``/bin/sh -c COMMAND`` in its own process group (``killpg`` on the runner's pid reaches the whole job),
+   with stdout/stderr in the attempt directory and ``CUDA_VISIBLE_DEVICES`` set to the assigned GPUs;
+3. enforces the time limit itself (it holds while the controller is down): SIGTERM to the group, then SIGKILL
+   after a grace period;
+4. on a SIGTERM from outside (a cancel), forwards it to the job, waits the grace written in the ``cancel`` marker,
+   then kills what is left;
+5. when the job's shell has ended, kills whatever is left of the group, reaps it (the runner is a child subreaper
+   on Linux, so orphaned job processes are reaped even where PID 1 does not reap), and publishes ``result.json``.
+
+Every record is written atomically (a temporary file, then a rename or a link). ``pid`` and ``result.json`` are
+published with :func:`publish_once`, which never overwrites: the first writer wins.
+
+This module imports nothing from kfabric so that a runner starts fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+#: the files of an attempt directory
+SPEC, PID, STARTED, RESULT, CANCEL, STDOUT, STDERR = (
+    "spec.json",
+    "pid",
+    "started",
+    "result.json",
+    "cancel",
+    "stdout",
+    "stderr",
+)
+#: what the ``pid`` file holds when the controller claimed an attempt whose runner never started
+NO_RUNNER = "none"
+#: seconds between SIGTERM and SIGKILL at the time limit, unless spec.json says otherwise
+DEFAULT_KILL_GRACE_S = 5.0
+#: how long the runner waits for killed processes to disappear before it publishes the result anyway
+_REAP_DEADLINE_S = 3.0
+_TICK_S = 0.05
+_PR_SET_CHILD_SUBREAPER = 36
+_PROC = Path("/proc")
+
+
+# --------------------------------------------------------------------------------------------- shared helpers
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old content or the new, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def publish_once(path: Path, text: str) -> bool:
+    """Create ``path`` with ``text`` atomically unless it exists. Returns whether this call created it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def exit_code_of(returncode: int) -> int:
+    """A Popen return code as a shell reports it: killed by signal N → 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def proc_available() -> bool:
+    """Whether /proc can be used to list processes (Linux)."""
+    return (_PROC / "self" / "stat").exists()
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) of ``pid`` from /proc, or None when it is gone."""
+    try:
+        data = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = data[data.rfind(")") + 2 :].split()
+    return fields[0], int(fields[2])
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but was not reaped yet (False when unknown)."""
+    st = _stat(pid)
+    return st is not None and st[0] == "Z"
+
+
+def group_members(pgid: int, *, live_only: bool = False) -> list[int]:
+    """Pids in process group ``pgid`` (from /proc; empty where /proc is missing). ``live_only`` drops zombies."""
+    pids = []
+    try:
+        entries = list(os.scandir(_PROC))
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        st = _stat(int(entry.name))
+        if st is None or st[1] != pgid or (live_only and st[0] == "Z"):
+            continue
+        pids.append(int(entry.name))
+    return pids
+
+
+def kill_group_except(pgid: int, sig: int, keep: int) -> None:
+    """Send ``sig`` to every process of group ``pgid`` except ``keep`` (needs /proc)."""
+    for pid in group_members(pgid, live_only=True):
+        if pid != keep:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+# --------------------------------------------------------------------------------------------- the runner
+
+
+class Runner:
+    """Runs one attempt; see the module docstring."""
+
+    def __init__(self, attempt_dir: Path) -> None:
+        self.dir = attempt_dir
+        self.pid = os.getpid()
+        #: set by a SIGTERM that the runner did not send itself
+        self.outside_term = False
+        #: whether that SIGTERM came after the job's shell started (and so reached its process group)
+        self.term_reached_job = False
+        #: why the runner is stopping the job itself ("timeout" or "cancel"), None while it runs freely
+        self.stopping: str | None = None
+        self.child: subprocess.Popen[bytes] | None = None
+
+    # ----------------------------------------------------------------------------------- signals and records
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping is None and not self.outside_term:
+            self.outside_term = True
+            self.term_reached_job = self.child is not None
+
+    def _publish_result(self, state: str, exit_code: int | None, message: str = "") -> None:
+        record = {"state": state, "exit_code": exit_code, "ended_at_s": time.time(), "message": message}
+        publish_once(self.dir / RESULT, json.dumps(record))
+
+    def _cancel_grace_s(self) -> float:
+        try:
+            return float(json.loads((self.dir / CANCEL).read_text()).get("grace_s", 0.0))
+        except (OSError, ValueError, AttributeError):
+            return 0.0
+
+    # ----------------------------------------------------------------------------------- the job
+
+    def _env(self, spec: dict[str, Any]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in spec.get("env", {}).items()})
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.get("gpus", []))
+        env["KFABRIC_JOB_ID"] = str(spec["job_id"])
+        env["KFABRIC_ATTEMPT"] = str(spec["attempt"])
+        return env
+
+    def _group_alive(self) -> bool:
+        """Whether the job still has live processes (its shell, or others of the group where /proc tells)."""
+        if self.child is not None and self.child.poll() is None:
+            return True
+        return any(pid != self.pid for pid in group_members(self.pid, live_only=True))
+
+    def _reap(self) -> None:
+        """Reap exited children (the shell is reaped by Popen first, so its status is not stolen)."""
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    def _stop(self, reason: str, grace_s: float, *, send_term: bool = True) -> None:
+        """SIGTERM the job's group (unless it got one already), give it ``grace_s`` to end, then SIGKILL the rest."""
+        self.stopping = reason
+        if send_term:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)  # reaches the runner too; _on_sigterm ignores it now
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and self._group_alive():
+            time.sleep(_TICK_S)
+        self._kill_rest()
+
+    def _kill_rest(self) -> None:
+        """SIGKILL every process of the group but the runner, and reap them."""
+        if self.child is not None and self.child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.child.kill()
+        kill_group_except(self.pid, signal.SIGKILL, keep=self.pid)
+        if self.child is not None:
+            self.child.wait()
+        deadline = time.monotonic() + _REAP_DEADLINE_S
+        while True:
+            self._reap()
+            rest = [pid for pid in group_members(self.pid) if pid != self.pid]
+            if not rest or time.monotonic() >= deadline:
+                return
+            kill_group_except(self.pid, signal.SIGKILL, keep=self.pid)
+            time.sleep(_TICK_S / 5)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            spec = json.loads((self.dir / SPEC).read_text())
+        except (OSError, ValueError) as exc:
+            if publish_once(self.dir / PID, str(self.pid)):
+                self._publish_result("failed", None, f"runner could not read {SPEC}: {exc}")
+            return 1
+        if not publish_once(self.dir / PID, str(self.pid)):
+            return 0  # claimed already: another runner runs it, or the controller declared it lost
+        if (self.dir / RESULT).exists():
+            return 0
+        write_atomic(self.dir / STARTED, repr(time.time()))
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+        started = time.monotonic()
+        time_limit_s = float(spec.get("time_limit_s", float("inf")))
+        kill_grace_s = float(spec.get("kill_grace_s", DEFAULT_KILL_GRACE_S))
+        try:
+            with open(self.dir / STDOUT, "wb") as out, open(self.dir / STDERR, "wb") as err:
+                self.child = subprocess.Popen(
+                    ["/bin/sh", "-c", str(spec["command"])],
+                    cwd=spec.get("workdir") or self.dir,
+                    env=self._env(spec),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                )
+        except (OSError, KeyError) as exc:
+            self._publish_result("failed", None, f"could not start the job: {exc}")
+            return 1
+
+        while True:
+            try:
+                returncode = self.child.wait(timeout=_TICK_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self.outside_term and self.stopping is None:
+                self._stop("cancel", self._cancel_grace_s(), send_term=not self.term_reached_job)
+            elif self.stopping is None and time.monotonic() - started >= time_limit_s:
+                self._stop("timeout", kill_grace_s)
+        self._kill_rest()  # the shell ended: nothing of the job may outlive it
+        exit_code = exit_code_of(returncode)
+
+        if self.stopping == "timeout":
+            self._publish_result("timeout", exit_code, f"time limit of {time_limit_s:g} s reached")
+        elif self.outside_term and (self.dir / CANCEL).exists():
+            self._publish_result("cancelled", exit_code, "cancelled")
+        elif self.outside_term:
+            self._publish_result("lost", exit_code, "terminated by a SIGTERM that was not a kfabric cancel")
+        elif returncode == 0:
+            self._publish_result("succeeded", 0)
+        else:
+            self._publish_result("failed", exit_code, f"exit code {exit_code}")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m kfabric.backends.local_runner ATTEMPT_DIR", file=sys.stderr)
+        return 2
+    return Runner(Path(args[0])).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

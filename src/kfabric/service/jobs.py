@@ -1,0 +1,141 @@
+"""Submit, cancel, list and show jobs. Submissions are idempotent per ``(project, client_key)``: a retry with
+the same key returns the job the first call created, whatever happened to the first response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from kfabric.model.job import JobState, check_transition
+from kfabric.service import audit
+from kfabric.service.actors import Actor, Role
+from kfabric.service.jobspec import build_job
+from kfabric.store import tables as t
+
+FINAL = {s.value for s in JobState if s.final}
+
+
+def _project(session: Session, actor: Actor, name: str) -> t.Project:
+    project = session.scalars(select(t.Project).where(t.Project.name == name)).one_or_none()
+    if project is None or not actor.sees_project(project.id, project.organization_id):
+        raise NotFound("project", name, "kfabric projects lists the projects you belong to")
+    return project
+
+
+def submit(
+    sessions: sessionmaker[Session],
+    actor: Actor,
+    project_name: str,
+    spec: dict[str, Any],
+    now_s: float,
+    client_key: str | None = None,
+) -> tuple[t.Job, bool]:
+    """Create a pending job; returns ``(job, created)``. ``created`` is False for a repeated client key."""
+    if actor.role not in (Role.OPERATOR, Role.ORG_ADMIN, Role.MEMBER):
+        raise PermissionDenied("submit jobs", f"the {actor.role.value} role does not run work")
+    if client_key is not None and not (0 < len(client_key) <= 200):
+        raise ValidationError("client_key", "must be 1..200 characters", "use a UUID per logical submission")
+    try:
+        with sessions.begin() as session:
+            project = _project(session, actor, project_name)
+            if client_key is not None:
+                found = _by_key(session, project.id, client_key)
+                if found is not None:
+                    return found, False
+            build_job("new", project.name, actor.name, spec, now_s)  # validates; raises naming the field
+            row = t.Job(
+                project_id=project.id,
+                user_id=actor.user_id,
+                client_key=client_key,
+                name=str(spec.get("name", "")),
+                spec=spec,
+                state=JobState.PENDING.value,
+                reason_code="new",
+                reason="submitted; waiting for the next scheduling cycle",
+                submitted_at_s=now_s,
+            )
+            session.add(row)
+            session.flush()
+            session.add(t.JobEvent(job_id=row.id, at_s=now_s, from_state="", to_state="pending", reason="submitted"))
+            audit.record(session, actor.name, "job.submit", "job", row.id, now_s, project.organization_id)
+            return row, True
+    except IntegrityError:
+        if client_key is None:
+            raise
+    # a concurrent request with the same client key won the race: return its job
+    with sessions.begin() as session:
+        project = _project(session, actor, project_name)
+        found = _by_key(session, project.id, client_key)
+        if found is None:
+            raise Conflict("client_key", "a concurrent submission with this key failed", "retry the submission")
+        return found, False
+
+
+def _by_key(session: Session, project_id: int, client_key: str) -> t.Job | None:
+    return session.scalars(
+        select(t.Job).where(t.Job.project_id == project_id, t.Job.client_key == client_key)
+    ).one_or_none()
+
+
+def visible_job(session: Session, actor: Actor, job_id: int) -> tuple[t.Job, t.Project]:
+    row = session.get(t.Job, job_id)
+    project = session.get(t.Project, row.project_id) if row is not None else None
+    if row is None or project is None or not actor.sees_project(project.id, project.organization_id):
+        raise NotFound("job", job_id, "kfabric queue lists the jobs you can see")
+    return row, project
+
+
+def cancel(sessions: sessionmaker[Session], actor: Actor, job_id: int, now_s: float) -> t.Job:
+    """Pending jobs end at once; admitted or running ones are terminated by the controller's next dispatch."""
+    with sessions.begin() as session:
+        row, project = visible_job(session, actor, job_id)
+        if actor.role is Role.MEMBER and row.user_id != actor.user_id:
+            raise PermissionDenied(f"cancel job {job_id}", "members cancel only their own jobs", "ask an org-admin")
+        if row.state in FINAL:
+            raise Conflict(f"job {job_id}", f"is already {row.state}", "nothing to cancel")
+        if row.cancel_requested:
+            return row
+        if row.state in (JobState.PENDING.value, JobState.PREEMPTED.value) and not row.launched:
+            transition(session, row, JobState.CANCELLED, now_s, f"cancelled by {actor.name}")
+            row.ended_at_s = now_s
+        else:
+            row.cancel_requested = True
+            row.reason = f"cancel requested by {actor.name}; stopping"
+        audit.record(session, actor.name, "job.cancel", "job", row.id, now_s, project.organization_id)
+        return row
+
+
+def transition(session: Session, row: t.Job, to: JobState, now_s: float, reason: str) -> None:
+    """Move a job to ``to`` (checked against the state machine) and record the event."""
+    check_transition(str(row.id), JobState(row.state), to)
+    session.add(t.JobEvent(job_id=row.id, at_s=now_s, from_state=row.state, to_state=to.value, reason=reason))
+    row.state = to.value
+    if to is not JobState.PENDING:
+        row.reason_code, row.reason = "", reason
+    row.expected_start_s = None
+
+
+def list_jobs(
+    session: Session,
+    actor: Actor,
+    states: set[str] | None = None,
+    project: str | None = None,
+    limit: int = 1000,
+    after_id: int = 0,
+) -> list[tuple[t.Job, str]]:
+    q = select(t.Job, t.Project.name).join(t.Project, t.Project.id == t.Job.project_id).where(t.Job.id > after_id)
+    if actor.role is Role.ORG_ADMIN:
+        q = q.where(t.Project.organization_id == actor.organization_id)
+    elif actor.role is Role.MEMBER:
+        q = q.where(t.Job.project_id.in_(actor.project_ids))
+    elif actor.role is not Role.OPERATOR:
+        return []
+    if states:
+        q = q.where(t.Job.state.in_(sorted(states)))
+    if project:
+        q = q.where(t.Project.name == project)
+    return [(j, p) for j, p in session.execute(q.order_by(t.Job.id).limit(limit)).all()]

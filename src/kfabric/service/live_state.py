@@ -1,0 +1,197 @@
+"""The scheduler's view of the live fleet, kept in memory and brought up to date from the store by diffs.
+
+The store is the truth: after a restart the state is rebuilt from it (running work from admitted/running
+rows, the queue from pending rows, fair-share usage from decayed usage records). Between ticks only what
+changed is read in full (new job rows); everything else is a light scan of ids and states.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kfabric.model.fleet import Fleet
+from kfabric.model.job import Job, JobState
+from kfabric.model.tenancy import OnExhausted
+from kfabric.scenarios.loader import Scenario
+from kfabric.sched.fairshare import TenantInfo
+from kfabric.sched.policy import Policy
+from kfabric.sched.queue import PendingQueue
+from kfabric.sched.snapshot import GrantState, Snapshot
+from kfabric.service.jobspec import job_of_row, placement_of_json
+from kfabric.service.programs import rules_of_json
+from kfabric.store import tables as t
+
+ACTIVE = (JobState.PENDING.value, JobState.ADMITTED.value, JobState.RUNNING.value)
+IN_FORCE = ("active", "flagged")
+
+
+@dataclass(frozen=True, slots=True)
+class JobMeta:
+    row_id: int
+    project_id: int
+    state: str
+    attempt: int
+
+
+class LiveState:
+    def __init__(self, scenario: Scenario, policy: Policy) -> None:
+        self.fleet: Fleet = scenario.fleet
+        self.policy = policy
+        self.snap = Snapshot.for_fleet(self.fleet)
+        self.queue = PendingQueue(self.snap.estimator)
+        self.owners = {o.name for o in self.fleet.owners}
+        self.projects: dict[int, tuple[str, int]] = {}
+        self.users: dict[int, str] = {}
+        self._grants_key: tuple[object, ...] | None = None
+        self._usage_at_s: float | None = None
+        self._jobs: dict[str, Job] = {}
+        self.grant_rows: dict[int, t.Grant] = {}
+        self._online_day: str = ""
+
+    # ---- public --------------------------------------------------------------------------------------------
+    def sync(self, session: Session, now_s: float) -> None:
+        """Make the snapshot and queue match the store at ``now_s``."""
+        self._sync_online(now_s)
+        self._sync_tenants(session)
+        self._sync_usage(session, now_s)
+        self._sync_jobs(session)
+
+    def job(self, job_id: str) -> Job:
+        return self._jobs[job_id]
+
+    def add_usage(self, project: str, su: float) -> None:
+        self.snap.usage_su[project] = self.snap.usage_su.get(project, 0.0) + su
+
+    # ---- parts ---------------------------------------------------------------------------------------------
+    def _sync_online(self, now_s: float) -> None:
+        day = datetime.fromtimestamp(now_s, UTC).date()
+        if day.isoformat() == self._online_day:
+            return
+        for i, pool in enumerate(self.fleet.pools):
+            self.snap.capacity.set_pool_online(i, pool.online <= day)
+        self._online_day = day.isoformat()
+        self.snap.eligibility_cache.clear()
+
+    def _sync_tenants(self, session: Session) -> None:
+        projects = session.execute(select(t.Project.id, t.Project.name, t.Project.organization_id)).all()
+        self.projects = {pid: (name, org) for pid, name, org in projects}
+        self.users = dict(session.execute(select(t.User.id, t.User.name)).tuples().all())
+        grants = session.scalars(select(t.Grant).order_by(t.Grant.id)).all()
+        programs = {p.id: p for p in session.scalars(select(t.Program)).all()}
+        key = tuple(
+            (g.id, g.status, g.start_s, g.end_s, g.reserved_gpus, g.credit_su_hours, round(g.used_su_hours, 6))
+            for g in grants
+        )
+        if key == self._grants_key:
+            return
+        self._grants_key = key
+        self.grant_rows = {g.id: g for g in grants}
+        orgs = dict(session.execute(select(t.Organization.id, t.Organization.name)).tuples().all())
+        states: dict[str, GrantState] = {}
+        by_project: dict[str, list[t.Grant]] = {}
+        for g in grants:
+            if g.status not in IN_FORCE and g.status != "reclaimed":
+                continue
+            project = self.projects[g.project_id][0]
+            by_project.setdefault(project, []).append(g)
+            rules = rules_of_json(programs[g.program_id].rules)
+            credit = g.credit_su_hours - g.used_su_hours if g.credit_su_hours > 0 else None
+            states[g.name] = GrantState(
+                id=g.name,
+                project=project,
+                start_s=g.start_s,
+                end_s=g.end_s,
+                reserved_model=g.reserved_model,
+                reserved_gpus=g.reserved_gpus,
+                credit_left_su=credit,
+                on_exhausted=rules.on_exhausted if isinstance(rules.on_exhausted, OnExhausted) else OnExhausted.STOP,
+                max_job_duration_s=rules.max_job_duration_s,
+            )
+        tenants: dict[str, TenantInfo] = {}
+        for name, org in self.projects.values():
+            gs = by_project.get(name, [])
+            program = programs[gs[0].program_id] if gs else None
+            tenants[name] = TenantInfo(
+                project=name,
+                organization=orgs.get(org, "?"),
+                program=program.name if program else "-",
+                weight=sum(g.weight for g in gs) or 1.0,
+                program_weight=program.weight if program else 1.0,
+                affiliation=program.owner if program and program.owner in self.owners else "",
+            )
+        snap = self.snap
+        snap.grants = states
+        snap.tenants = tenants
+        snap._shares = None
+        snap.__post_init__()
+        snap.eligibility_cache.clear()
+
+    def _sync_usage(self, session: Session, now_s: float) -> None:
+        half = self.policy.fairshare_half_life_s
+        if self._usage_at_s is None:
+            # rebuild decayed usage from the records (after a restart)
+            usage: dict[str, float] = {}
+            q = select(t.UsageRecord.project_id, t.UsageRecord.end_s, t.UsageRecord.su)
+            for pid, end_s, su in session.execute(q).tuples():
+                name = self.projects.get(pid, ("?", 0))[0]
+                usage[name] = usage.get(name, 0.0) + su * math.pow(0.5, max(0.0, now_s - end_s) / half)
+            self.snap.usage_su.clear()
+            self.snap.usage_su.update(usage)
+        else:
+            decay = math.pow(0.5, max(0.0, now_s - self._usage_at_s) / half)
+            for p in list(self.snap.usage_su):
+                self.snap.usage_su[p] *= decay
+        self._usage_at_s = now_s
+
+    def _sync_jobs(self, session: Session) -> None:
+        rows = session.execute(
+            select(t.Job.id, t.Job.state, t.Job.attempt, t.Job.cancel_requested, t.Job.preempt_requested).where(
+                t.Job.state.in_(ACTIVE)
+            )
+        ).all()
+        want_pending: set[str] = set()
+        want_running: dict[str, int] = {}
+        for rid, state, attempt, cancel, preempt in rows:
+            jid = str(rid)
+            if state == JobState.PENDING.value:
+                if not cancel:
+                    want_pending.add(jid)
+            elif not preempt:
+                want_running[jid] = attempt
+        snap, queue = self.snap, self.queue
+        # leave first (gives capacity back), then enter
+        for jid in [j for j in snap.running if j not in want_running]:
+            snap.finish(jid)
+        for jid in [j.id for j in queue if j.id not in want_pending]:
+            queue.remove(jid)
+        new = [int(j) for j in (want_pending | set(want_running)) if j not in self._jobs]
+        for i in range(0, len(new), 500):
+            for row in session.scalars(select(t.Job).where(t.Job.id.in_(new[i : i + 500]))).all():
+                name = self.projects[row.project_id][0]
+                self._jobs[str(row.id)] = job_of_row(row, name, self.users.get(row.user_id, ""))
+                if row.attained_gpu_s > 0:
+                    snap.attained_gpu_s[str(row.id)] = row.attained_gpu_s
+        running_rows = {
+            str(r.id): r
+            for r in session.scalars(
+                select(t.Job).where(t.Job.id.in_([int(j) for j in want_running if j not in snap.running]))
+            ).all()
+        }
+        for jid, row in sorted(running_rows.items(), key=lambda kv: int(kv[0])):
+            assert row.placement is not None
+            start = row.started_at_s or row.admitted_at_s or row.submitted_at_s
+            snap.start(self._jobs[jid], placement_of_json(row.placement), start, row.borrowed, row.guaranteed)
+            if row.last_checkpoint_s is not None:
+                snap.running[jid].last_checkpoint_s = row.last_checkpoint_s
+        for jid in sorted((j for j in want_pending if j not in queue), key=int):
+            job = self._jobs[jid]
+            tenant = snap.tenants.get(job.project)
+            queue.add(job, tenant.affiliation if tenant else "")
+        for jid in [j for j in self._jobs if j not in want_pending and j not in want_running]:
+            del self._jobs[jid]
+            snap.attained_gpu_s.pop(jid, None)

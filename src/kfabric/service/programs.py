@@ -1,0 +1,351 @@
+"""The program lifecycle (product spec section 3): create a program, apply to it, review, decide.
+
+Each use case is one transaction and audits its change in it. Rules are stored as JSON
+(:func:`rules_to_json`) and always read back through :func:`rules_of_json`, which validates them.
+Deciding an application and the life of the grants it issues (caps at grant time, operator-direct grants,
+under-use detection, views) are in :mod:`kfabric.service.grants`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from kfabric.model import tenancy as m
+from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError, require, require_name
+from kfabric.service import audit
+from kfabric.service.actors import Actor, Role
+from kfabric.store import tables as t
+
+DAY_S = 86400.0
+MONTH_S = 30 * DAY_S  # a program month: grants run months × 30 days
+HOLDING = ("active", "flagged")  # grant statuses that hold their reservation
+_KINDS = ", ".join(k.value for k in m.OrgKind)
+_RULE_KEYS = tuple(f.name for f in fields(m.ProgramRules))
+
+
+# ---- rules as JSON -------------------------------------------------------------------------------------------
+
+
+def rules_to_json(rules: m.ProgramRules) -> dict[str, Any]:
+    """``rules`` as a JSON object (the inverse of :func:`rules_of_json`)."""
+    return {
+        "eligible_kinds": sorted(k.value for k in rules.eligible_kinds),
+        "per_project_cap": dict(rules.per_project_cap),
+        "max_duration_days": rules.max_duration_days,
+        "max_job_duration_s": rules.max_job_duration_s,
+        "price_factor": dict(rules.price_factor),
+        "review_weights": dict(rules.review_weights),
+        "concentration_cap_pct": rules.concentration_cap_pct,
+        "preferred_regions": sorted(rules.preferred_regions),
+        "utilization_floor_pct": rules.utilization_floor_pct,
+        "on_exhausted": rules.on_exhausted.value,
+    }
+
+
+def _number(v: object, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ValidationError(where, f"must be a number, got {v!r}")
+    return float(v)
+
+
+def _integer(v: object, where: str) -> int:
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValidationError(where, f"must be a whole number, got {v!r}")
+    return v
+
+
+def _strings(v: object, where: str) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValidationError(where, f"must be a list of strings, got {v!r}")
+    return list(v)
+
+
+def _object(v: object, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ValidationError(where, f"must be an object, got {v!r}", 'write it as {"key": value, ...}')
+    return v
+
+
+def rules_of_json(data: object, where: str = "program.rules") -> m.ProgramRules:
+    """Parse and validate rules written by :func:`rules_to_json` (or by a person). Missing keys take the
+    :class:`~kfabric.model.tenancy.ProgramRules` defaults; unknown keys, wrong types and out-of-range values
+    raise :class:`ValidationError` naming the key."""
+    d = _object(data, where)
+    unknown = sorted(set(d) - set(_RULE_KEYS))
+    if unknown:
+        raise ValidationError(f"{where}.{unknown[0]}", "unknown rule", f"known rules: {', '.join(_RULE_KEYS)}")
+    kw: dict[str, Any] = {}
+    if "eligible_kinds" in d:
+        kinds = _strings(d["eligible_kinds"], f"{where}.eligible_kinds")
+        require(kinds != [], f"{where}.eligible_kinds", "names no kind", "omit the rule to admit every kind")
+        for i, k in enumerate(kinds):
+            require(k in m.OrgKind._value2member_map_, f"{where}.eligible_kinds[{i}]", f"{k!r}", f"use: {_KINDS}")
+        kw["eligible_kinds"] = frozenset(m.OrgKind(k) for k in kinds)
+    if "per_project_cap" in d:
+        caps = _object(d["per_project_cap"], f"{where}.per_project_cap")
+        kw["per_project_cap"] = tuple((k, _integer(v, f"{where}.per_project_cap.{k}")) for k, v in caps.items())
+    for key in ("price_factor", "review_weights"):
+        if key in d:
+            obj = _object(d[key], f"{where}.{key}")
+            kw[key] = tuple((k, _number(v, f"{where}.{key}.{k}")) for k, v in obj.items())
+    if kw.get("review_weights") == ():
+        raise ValidationError(f"{where}.review_weights", "names no criterion", 'e.g. {"impact": 2, "readiness": 1}')
+    if "max_duration_days" in d:
+        kw["max_duration_days"] = _integer(d["max_duration_days"], f"{where}.max_duration_days")
+    if d.get("max_job_duration_s") is not None:
+        kw["max_job_duration_s"] = _number(d["max_job_duration_s"], f"{where}.max_job_duration_s")
+    for key in ("concentration_cap_pct", "utilization_floor_pct"):
+        if key in d:
+            kw[key] = _number(d[key], f"{where}.{key}")
+    if "preferred_regions" in d:
+        kw["preferred_regions"] = frozenset(_strings(d["preferred_regions"], f"{where}.preferred_regions"))
+    if "on_exhausted" in d:
+        choice = d["on_exhausted"]
+        choices = [o.value for o in m.OnExhausted]
+        require(choice in choices, f"{where}.on_exhausted", f"{choice!r}", f"use one of: {', '.join(choices)}")
+        kw["on_exhausted"] = m.OnExhausted(choice)
+    try:
+        return m.ProgramRules(**kw)
+    except ValidationError as e:  # the model names its fields program.rules.*; say where they really are
+        raise ValidationError(e.where.replace("program.rules", where, 1), e.problem, e.fix) from None
+
+
+def program_rules(row: t.Program) -> m.ProgramRules:
+    return rules_of_json(row.rules, f"program {row.name!r}.rules")
+
+
+# ---- programs ------------------------------------------------------------------------------------------------
+
+
+def create_program(
+    sessions: sessionmaker[Session],
+    actor: Actor,
+    name: str,
+    description: str,
+    owner: str,
+    weight: float,
+    rules: dict[str, Any],
+    now_s: float,
+) -> t.Program:
+    """Create a program (operators only). The rules are validated and stored normalized."""
+    actor.require_operator("create programs")
+    parsed = rules_of_json(rules)
+    m.Program(name, description, owner, parsed, weight)  # validates name and weight
+    try:
+        with sessions.begin() as s:
+            if s.scalars(select(t.Program).where(t.Program.name == name)).first() is not None:
+                raise Conflict(f"program {name!r}", "exists already", "pick another name")
+            row = t.Program(name=name, description=description, owner=owner, weight=weight, rules=rules_to_json(parsed))
+            s.add(row)
+            s.flush()
+            detail = {"name": name, "weight": weight, "rules": row.rules}
+            audit.record(s, actor.name, "program.create", "program", row.id, now_s, detail=detail)
+            return row
+    except IntegrityError:
+        raise Conflict(f"program {name!r}", "was created concurrently", "pick another name") from None
+
+
+def list_programs(session: Session) -> list[t.Program]:
+    """Every program: programs are public schemes, so every role sees them."""
+    return list(session.scalars(select(t.Program).order_by(t.Program.name)).all())
+
+
+def program_by_name(session: Session, name: str) -> t.Program:
+    row = session.scalars(select(t.Program).where(t.Program.name == name)).first()
+    if row is None:
+        raise NotFound("program", name, "kfabric programs lists them")
+    return row
+
+
+# ---- applications --------------------------------------------------------------------------------------------
+
+
+def check_eligible(rules: m.ProgramRules, program: str, org: t.Organization) -> None:
+    """Raise :class:`ValidationError` unless the organization's kind is one the program admits."""
+    if any(k.value == org.kind for k in rules.eligible_kinds):
+        return
+    kinds = ", ".join(sorted(k.value for k in rules.eligible_kinds))
+    raise ValidationError(
+        "application.organization",
+        f"organization {org.name!r} is a {org.kind}; program {program!r} admits only: {kinds}",
+        "apply for an organization of an eligible kind, or to another program",
+    )
+
+
+def max_months(rules: m.ProgramRules) -> int:
+    """The longest grant, in program months of 30 days, that fits in ``max_duration_days`` (rounded down, so
+    a granted ``months × 30`` days never exceeds the program's maximum: 365 days → 12 months)."""
+    return rules.max_duration_days // 30
+
+
+def apply(
+    sessions: sessionmaker[Session],
+    actor: Actor,
+    program: str,
+    project: str,
+    gpu_model_class: str,
+    gpus: int,
+    months: int,
+    justification: str,
+    now_s: float,
+) -> t.Application:
+    """Submit an application for ``project`` (its organization's admins, or operators). Eligibility, maximum
+    duration and the per-project cap of the asked model are enforced here."""
+    if actor.role not in (Role.OPERATOR, Role.ORG_ADMIN):
+        raise PermissionDenied(
+            "apply to programs", f"needs the org-admin or operator role; you are {actor.role.value}", "ask your admin"
+        )
+    require_name(gpu_model_class, "application.gpu_model_class")
+    require(len(gpu_model_class) <= 64, "application.gpu_model_class", "longer than 64 characters")
+    for field, value in (("gpus", gpus), ("months", months)):
+        require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"application.{field}",
+            f"must be a whole number >= 1, got {value!r}",
+        )
+    with sessions.begin() as s:
+        prog = program_by_name(s, program)
+        proj = s.scalars(select(t.Project).where(t.Project.name == project)).first()
+        if proj is None or not actor.sees_project(proj.id, proj.organization_id):
+            raise NotFound("project", project, "kfabric projects lists the projects you can see")
+        org = s.get(t.Organization, proj.organization_id)
+        assert org is not None
+        rules = program_rules(prog)
+        check_eligible(rules, program, org)
+        most = max_months(rules)
+        if months > most:
+            raise ValidationError(
+                "application.months",
+                f"asks {months} months; program {program!r} grants at most {rules.max_duration_days} days "
+                f"= {most} months of 30 days",
+                f"ask for at most {most} months" if most else "this program takes no applications by the month",
+            )
+        cap = rules.cap_for(gpu_model_class)
+        if cap is not None and gpus > cap:
+            raise ValidationError(
+                "application.gpus",
+                f"asks {gpus} {gpu_model_class}; program {program!r} grants one project at most {cap}",
+                f"ask for at most {cap} {gpu_model_class}",
+            )
+        row = t.Application(
+            program_id=prog.id,
+            organization_id=org.id,
+            project_id=proj.id,
+            gpu_model_class=gpu_model_class,
+            gpus=gpus,
+            months=months,
+            justification=justification,
+            status="submitted",
+            created_at_s=now_s,
+        )
+        s.add(row)
+        s.flush()
+        detail = {"program": program, "project": project, "model": gpu_model_class, "gpus": gpus, "months": months}
+        audit.record(s, actor.name, "application.submit", "application", row.id, now_s, org.id, detail)
+        return row
+
+
+def _visible_application(session: Session, actor: Actor, application_id: int) -> t.Application:
+    row = session.get(t.Application, application_id)
+    if row is None or not _sees_applications_of(actor, row.organization_id):
+        raise NotFound("application", application_id, "kfabric applications lists the ones you can see")
+    return row
+
+
+def _sees_applications_of(actor: Actor, organization_id: int) -> bool:
+    if actor.role in (Role.OPERATOR, Role.REVIEWER):
+        return True
+    return actor.is_tenant and actor.organization_id == organization_id
+
+
+def get_application(session: Session, actor: Actor, application_id: int) -> t.Application:
+    """One application; :class:`NotFound` when it does not exist or the caller may not see it."""
+    return _visible_application(session, actor, application_id)
+
+
+def list_applications(session: Session, actor: Actor, status: str | None = None) -> list[t.Application]:
+    """Applications the caller may see: tenants their organization's; reviewers and operators all."""
+    q = select(t.Application).order_by(t.Application.id)
+    if actor.is_tenant:
+        q = q.where(t.Application.organization_id == actor.organization_id)
+    elif actor.role not in (Role.OPERATOR, Role.REVIEWER):
+        return []
+    if status is not None:
+        q = q.where(t.Application.status == status)
+    return list(session.scalars(q).all())
+
+
+# ---- reviews -------------------------------------------------------------------------------------------------
+
+
+def review(
+    sessions: sessionmaker[Session],
+    actor: Actor,
+    application_id: int,
+    scores: dict[str, float],
+    comment: str,
+    now_s: float,
+) -> t.Review:
+    """Score a submitted application on exactly the program's criteria, each 0..10 (reviewers, operators).
+
+    One review per reviewer per application: a second call by the same reviewer *updates* that review (new
+    scores, weighted score and comment) and audits it as ``review.update`` with the old and new scores; the row
+    keeps its first ``created_at_s``.
+    """
+    if actor.role not in (Role.OPERATOR, Role.REVIEWER):
+        raise PermissionDenied("review applications", f"needs the reviewer role; you are {actor.role.value}")
+    _object(scores, "review.scores")
+    try:
+        with sessions.begin() as s:
+            app = _visible_application(s, actor, application_id)
+            if app.status != "submitted":
+                raise Conflict(f"application {application_id}", f"is already {app.status}", "reviews come before")
+            prog = s.get(t.Program, app.program_id)
+            assert prog is not None
+            rules = program_rules(prog)
+            criteria = [c for c, _w in rules.review_weights]
+            missing, extra = sorted(set(criteria) - set(scores)), sorted(set(scores) - set(criteria))
+            if missing or extra:
+                problem = "; ".join(
+                    part
+                    for part in (
+                        f"missing {', '.join(missing)}" if missing else "",
+                        f"not criteria of program {prog.name!r}: {', '.join(extra)}" if extra else "",
+                    )
+                    if part
+                )
+                raise ValidationError("review.scores", problem, f"score exactly: {', '.join(criteria)} (0..10 each)")
+            values = tuple((c, _number(scores[c], f"review.scores.{c}")) for c in criteria)
+            weighted = m.Review(str(application_id), actor.name, values).weighted(rules.review_weights)
+            row = s.scalars(
+                select(t.Review).where(t.Review.application_id == app.id, t.Review.reviewer_id == actor.user_id)
+            ).first()
+            detail: dict[str, Any] = {"scores": dict(values), "weighted": weighted}
+            if row is None:
+                row = t.Review(
+                    application_id=app.id,
+                    reviewer_id=actor.user_id,
+                    scores=dict(values),
+                    weighted=weighted,
+                    comment=comment,
+                    created_at_s=now_s,
+                )
+                s.add(row)
+                action = "review.create"
+            else:
+                detail["previous"] = {"scores": row.scores, "weighted": row.weighted}
+                row.scores, row.weighted, row.comment = dict(values), weighted, comment
+                action = "review.update"
+            s.flush()
+            audit.record(s, actor.name, action, "review", row.id, now_s, app.organization_id, detail)
+            return row
+    except IntegrityError:
+        raise Conflict(f"application {application_id}", "reviewed concurrently by you", "retry") from None

@@ -1,0 +1,83 @@
+"""Everything a running kfabric service holds: the store, the fleet, the controller and its backends."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from kfabric.backends.base import Backend
+from kfabric.model.errors import ValidationError
+from kfabric.scenarios.loader import Scenario, load_text, scenario_text
+from kfabric.sched.policy import Policy
+from kfabric.service.controller import Controller
+from kfabric.service.tenancy import ensure_operator, seed_from_scenario
+from kfabric.store import tables as t
+from kfabric.store.db import make_engine, migrate, session_factory
+
+
+@dataclass
+class Runtime:
+    engine: Engine
+    sessions: sessionmaker[Session]
+    scenario: Scenario
+    controller: Controller
+    clock: Callable[[], float]
+    #: the first operator's token when this start created it (printed once by ``kfabric serve``)
+    bootstrap_token: str | None = None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(db_url: str) -> tuple[Engine, sessionmaker[Session]]:
+    engine = make_engine(db_url)
+    migrate(engine)
+    return engine, session_factory(engine)
+
+
+def stored_fleet(sessions: sessionmaker[Session]) -> tuple[str, str] | None:
+    with sessions() as s:
+        row = s.scalars(select(t.FleetSource).where(t.FleetSource.active.is_(True)).order_by(t.FleetSource.id)).first()
+        return (row.name, row.document) if row else None
+
+
+def open_runtime(
+    db_url: str,
+    policy: Policy,
+    backends: Mapping[str, Backend],
+    fleet: str | None = None,
+    fleet_document: str | None = None,
+    clock: Callable[[], float] = time.time,
+    account_interval_s: float = 300.0,
+) -> Runtime:
+    """Open (and migrate) the store; on first start seed it from ``fleet`` (a scenario name or file, or the
+    YAML ``fleet_document``) and create the first operator. Later starts use the stored fleet; naming a
+    different one is an error (the store would no longer match it)."""
+    engine, sessions = open_store(db_url)
+    stored = stored_fleet(sessions)
+    if stored is None:
+        if fleet_document is None:
+            if fleet is None:
+                raise ValidationError("--fleet", "the store holds no fleet yet", "name one: --fleet lab")
+            fleet_document = scenario_text(fleet)
+        scenario = load_text(fleet_document, fleet or "fleet")
+        seed_from_scenario(sessions, scenario, fleet_document, clock())
+    else:
+        name, document = stored
+        scenario = load_text(document, f"stored fleet {name!r}")
+        if fleet is not None and fleet not in (name, scenario.name):
+            raise ValidationError(
+                "--fleet", f"the store already runs fleet {name!r}, not {fleet!r}", "drop --fleet or use a new --db"
+            )
+    token = ensure_operator(sessions, clock())
+    controller = Controller(sessions, scenario, policy, backends, clock, account_interval_s=account_interval_s)
+    return Runtime(engine, sessions, scenario, controller, clock, token)
+
+
+def state_dir_default() -> Path:
+    return Path.home() / ".kfabric"

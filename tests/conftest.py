@@ -1,0 +1,43 @@
+"""Fixtures shared by the whole suite: database URLs for SQLite and a private PostgreSQL server."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # `from pg_server import ...` from any test folder
+
+from pg_server import PgServer, find_pg_bin
+
+PG_MISSING = "PostgreSQL not installed: apt-get install -y postgresql"
+_db_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One private PostgreSQL server for the session; skipped if not installed, unless KFABRIC_REQUIRE_PG=1."""
+    if find_pg_bin() is None:
+        if os.environ.get("KFABRIC_REQUIRE_PG") == "1":
+            pytest.fail(f"{PG_MISSING} (required: KFABRIC_REQUIRE_PG=1)", pytrace=False)
+        pytest.skip(PG_MISSING)
+    with PgServer() as server:
+        yield server
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], ids=["sqlite", "postgresql"]
+)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A SQLAlchemy URL to an empty database of its own: SQLite in tmp_path, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/kfabric.db"
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    name = f"t_{next(_db_numbers):04d}"
+    yield server.create_database(name)
+    server.drop_database(name)  # WITH (FORCE): also frees connections of engines the test did not dispose
