@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from kfabric.cli import bench_cmd, fleet_cmd, report_cmd, simulate_cmd
+from kfabric.cli import bench_cmd, fleet_cmd, report_cmd, serve_cmd, simulate_cmd
 from kfabric.cli.errors import UsageError
 from kfabric.model.errors import KfabricError
 
@@ -20,6 +20,7 @@ def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     simulate_cmd.register(sub)
     report_cmd.register(sub)
     bench_cmd.register(sub)
+    serve_cmd.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
