@@ -68,7 +68,9 @@ def runner_pid(backend: LocalBackend, job_id: str, attempt: int = 0) -> int:
     return int((where / "pid").read_text())
 
 
-def group_gone(pgid: int) -> bool:
+def group_gone(backend: LocalBackend, pgid: int) -> bool:
+    """Whether no process of group ``pgid`` is left (polling first, as a controller does, reaps the runner)."""
+    backend.poll()
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -169,7 +171,7 @@ def test_time_limit(backend: LocalBackend, command: str) -> None:
     assert "time limit" in done.message
     assert time.monotonic() - started < 6.0
     pgid = int((backend.attempt_dir("j", 0) / "pid").read_text())
-    wait_until(lambda: group_gone(pgid), timeout_s=3.0, what="the timed-out group to disappear")
+    wait_until(lambda: group_gone(backend, pgid), timeout_s=3.0, what="the timed-out group to disappear")
 
 
 @pytest.mark.parametrize("grace_s", [0.0, 2.0], ids=["kill-now", "with-grace"])
@@ -184,7 +186,7 @@ def test_cancel_kills_the_whole_group(backend: LocalBackend, grace_s: float) -> 
     backend.terminate("j", 0, grace_s=grace_s)
     done = wait_final(backend, "j", timeout_s=5.0)
     assert done.state is RunState.CANCELLED
-    wait_until(lambda: group_gone(pgid), timeout_s=3.0, what="every process of the group to disappear")
+    wait_until(lambda: group_gone(backend, pgid), timeout_s=3.0, what="every process of the group to disappear")
 
 
 def test_grace_lets_the_job_checkpoint(backend: LocalBackend) -> None:

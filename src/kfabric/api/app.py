@@ -40,7 +40,7 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics() -> Response:
         with rt.sessions() as s:
-            for state, n in s.execute(select(t.Job.state, func.count()).group_by(t.Job.state)).tuples():
+            for state, n in s.execute(select(t.Job.state, func.count()).group_by(t.Job.state)):
                 jobs_gauge.labels(state).set(n)
         last = rt.controller.last_tick
         if last is not None:

@@ -80,7 +80,7 @@ class LiveState:
     def _sync_tenants(self, session: Session) -> None:
         projects = session.execute(select(t.Project.id, t.Project.name, t.Project.organization_id)).all()
         self.projects = {pid: (name, org) for pid, name, org in projects}
-        self.users = dict(session.execute(select(t.User.id, t.User.name)).tuples().all())
+        self.users = dict(session.execute(select(t.User.id, t.User.name)).all())
         grants = session.scalars(select(t.Grant).order_by(t.Grant.id)).all()
         programs = {p.id: p for p in session.scalars(select(t.Program)).all()}
         key = tuple(
@@ -91,7 +91,7 @@ class LiveState:
             return
         self._grants_key = key
         self.grant_rows = {g.id: g for g in grants}
-        orgs = dict(session.execute(select(t.Organization.id, t.Organization.name)).tuples().all())
+        orgs = dict(session.execute(select(t.Organization.id, t.Organization.name)).all())
         states: dict[str, GrantState] = {}
         by_project: dict[str, list[t.Grant]] = {}
         for g in grants:
@@ -137,7 +137,7 @@ class LiveState:
             # rebuild decayed usage from the records (after a restart)
             usage: dict[str, float] = {}
             q = select(t.UsageRecord.project_id, t.UsageRecord.end_s, t.UsageRecord.su)
-            for pid, end_s, su in session.execute(q).tuples():
+            for pid, end_s, su in session.execute(q):
                 name = self.projects.get(pid, ("?", 0))[0]
                 usage[name] = usage.get(name, 0.0) + su * math.pow(0.5, max(0.0, now_s - end_s) / half)
             self.snap.usage_su.clear()

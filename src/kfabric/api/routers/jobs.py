@@ -73,7 +73,7 @@ def list_jobs(
     """Jobs the caller may see, oldest first (page with ``after_id``)."""
     with c.rt.sessions() as s:
         rows = jobs.list_jobs(s, c.actor, set(state) if state else None, project, limit, after_id)
-        users = dict(s.execute(select(t.User.id, t.User.name)).tuples().all())
+        users = dict(s.execute(select(t.User.id, t.User.name)).all())
     names = c.rt.controller.node_names
     return [job_public(j, p, users.get(j.user_id, ""), names) for j, p in rows]
 

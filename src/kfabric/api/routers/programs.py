@@ -42,9 +42,9 @@ def application_public(a: t.Application, names: dict[str, dict[int, str]], revie
 def _names(c: Caller) -> dict[str, dict[int, str]]:
     with c.rt.sessions() as s:
         return {
-            "program": dict(s.execute(select(t.Program.id, t.Program.name)).tuples().all()),
-            "organization": dict(s.execute(select(t.Organization.id, t.Organization.name)).tuples().all()),
-            "project": dict(s.execute(select(t.Project.id, t.Project.name)).tuples().all()),
+            "program": dict(s.execute(select(t.Program.id, t.Program.name)).all()),
+            "organization": dict(s.execute(select(t.Organization.id, t.Organization.name)).all()),
+            "project": dict(s.execute(select(t.Project.id, t.Project.name)).all()),
         }
 
 
