@@ -16,7 +16,7 @@ from kfabric.backends.sim import SimBackend
 from kfabric.scenarios.policies import load_policy
 from kfabric.service import accounting, jobs
 from kfabric.service.actors import Actor
-from kfabric.service.auth import authenticate
+from kfabric.service.auth import actor_for, authenticate
 from kfabric.service.controller import Controller
 from kfabric.service.runtime import Runtime, open_runtime
 from kfabric.store import tables as t
@@ -68,8 +68,6 @@ def _open(db_url: str, clock: Clock, sim: SimBackend) -> World:
         token = rt.bootstrap_token
         if token is None:
             user = s.scalars(select(t.User).where(t.User.role == "operator")).one()
-            from kfabric.service.auth import actor_for
-
             return World(rt, clock, sim, actor_for(s, user))
         return World(rt, clock, sim, authenticate(s, token))
 

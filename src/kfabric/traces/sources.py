@@ -7,7 +7,8 @@ Specs (paths default to ``../shared/traces`` beside the project root):
 - ``openb[:PODS_CSV]`` — Alibaba openb pods in time (:mod:`kfabric.traces.openb`);
 - ``tiresias[:CSV]`` — Tiresias' job list (:mod:`kfabric.traces.tiresias`);
 - ``national[:scale=X,load=Y,on=YYYY-MM-DD]`` — the synthetic national workload for the scenario
-  (:mod:`kfabric.traces.national`), ``days`` long (7 when not given).
+  (:mod:`kfabric.traces.national`), ``days`` long (7 when not given);
+- ``history:DB_URL[,since=YYYY-MM-DD]`` — what the live service received (:mod:`kfabric.traces.history`).
 
 ``seed`` seeds the time limits of the trace readers and everything of the synthetic generator. ``days``, when
 given, drops trace jobs arriving after that many days (and tenants left without jobs).
@@ -21,13 +22,20 @@ from pathlib import Path
 
 from kfabric.scenarios.loader import Scenario
 from kfabric.sim.workload import Workload
+from kfabric.traces.history import read_history
 from kfabric.traces.national import DEFAULT_LOAD, synthetic_national
 from kfabric.traces.openb import DEFAULT_PODS_CSV, read_openb_pods
 from kfabric.traces.philly import DAY_S, DEFAULT_GAVEL_DIR, DEFAULT_THROUGHPUTS, THROUGHPUTS_NAME, read_gavel
 from kfabric.traces.tiresias import DEFAULT_CSV as DEFAULT_TIRESIAS_CSV
 from kfabric.traces.tiresias import read_tiresias
 
-SPECS = ("philly[:DIR]", "openb[:PODS_CSV]", "tiresias[:CSV]", "national[:scale=X,load=Y,on=YYYY-MM-DD]")
+SPECS = (
+    "philly[:DIR]",
+    "openb[:PODS_CSV]",
+    "tiresias[:CSV]",
+    "national[:scale=X,load=Y,on=YYYY-MM-DD]",
+    "history:DB_URL[,since=YYYY-MM-DD]",
+)
 DEFAULT_NATIONAL_DAYS = 7.0
 
 
@@ -79,6 +87,8 @@ def load_workload(spec: str, scenario: Scenario | None, days: float | None, seed
         workload = read_gavel(trace_dir, find_throughputs(trace_dir), time_limit_seed=seed)
     elif kind == "openb":
         workload = read_openb_pods(Path(arg) if arg else DEFAULT_PODS_CSV, time_limit_seed=seed)
+    elif kind == "history":
+        workload = read_history(arg)
     elif kind == "tiresias":
         workload = read_tiresias(Path(arg) if arg else DEFAULT_TIRESIAS_CSV, time_limit_seed=seed)
     else:

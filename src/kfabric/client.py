@@ -1,0 +1,300 @@
+"""The Python client of the kfabric REST API: ``Client(url, token)``, one method per route.
+
+Answers are the API's JSON as plain dicts and lists (the wire format is ``kfabric.api.schemas``). Every
+failure raises :class:`ApiError`: an error answer carries the API's ``code``, ``message``, ``where`` and
+``fix``; a server that cannot be reached is status 0. Submissions are idempotent: :meth:`Client.submit` sends
+a client key (a fresh UUID unless given) and retries once, with the same key, after a connection error or a
+5xx, so a retry never creates a second job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
+
+import httpx
+
+from kfabric.model.errors import KfabricError
+
+DEFAULT_URL = "http://127.0.0.1:8470"
+#: pause before the single retry of a submission
+SUBMIT_RETRY_PAUSE_S = 0.5
+_PAGE = 1000
+
+
+class ApiError(KfabricError):
+    """An error answer of the API (``status`` is the HTTP status), or status 0 when no answer came back."""
+
+    def __init__(self, status: int, code: str, message: str, where: str = "", fix: str = "") -> None:
+        suffix = f" (fix: {fix})"
+        if fix and message.endswith(suffix):  # some domain errors already carry their fix in the message
+            message = message[: -len(suffix)]
+        self.status, self.code, self.message, self.where, self.fix = status, code, message, where, fix
+        text = f"{where}: {message}" if where else message
+        super().__init__(text + (suffix if fix else ""))
+
+
+def _unreachable(url: str, exc: Exception) -> ApiError:
+    return ApiError(
+        0,
+        "unreachable",
+        f"the kfabric server at {url} is not reachable ({type(exc).__name__}: {exc})",
+        "KFABRIC_URL",
+        "start it with `kfabric serve`, or point KFABRIC_URL / --url at a running server",
+    )
+
+
+def _error_of(response: httpx.Response) -> ApiError:
+    try:
+        err = response.json()["error"]
+        return ApiError(
+            response.status_code, str(err["code"]), str(err["message"]), str(err["where"]), str(err["fix"])
+        )
+    except (ValueError, KeyError, TypeError):
+        text = response.text.strip()[:300] or response.reason_phrase
+        return ApiError(response.status_code, "http", f"HTTP {response.status_code}: {text}", str(response.url))
+
+
+def _token_from_env() -> str | None:
+    """``KFABRIC_TOKEN``, else the file named by ``KFABRIC_TOKEN_FILE``, else ``$KFABRIC_STATE_DIR/operator.token``
+    (default ``./.kfabric/operator.token``) when that file exists."""
+    token = os.environ.get("KFABRIC_TOKEN", "").strip()
+    if token:
+        return token
+    named = os.environ.get("KFABRIC_TOKEN_FILE", "").strip()
+    if named:
+        try:
+            return Path(named).read_text().strip()
+        except OSError as exc:
+            raise ApiError(
+                0,
+                "config",
+                f"cannot read the token file {named!r} ({exc.strerror or exc})",
+                "KFABRIC_TOKEN_FILE",
+                "point it at a readable file holding one kf_... token, or set KFABRIC_TOKEN",
+            ) from None
+    default = Path(os.environ.get("KFABRIC_STATE_DIR", ".kfabric")) / "operator.token"
+    if default.is_file():
+        try:
+            return default.read_text().strip() or None
+        except OSError:
+            return None
+    return None
+
+
+class Client:
+    """A synchronous client of one kfabric server. Use it as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        url = url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ApiError(
+                0, "config", f"server URL {url!r} has no http:// or https:// scheme", "KFABRIC_URL", f"e.g. {DEFAULT_URL}"
+            )
+        self.url = url
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s, transport=transport)
+
+    @classmethod
+    def from_env(cls, url: str | None = None, token: str | None = None, timeout_s: float = 30.0) -> Client:
+        """A client for ``url``/``token`` when given, else ``KFABRIC_URL`` (default :data:`DEFAULT_URL`) and the
+        token of ``KFABRIC_TOKEN``, ``KFABRIC_TOKEN_FILE`` or ``./.kfabric/operator.token``."""
+        return cls(url or os.environ.get("KFABRIC_URL") or DEFAULT_URL, token or _token_from_env(), timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ---- transport ---------------------------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, body: Any = None, params: Mapping[str, Any] | None = None) -> httpx.Response:
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self._http.request(method, path, json=body, params=query)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from None
+        if response.status_code >= 400:
+            raise _error_of(response)
+        return response
+
+    def _json(self, method: str, path: str, body: Any = None, params: Mapping[str, Any] | None = None) -> Any:
+        response = self._send(method, path, body, params)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(response.status_code, "http", f"answer to {method} {path} is not JSON", path) from None
+
+    def _paged(self, path: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every item of a list route that pages with ``after_id``/``limit``."""
+        out: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = cast(list[dict[str, Any]], self._json("GET", path, params={**params, "after_id": after, "limit": _PAGE}))
+            out += page
+            if len(page) < _PAGE:
+                return out
+            after = int(page[-1]["id"])
+
+    # ---- fleet and tenancy -------------------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("GET", "/v1/whoami"))
+
+    def fleet(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("GET", "/v1/fleet"))
+
+    def organizations(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._json("GET", "/v1/organizations"))
+
+    def create_organization(
+        self, name: str, kind: str, region: str = "", flags: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        body = {"name": name, "kind": kind, "region": region, "flags": list(flags)}
+        return cast(dict[str, Any], self._json("POST", "/v1/organizations", body))
+
+    def projects(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._json("GET", "/v1/projects"))
+
+    def create_project(self, name: str, organization: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("POST", "/v1/projects", {"name": name, "organization": organization}))
+
+    def create_user(
+        self, name: str, role: str, organization: str | None = None, projects: Iterable[str] = (), owner: str = ""
+    ) -> dict[str, Any]:
+        """Create a user; the answer holds its API token, which the server never shows again."""
+        body = {"name": name, "role": role, "organization": organization, "projects": list(projects), "owner": owner}
+        return cast(dict[str, Any], self._json("POST", "/v1/users", body))
+
+    # ---- programs, applications, grants ------------------------------------------------------------------
+
+    def programs(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._json("GET", "/v1/programs"))
+
+    def program(self, name: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("GET", f"/v1/programs/{name}"))
+
+    def create_program(
+        self,
+        name: str,
+        description: str = "",
+        owner: str = "",
+        weight: float = 1.0,
+        rules: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body = {"name": name, "description": description, "owner": owner, "weight": weight, "rules": dict(rules or {})}
+        return cast(dict[str, Any], self._json("POST", "/v1/programs", body))
+
+    def apply(
+        self, program: str, project: str, gpu_model_class: str, gpus: int, months: int, justification: str = ""
+    ) -> dict[str, Any]:
+        body = {"program": program, "project": project, "gpu_model_class": gpu_model_class, "gpus": gpus,
+                "months": months, "justification": justification}  # fmt: skip
+        return cast(dict[str, Any], self._json("POST", "/v1/applications", body))
+
+    def applications(self, status: str | None = None) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._json("GET", "/v1/applications", params={"status": status}))
+
+    def application(self, application_id: int) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("GET", f"/v1/applications/{application_id}"))
+
+    def review(self, application_id: int, scores: Mapping[str, float], comment: str = "") -> dict[str, Any]:
+        body = {"scores": dict(scores), "comment": comment}
+        return cast(dict[str, Any], self._json("POST", f"/v1/applications/{application_id}/reviews", body))
+
+    def decide(
+        self,
+        application_id: int,
+        approve: bool,
+        note: str = "",
+        start_s: float | None = None,
+        reserved: bool = True,
+        credit_su_hours: float = 0.0,
+    ) -> dict[str, Any]:
+        body = {"approve": approve, "note": note, "start_s": start_s, "reserved": reserved,
+                "credit_su_hours": credit_su_hours}  # fmt: skip
+        return cast(dict[str, Any], self._json("POST", f"/v1/applications/{application_id}/decision", body))
+
+    def grants(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._json("GET", "/v1/grants"))
+
+    def create_grant(
+        self,
+        name: str,
+        program: str,
+        project: str,
+        start_s: float,
+        end_s: float,
+        reserved_model: str | None = None,
+        reserved_gpus: int = 0,
+        credit_su_hours: float = 0.0,
+        weight: float | None = None,
+    ) -> dict[str, Any]:
+        body = {"name": name, "program": program, "project": project, "start_s": start_s, "end_s": end_s,
+                "reserved_model": reserved_model, "reserved_gpus": reserved_gpus, "credit_su_hours": credit_su_hours,
+                "weight": weight}  # fmt: skip
+        return cast(dict[str, Any], self._json("POST", "/v1/grants", body))
+
+    # ---- jobs --------------------------------------------------------------------------------------------
+
+    def submit(self, project: str, client_key: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Submit a job (``fields`` as in ``JobCreate``: ``time_limit_s``, ``gpus``, ``command``...). Retries once
+        with the same client key after a connection error or a 5xx; the server returns the first job then."""
+        body = {"project": project, **fields, "client_key": client_key or str(uuid.uuid4())}
+        try:
+            return cast(dict[str, Any], self._json("POST", "/v1/jobs", body))
+        except ApiError as exc:
+            if exc.status != 0 and exc.status < 500:
+                raise
+        time.sleep(SUBMIT_RETRY_PAUSE_S)
+        return cast(dict[str, Any], self._json("POST", "/v1/jobs", body))
+
+    def jobs(self, state: str | Iterable[str] | None = None, project: str | None = None) -> list[dict[str, Any]]:
+        """Jobs the caller may see, oldest first, optionally only in ``state`` (one or several) and ``project``."""
+        states = [state] if isinstance(state, str) else list(state) if state is not None else None
+        return self._paged("/v1/jobs", {"state": states or None, "project": project})
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("GET", f"/v1/jobs/{job_id}"))
+
+    def job_events(self, job_id: int) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._json("GET", f"/v1/jobs/{job_id}/events"))
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    # ---- accounting and audit ----------------------------------------------------------------------------
+
+    def usage(
+        self, by: str = "project", since_s: float | None = None, until_s: float | None = None, csv: bool = False
+    ) -> list[dict[str, Any]] | str:
+        """Usage rows grouped ``by`` over ``[since_s, until_s)``; with ``csv`` the CSV text instead."""
+        params = {"by": by, "since_s": since_s, "until_s": until_s, "format": "csv" if csv else "json"}
+        if csv:
+            return self._send("GET", "/v1/usage", params=params).text
+        return cast(list[dict[str, Any]], self._json("GET", "/v1/usage", params=params))
+
+    def audit(self) -> list[dict[str, Any]]:
+        """Every audit entry the caller may read, oldest first."""
+        return self._paged("/v1/audit", {})
+
+    def audit_verify(self) -> dict[str, Any]:
+        """Recompute the hash chain (operators); a broken chain is an :class:`ApiError` with status 409."""
+        return cast(dict[str, Any], self._json("GET", "/v1/audit/verify"))
