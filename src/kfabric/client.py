@@ -52,9 +52,7 @@ def _unreachable(url: str, exc: Exception) -> ApiError:
 def _error_of(response: httpx.Response) -> ApiError:
     try:
         err = response.json()["error"]
-        return ApiError(
-            response.status_code, str(err["code"]), str(err["message"]), str(err["where"]), str(err["fix"])
-        )
+        return ApiError(response.status_code, str(err["code"]), str(err["message"]), str(err["where"]), str(err["fix"]))
     except (ValueError, KeyError, TypeError):
         text = response.text.strip()[:300] or response.reason_phrase
         return ApiError(response.status_code, "http", f"HTTP {response.status_code}: {text}", str(response.url))
@@ -100,7 +98,11 @@ class Client:
         url = url.strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ApiError(
-                0, "config", f"server URL {url!r} has no http:// or https:// scheme", "KFABRIC_URL", f"e.g. {DEFAULT_URL}"
+                0,
+                "config",
+                f"server URL {url!r} has no http:// or https:// scheme",
+                "KFABRIC_URL",
+                f"e.g. {DEFAULT_URL}",
             )
         self.url = url
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -125,7 +127,9 @@ class Client:
 
     # ---- transport ---------------------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, body: Any = None, params: Mapping[str, Any] | None = None) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, body: Any = None, params: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             response = self._http.request(method, path, json=body, params=query)
@@ -147,7 +151,9 @@ class Client:
         out: list[dict[str, Any]] = []
         after = 0
         while True:
-            page = cast(list[dict[str, Any]], self._json("GET", path, params={**params, "after_id": after, "limit": _PAGE}))
+            page = cast(
+                list[dict[str, Any]], self._json("GET", path, params={**params, "after_id": after, "limit": _PAGE})
+            )
             out += page
             if len(page) < _PAGE:
                 return out
@@ -164,9 +170,7 @@ class Client:
     def organizations(self) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self._json("GET", "/v1/organizations"))
 
-    def create_organization(
-        self, name: str, kind: str, region: str = "", flags: Iterable[str] = ()
-    ) -> dict[str, Any]:
+    def create_organization(self, name: str, kind: str, region: str = "", flags: Iterable[str] = ()) -> dict[str, Any]:
         body = {"name": name, "kind": kind, "region": region, "flags": list(flags)}
         return cast(dict[str, Any], self._json("POST", "/v1/organizations", body))
 

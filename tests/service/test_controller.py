@@ -179,3 +179,17 @@ def test_restarted_controller_rebuilds_from_the_store(db_url: str, tmp_path: Pat
     assert second.state(running).attempt == 1
     assert second.state(waiting).state == "succeeded"
     second.rt.close()
+
+
+def test_an_idle_reservation_is_flagged_then_reclaimed(world: World) -> None:
+    # lab-grants has a 30% utilization floor; g-vision reserves 8 H100 and nothing runs on them
+    world.run_for(3 * 86_400, step_s=3600)
+    with world.rt.sessions() as s:
+        assert s.scalar(select(t.Grant.status).where(t.Grant.name == "g-vision")) == "flagged"
+    world.run_for(5 * 86_400, step_s=3600)  # flagged for a whole 7-day window by now
+    with world.rt.sessions() as s:
+        grant = s.scalars(select(t.Grant).where(t.Grant.name == "g-vision")).one()
+    assert grant.status == "reclaimed"
+    assert grant.end_s <= world.clock()
+    # the scheduler no longer counts the reservation
+    assert world.ctl.live.snap.reserved("vision-lab", "H100", world.clock()) == 0

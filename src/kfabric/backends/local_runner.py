@@ -232,7 +232,7 @@ class Runner:
             return 0
         write_atomic(self.dir / STARTED, repr(time.time()))
         with contextlib.suppress(OSError, AttributeError):
-            pass
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
         started = time.monotonic()
         time_limit_s = float(spec.get("time_limit_s", float("inf")))

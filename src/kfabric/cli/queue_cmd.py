@@ -136,7 +136,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         f"({', '.join(ACTIVE_STATES)}); --all adds ended ones.",
     )
     p.add_argument(
-        "--state", action="append", metavar="S", help=f"only jobs in this state (repeatable; one of: {', '.join(STATES)})"
+        "--state",
+        action="append",
+        metavar="S",
+        help=f"only jobs in this state (repeatable; one of: {', '.join(STATES)})",
     )
     p.add_argument("--project", metavar="P", help="only jobs of this project")
     p.add_argument("--all", action="store_true", help="include ended jobs")

@@ -9,6 +9,7 @@ the directory you submit from). Prints ``Submitted job N``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shlex
@@ -69,7 +70,7 @@ def parse_mem(text: str, flag: str = "--mem") -> int:
     match = _MEM.fullmatch(text.strip())
     if match is None:
         raise UsageError(f"{flag}: {text!r} is not a size; use a number with K, M, G or T, e.g. 64G or 512M")
-    return max(int(float(match.group(1)) * _MIB_PER[match.group(2).upper()] + 0.999), 0)
+    return math.ceil(float(match.group(1)) * _MIB_PER[match.group(2).upper()])
 
 
 class _DirectiveParser(argparse.ArgumentParser):
@@ -128,20 +129,20 @@ def read_directives(script: Path) -> tuple[dict[str, Any], dict[str, str]]:
     ns = argparse.Namespace()
     origin: dict[str, str] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or (stripped.startswith("#") and not stripped.startswith(DIRECTIVE)):
+        words = line.strip().split(None, 1)
+        if not words:
             continue
-        rest = stripped[len(DIRECTIVE) :]
-        if not stripped.startswith(DIRECTIVE) or (rest and not rest[0].isspace()):
-            if stripped.startswith("#"):
-                continue
+        if not words[0].startswith("#"):
             break  # the first command ends the directives, as in Slurm
+        if words[0] != DIRECTIVE:
+            continue  # the #! line, comments
+        rest = words[1] if len(words) > 1 else ""
         where = f"{script}:{lineno}"
         before = dict(vars(ns))
         try:
             parser.parse_args(shlex.split(rest), namespace=ns)
         except (UsageError, ValueError) as exc:
-            raise UsageError(f"{where}: {stripped!r}: {exc}") from None
+            raise UsageError(f"{where}: {line.strip()!r}: {exc}") from None
         for dest, value in vars(ns).items():
             if value is not None and before.get(dest) != value:
                 origin[dest] = where

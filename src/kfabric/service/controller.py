@@ -10,6 +10,7 @@ backend no longer knows is requeued as the next attempt.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ from kfabric.scenarios.loader import Scenario
 from kfabric.sched.cycle import cycle
 from kfabric.sched.policy import Policy
 from kfabric.service import audit
+from kfabric.service.grants import check_underuse
 from kfabric.service.jobs import transition
 from kfabric.service.jobspec import placement_to_json
 from kfabric.service.live_state import LiveState
@@ -66,6 +68,7 @@ class Controller:
         clock: Callable[[], float] = time.time,
         account_interval_s: float = 300.0,
         preempt_grace_s: float = 10.0,
+        underuse_interval_s: float = 3600.0,
     ) -> None:
         self.sessions = sessions
         self.policy = policy
@@ -74,6 +77,8 @@ class Controller:
         self.clock = clock
         self.account_interval_s = account_interval_s
         self.preempt_grace_s = preempt_grace_s
+        self.underuse_interval_s = underuse_interval_s
+        self._underuse_at_s = -math.inf
         fleet = scenario.fleet
         cluster_backend = {c.name: c.backend for c in fleet.clusters}
         self.pool_backend = {p.name: cluster_backend[p.cluster] for p in fleet.pools}
@@ -96,6 +101,13 @@ class Controller:
             self.dispatch(rep)
             if rep.now_s - self._accounted_at_s >= self.account_interval_s:
                 self.account_running(rep.now_s)
+            if rep.now_s - self._underuse_at_s >= self.underuse_interval_s:
+                # usage up to now first, so a busy grant is not flagged for its current interval
+                self.account_running(rep.now_s)
+                for grant, pct, action in check_underuse(self.sessions, rep.now_s):
+                    if action != "ok":
+                        log.info("grant %s at %.1f%% of its reservation: %s", grant, pct, action)
+                self._underuse_at_s = rep.now_s
             self.last_tick = rep
             return rep
 
