@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kfabric.backends.base import Backend, BackendUnavailable, LaunchSpec, NodeGpus, RunReport, RunState
-from kfabric.backends.local import LAUNCH_GRACE_S, LocalBackend, detect_gpus
+from kfabric.backends.local import CANCEL_ESCALATE_S, LAUNCH_GRACE_S, LocalBackend, detect_gpus
 from kfabric.backends.local_runner import exit_code_of, group_members, proc_available
 
 needs_proc = pytest.mark.skipif(not proc_available(), reason="needs /proc to list a process group")
@@ -199,6 +199,41 @@ def test_grace_lets_the_job_checkpoint(backend: LocalBackend) -> None:
     done = wait_final(backend, "j", timeout_s=5.0)
     assert (done.state, done.exit_code) == (RunState.CANCELLED, 0)
     assert stdout.read_text() == "ready\ncheckpoint\n"
+
+
+def test_a_second_terminate_without_grace_kills_now(backend: LocalBackend) -> None:
+    backend.launch(spec("j", "trap '' TERM; echo ready; sleep 30"))
+    pgid = runner_pid(backend, "j")
+    stdout = backend.attempt_dir("j", 0) / "stdout"
+    wait_until(lambda: stdout.read_text() == "ready\n", what="the trap to be set")
+    backend.terminate("j", 0, grace_s=60.0)
+    backend.terminate("j", 0, grace_s=60.0)  # a repeat changes nothing
+    time.sleep(0.3)
+    running = find(backend, "j")
+    assert running is not None and running.state is RunState.RUNNING  # it ignores SIGTERM, within its grace
+    backend.terminate("j", 0)
+    done = wait_final(backend, "j", timeout_s=5.0)
+    assert (done.state, done.exit_code) == (RunState.CANCELLED, 137)
+    wait_until(lambda: group_gone(backend, pgid), timeout_s=3.0, what="every process of the group to disappear")
+
+
+def test_a_cancel_past_its_grace_is_forced_by_poll(state_dir: Path) -> None:
+    now = [time.time()]
+    backend = LocalBackend(state_dir, gpus=4, clock=lambda: now[0])
+    backend.launch(spec("j", "trap '' TERM; echo ready; sleep 30"))
+    pgid = runner_pid(backend, "j")
+    stdout = backend.attempt_dir("j", 0) / "stdout"
+    wait_until(lambda: stdout.read_text() == "ready\n", what="the trap to be set")
+    backend.terminate("j", 0, grace_s=60.0)
+    now[0] += 60.0
+    running = find(backend, "j")
+    assert running is not None and running.state is RunState.RUNNING  # the runner has a little longer
+    now[0] += CANCEL_ESCALATE_S + 1.0
+    done = find(backend, "j")
+    assert done is not None and done.state is RunState.CANCELLED
+    assert "grace ran out" in done.message
+    if proc_available():
+        wait_until(lambda: group_members(pgid, live_only=True) == [], timeout_s=3.0, what="the group to die")
 
 
 def test_launch_twice_runs_once(backend: LocalBackend, state_dir: Path, tmp_path: Path) -> None:

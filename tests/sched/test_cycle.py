@@ -454,7 +454,7 @@ def test_no_backfill_blocks_later_jobs_on_the_same_pools() -> None:
     assert d.reservations == ()
     assert d.pending["head"] == PendingReason(
         ReasonCode.RESOURCES,
-        "waiting for 16 free GPU(s) of H100 in a shape that fits (min topology: any); none free now",
+        "waiting for 16 free GPU(s) of H100 (min topology: any); 4 free now",
     )
     assert d.pending["small-h100"] == PendingReason(
         ReasonCode.PRIORITY,

@@ -213,7 +213,11 @@ class LocalBackend:
         try:
             if not where.is_dir() or (where / RESULT).exists():
                 return
-            write_atomic(where / CANCEL, json.dumps({"grace_s": grace_s, "at_s": self.clock()}))
+            underway = (where / CANCEL).exists()
+            if underway and grace_s > 0:
+                return  # cancelled before: its grace runs from then, a repeat changes nothing
+            if not underway:
+                write_atomic(where / CANCEL, json.dumps({"grace_s": grace_s, "at_s": self.clock()}))
             pid_text = _read_text(where / PID)
             if pid_text is None:
                 if publish_once(where / PID, NO_RUNNER):  # the runner has not claimed it: it never will now
@@ -226,8 +230,9 @@ class LocalBackend:
                     self._kill_leftovers(pid, job_id, attempt)
                 self._publish(where, RunState.CANCELLED, "cancelled; its runner was gone")
                 return
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)  # the runner forwards nothing: the job's group got it
+            if not underway:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)  # the job's whole group gets it; the runner then waits the grace
             if grace_s <= 0:
                 if proc_available():
                     kill_group_except(pid, signal.SIGKILL, keep=pid)  # the runner reaps the job and records it
@@ -242,7 +247,8 @@ class LocalBackend:
 
     def poll(self) -> list[RunReport]:
         try:
-            entries = sorted(e.name for e in os.scandir(self.jobs_dir) if e.is_dir())
+            with os.scandir(self.jobs_dir) as listing:
+                entries = sorted(e.name for e in listing if e.is_dir())
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -276,8 +282,10 @@ class LocalBackend:
 
     def _report(self, where: Path, job_id: str, attempt: int) -> RunReport:
         outputs = {"stdout": str(where / STDOUT), "stderr": str(where / STDERR)}
-        started_text = _read_text(where / STARTED)
-        started = float(started_text) if started_text else None
+        try:
+            started: float | None = float(_read_text(where / STARTED) or "")
+        except ValueError:
+            started = None
         result = _read_json(where / RESULT)
         if result is None:
             result = self._settle(where, job_id, attempt)
@@ -316,7 +324,7 @@ class LocalBackend:
                 return None
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            self._publish(where, RunState.CANCELLED, "cancelled; killed after its runner ignored the cancel")
+            self._publish(where, RunState.CANCELLED, "cancelled; killed outright once its grace ran out")
             return _read_json(where / RESULT)
         result = _read_json(where / RESULT)  # the runner may have published it just before it exited
         if result is not None:

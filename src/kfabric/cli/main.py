@@ -6,7 +6,20 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from kfabric.cli import bench_cmd, fleet_cmd, report_cmd, serve_cmd, simulate_cmd
+from kfabric.cli import (
+    admin_cmd,
+    bench_cmd,
+    cancel_cmd,
+    fleet_cmd,
+    job_cmd,
+    programs_cmd,
+    queue_cmd,
+    report_cmd,
+    serve_cmd,
+    simulate_cmd,
+    submit_cmd,
+    usage_cmd,
+)
 from kfabric.cli.errors import UsageError
 from kfabric.model.errors import KfabricError
 
@@ -21,6 +34,13 @@ def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     report_cmd.register(sub)
     bench_cmd.register(sub)
     serve_cmd.register(sub)
+    submit_cmd.register(sub)
+    queue_cmd.register(sub)
+    cancel_cmd.register(sub)
+    job_cmd.register(sub)
+    usage_cmd.register(sub)
+    programs_cmd.register(sub)
+    admin_cmd.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

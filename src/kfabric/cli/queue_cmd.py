@@ -104,7 +104,7 @@ def elapsed(job: dict[str, Any], now_s: float) -> float | None:
     """Running time (so far, or in all once ended), or the wait so far of a job that has not started."""
     started, ended = job.get("started_at_s"), job.get("ended_at_s")
     if started is not None:
-        return (ended if ended is not None else now_s) - started
+        return float(ended if ended is not None else now_s) - float(started)
     if ended is not None:
         return 0.0
     return now_s - float(job["submitted_at_s"])
@@ -118,7 +118,7 @@ def where_or_why(job: dict[str, Any]) -> str:
         return f"{text} (cancelling)" if job.get("cancel_requested") else text
     if state in FINAL_STATES:
         code = job.get("exit_code")
-        return job["reason"] + (f" (exit {code})" if code is not None else "")
+        return str(job["reason"]) + (f" (exit {code})" if code is not None else "")
     text = f"{job['reason_code']}: {job['reason']}" if job.get("reason_code") else str(job["reason"])
     if job.get("expected_start_s") is not None:
         text += f"; expected start {fmt_time(job['expected_start_s'])}"

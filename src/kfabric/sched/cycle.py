@@ -297,15 +297,20 @@ class _Cycle:
                 ),
                 class_wide,
             )
-        models = sorted({self.cap.pools[c.pool].model for c in choices})
-        return (
-            PendingReason(
-                ReasonCode.RESOURCES,
-                f"waiting for {job.whole_gpus:g} free GPU(s) of {', '.join(models)} in a shape that fits "
-                f"(min topology: {job.min_topology.name.lower()}); none free now",
-            ),
-            class_wide,
-        )
+        models = ", ".join(sorted({self.cap.pools[c.pool].model for c in choices}))
+        free = sum(int(self.cap.pool_milli[c.pool]) for c in choices) / MILLI_PER_GPU
+        topology = job.min_topology.name.lower()
+        if free >= job.whole_gpus:
+            message = (
+                f"waiting for {job.whole_gpus:g} GPU(s) of {models}: {free:g} are free, but not in a shape that "
+                f"fits (min topology: {topology}) with the CPU and memory the job needs beside them"
+            )
+        else:
+            message = (
+                f"waiting for {job.whole_gpus:g} free GPU(s) of {models} (min topology: {topology}); "
+                f"{free:g} free now"
+            )
+        return PendingReason(ReasonCode.RESOURCES, message), class_wide
 
     def _choices(
         self, job: Job, pools: tuple[int, ...], scavenger: bool
