@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
+from urllib.parse import quote
 
 import httpx
 
@@ -28,14 +29,16 @@ _PAGE = 1000
 
 
 class ApiError(KfabricError):
-    """An error answer of the API (``status`` is the HTTP status), or status 0 when no answer came back."""
+    """An error answer of the API (``status`` is the HTTP status), or status 0 when no answer came back. Its text
+    is one line: ``where: message (fix: ...)``."""
 
     def __init__(self, status: int, code: str, message: str, where: str = "", fix: str = "") -> None:
         suffix = f" (fix: {fix})"
         if fix and message.endswith(suffix):  # some domain errors already carry their fix in the message
             message = message[: -len(suffix)]
         self.status, self.code, self.message, self.where, self.fix = status, code, message, where, fix
-        text = f"{where}: {message}" if where else message
+        # "project: project 'x' not found" says the object twice; keep the message's own naming then
+        text = f"{where}: {message}" if where and not message.startswith(f"{where} ") else message
         super().__init__(text + (suffix if fix else ""))
 
 
@@ -44,7 +47,7 @@ def _unreachable(url: str, exc: Exception) -> ApiError:
         0,
         "unreachable",
         f"the kfabric server at {url} is not reachable ({type(exc).__name__}: {exc})",
-        "KFABRIC_URL",
+        "",
         "start it with `kfabric serve`, or point KFABRIC_URL / --url at a running server",
     )
 
@@ -193,7 +196,7 @@ class Client:
         return cast(list[dict[str, Any]], self._json("GET", "/v1/programs"))
 
     def program(self, name: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._json("GET", f"/v1/programs/{name}"))
+        return cast(dict[str, Any], self._json("GET", f"/v1/programs/{quote(name, safe='')}"))
 
     def create_program(
         self,

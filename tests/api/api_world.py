@@ -28,6 +28,9 @@ PROVIDER_OWNER = "acme"
 SCORES = {"impact": 7.0, "ecosystem": 6.0, "readiness": 8.0}  # the lab-grants program's review criteria
 
 _names = itertools.count(1)
+#: every table a request can write; ``Api.writes`` counts their rows (index 2: the audit log)
+WRITABLE = (t.Job, t.JobEvent, t.AuditEntry, t.Application, t.Review, t.Grant, t.Organization, t.Project, t.User,
+            t.Token, t.ProjectMember, t.Program)  # fmt: skip
 
 
 def unique(prefix: str) -> str:
@@ -80,14 +83,10 @@ class Api:
 
     def writes(self) -> tuple[int, ...]:
         """Row counts of every table a request can write, plus the audit chain head's length."""
-        tables = (
-            t.Job, t.JobEvent, t.AuditEntry, t.Application, t.Review, t.Grant,
-            t.Organization, t.Project, t.User, t.Token, t.ProjectMember, t.Program,
-        )  # fmt: skip
+        counts = [select(func.count()).select_from(x).scalar_subquery() for x in WRITABLE]
+        head = select(t.ChainHead.count).where(t.ChainHead.id == 1).scalar_subquery()
         with self.rt.sessions() as s:
-            head = s.get(t.ChainHead, 1)
-            head_count = head.count if head is not None else 0
-        return (*(self.count(x) for x in tables), head_count)
+            return tuple(s.execute(select(*counts, head)).one())
 
     def job_state(self, job_id: int) -> tuple[str, bool]:
         with self.rt.sessions() as s:

@@ -74,11 +74,7 @@ CASES = [
     pytest.param(role, obj, verb, expect, id=f"{obj}-{verb}-{role}")
     for (obj, verb), row in TABLE.items()
     for role, expect in zip(COLUMNS, row, strict=True)
-] + [
-    pytest.param(role, obj, verb, 401, id=f"{obj}-{verb}-{role}")
-    for (obj, verb) in TABLE
-    for role in UNAUTHENTICATED
-]
+] + [pytest.param(role, obj, verb, 401, id=f"{obj}-{verb}-{role}") for (obj, verb) in TABLE for role in UNAUTHENTICATED]
 
 # ---- the verbs ---------------------------------------------------------------------------------------------------
 
@@ -165,6 +161,8 @@ def get(path: Callable[[World], str]) -> Callable[[World, str | None], Outcome]:
     return lambda w, tok: Outcome(w.api.get(path(w), tok))
 
 
+APPLICATION = {"program": "lab-grants", "project": "vision-lab", "gpu_model_class": "H100", "gpus": 2, "months": 3}
+GRANT = {"program": "lab-grants", "project": "vision-lab", "start_s": NOW, "end_s": NOW + 9 * DAY, "credit_su_hours": 1}
 SNU_JOB = lambda w: f"/v1/jobs/{w.jobs['snu-vision']}"  # noqa: E731
 SNU_APP = lambda w: f"/v1/applications/{w.applications['snu-vision']}"  # noqa: E731
 
@@ -176,19 +174,11 @@ VERBS: dict[tuple[str, str], Callable[[World, str | None], Outcome]] = {
     ("job", "cancel"): cancel_job,
     ("application", "list"): lambda w, tok: _list(w, tok, "/v1/applications", lambda _w, a: a["organization"]),
     ("application", "get"): get(SNU_APP),
-    ("application", "create"): post(
-        "/v1/applications",
-        lambda _w: {"program": "lab-grants", "project": "vision-lab", "gpu_model_class": "H100", "gpus": 2,
-                    "months": 3},
-    ),  # fmt: skip
+    ("application", "create"): post("/v1/applications", lambda _w: dict(APPLICATION)),
     ("application", "review"): review_application,
     ("application", "decide"): decide_application,
     ("grant", "list"): list_grants,
-    ("grant", "create"): post(
-        "/v1/grants",
-        lambda _w: {"name": unique("grant"), "program": "lab-grants", "project": "vision-lab", "start_s": NOW,
-                    "end_s": NOW + 30 * DAY, "credit_su_hours": 10.0},
-    ),  # fmt: skip
+    ("grant", "create"): post("/v1/grants", lambda _w: GRANT | {"name": unique("grant")}),
     ("usage", "list"): lambda w, tok: _list(
         w, tok, "/v1/usage", lambda _w, u: u["organization"], params={"by": "organization"}
     ),
@@ -262,3 +252,50 @@ def test_isolation(shared_world: World, role: str, obj: str, verb: str, expect: 
         assert seen == set(), f"{role} lists objects of {sorted(seen)}"
     elif isinstance(expect, frozenset):
         assert seen == set(expect)
+
+
+# ---- beside the table ---------------------------------------------------------------------------------------------
+
+
+def test_filters_do_not_reach_other_tenants(shared_world: World) -> None:
+    """Filtering by another tenant's project (or a state) lists nothing of theirs."""
+    w = shared_world
+    for role in ("org-admin", "member"):
+        token = w.token(role, "snu-vision")
+        assert w.api.get("/v1/jobs", token, params={"project": "tinyml-llm"}).json() == []
+        listed = w.api.get("/v1/jobs", token, params={"state": ["pending", "succeeded"]}).json()
+        assert listed and {j["project"] for j in listed} == {"vision-lab"}
+        usage = w.api.get("/v1/usage", token, params={"by": "project"}).json()
+        assert [u["project"] for u in usage] == ["vision-lab"]
+    provider = w.api.get("/v1/usage", w.token("provider"), params={"by": "provider"}).json()
+    assert [u["provider"] for u in provider] == ["acme"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="service/controller.py (not in this suite's remit): a preempted job's reason and events name the "
+    "preempting job ('preempted by job N'), which may be another tenant's, and the job.preempt audit entry is "
+    "filed under no organization, so the victim's org-admin never sees it",
+)
+def test_preemption_tells_the_victim_nothing_of_the_other_tenant(world: World) -> None:
+    api = world.api
+    victim, other = world.token("member", "tinyml"), world.token("member", "snu-vision")
+    for org in ("snu-vision", "tinyml"):  # a quiet fleet
+        assert api.post(f"/v1/jobs/{world.jobs[org]}/cancel", api.operator).status_code == 200
+    # tinyml borrows all 32 H100 (snu-vision's 8 reserved among them); snu-vision's job then reclaims them
+    big = world.submit(victim, "tinyml-llm", gpus=32, gpu_models=["H100"], priority="low",
+                       runtime_estimate_s=10**5, time_limit_s=2 * 10**5)  # fmt: skip
+    api.tick(30.0, times=3)
+    assert api.get(f"/v1/jobs/{big}", victim).json()["state"] == "running"
+    reclaimer = world.submit(other, "vision-lab", gpus=8, gpu_models=["H100"])
+    for _ in range(40):  # reclaim waits a while (policy), then the controller stops the borrower
+        api.tick(30.0)
+        events = api.get(f"/v1/jobs/{big}/events", victim).json()
+        if any(e["to_state"] == "preempted" for e in events):
+            break
+    else:
+        raise AssertionError(f"no reclaim: {api.get(f'/v1/jobs/{reclaimer}', other).json()['reason']}")
+    seen = [api.get(f"/v1/jobs/{big}", victim).json()["reason"], *(e["reason"] for e in events)]
+    assert not any(f"job {reclaimer}" in text for text in seen), seen
+    audit = api.get("/v1/audit", world.token("org-admin", "tinyml"), params={"limit": 10_000}).json()
+    assert any(e["action"] == "job.preempt" and e["object_id"] == str(big) for e in audit)

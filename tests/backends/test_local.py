@@ -68,6 +68,14 @@ def runner_pid(backend: LocalBackend, job_id: str, attempt: int = 0) -> int:
     return int((where / "pid").read_text())
 
 
+def text(path: Path) -> str:
+    """The file's text, or "" before it exists."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def group_gone(backend: LocalBackend, pgid: int) -> bool:
     """Whether no process of group ``pgid`` is left (polling first, as a controller does, reaps the runner)."""
     backend.poll()
@@ -179,7 +187,7 @@ def test_cancel_kills_the_whole_group(backend: LocalBackend, grace_s: float) -> 
     backend.launch(spec("j", "sleep 30 & echo started; wait"))
     pgid = runner_pid(backend, "j")
     stdout = backend.attempt_dir("j", 0) / "stdout"
-    wait_until(lambda: stdout.read_text() == "started\n", what="the background child")
+    wait_until(lambda: text(stdout) == "started\n", what="the background child")
     if proc_available():
         assert len(group_members(pgid, live_only=True)) >= 3  # runner, shell, sleep
 
@@ -194,7 +202,7 @@ def test_grace_lets_the_job_checkpoint(backend: LocalBackend) -> None:
     backend.launch(spec("j", command))
     runner_pid(backend, "j")
     stdout = backend.attempt_dir("j", 0) / "stdout"
-    wait_until(lambda: stdout.read_text() == "ready\n", what="the trap to be set")
+    wait_until(lambda: text(stdout) == "ready\n", what="the trap to be set")
     backend.terminate("j", 0, grace_s=5.0)
     done = wait_final(backend, "j", timeout_s=5.0)
     assert (done.state, done.exit_code) == (RunState.CANCELLED, 0)
@@ -205,7 +213,7 @@ def test_a_second_terminate_without_grace_kills_now(backend: LocalBackend) -> No
     backend.launch(spec("j", "trap '' TERM; echo ready; sleep 30"))
     pgid = runner_pid(backend, "j")
     stdout = backend.attempt_dir("j", 0) / "stdout"
-    wait_until(lambda: stdout.read_text() == "ready\n", what="the trap to be set")
+    wait_until(lambda: text(stdout) == "ready\n", what="the trap to be set")
     backend.terminate("j", 0, grace_s=60.0)
     backend.terminate("j", 0, grace_s=60.0)  # a repeat changes nothing
     time.sleep(0.3)
@@ -223,7 +231,7 @@ def test_a_cancel_past_its_grace_is_forced_by_poll(state_dir: Path) -> None:
     backend.launch(spec("j", "trap '' TERM; echo ready; sleep 30"))
     pgid = runner_pid(backend, "j")
     stdout = backend.attempt_dir("j", 0) / "stdout"
-    wait_until(lambda: stdout.read_text() == "ready\n", what="the trap to be set")
+    wait_until(lambda: text(stdout) == "ready\n", what="the trap to be set")
     backend.terminate("j", 0, grace_s=60.0)
     now[0] += 60.0
     running = find(backend, "j")

@@ -4,7 +4,9 @@ reviewing, deciding, the grant-time caps, under-use detection, visibility and th
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,6 +282,26 @@ def test_per_project_cap_counts_the_projects_other_grants(
     assert conflict in str(e.value) and "cap is 256" in str(e.value)
     with w.sessions() as s:  # the failed decision changed nothing
         assert programs.get_application(s, w.op, app_id).status == "submitted"
+
+
+def test_concurrent_decisions_cannot_both_pass_the_cap(w: World) -> None:
+    w.program(**CAPPED)
+    app_ids = [w.apply("p-uni", 200) for _ in range(4)]
+    barrier = threading.Barrier(len(app_ids))
+
+    def decide(app_id: int) -> str:
+        barrier.wait()
+        try:
+            grants.decide(w.sessions, w.op, app_id, True, NOW)
+        except Conflict:
+            return "conflict"
+        return "granted"
+
+    with ThreadPoolExecutor(len(app_ids)) as pool:
+        outcomes = sorted(pool.map(decide, app_ids))
+    assert outcomes == ["conflict", "conflict", "conflict", "granted"]
+    with w.sessions() as s:
+        assert audit.verify_chain(s) > 0
 
 
 def test_per_project_cap_applies_to_direct_grants(w: World) -> None:

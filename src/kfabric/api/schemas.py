@@ -27,7 +27,9 @@ Score = Annotated[float, Field(ge=0, le=10)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: JSON types are taken as they are (true is not the integer 1, "8" is not a number, 2.0 is not an
+    # integer count); a float field still takes an integer
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class JobCreate(Strict):

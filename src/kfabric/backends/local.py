@@ -380,15 +380,17 @@ class LocalBackend:
     def _kill_leftovers(self, pgid: int, job_id: str, attempt: int) -> None:
         """SIGKILL what is left of a job whose runner vanished, so its GPUs are free for the next attempt.
 
-        Only processes of the group that carry the attempt's ``KFABRIC_JOB_ID``/``KFABRIC_ATTEMPT`` are killed
-        (the group id may have been reused); without /proc nothing is killed.
+        Only processes of the group that carry the attempt's ``KFABRIC_JOB_ID``/``KFABRIC_ATTEMPT`` (or, forked
+        but not yet the job, the runner's command line) are killed, as the group id may have been reused; without
+        /proc nothing is killed.
         """
+        where = str(self.attempt_dir(job_id, attempt))
         marks = (f"KFABRIC_JOB_ID={job_id}".encode(), f"KFABRIC_ATTEMPT={attempt}".encode())
         for pid in group_members(pgid, live_only=True):
             try:
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if all(mark in environ for mark in marks):
+            if all(mark in environ for mark in marks) or where in (_cmdline(pid) or []):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)

@@ -230,7 +230,6 @@ class Runner:
             return 0  # claimed already: another runner runs it, or the controller declared it lost
         if (self.dir / RESULT).exists():
             return 0
-        write_atomic(self.dir / STARTED, repr(time.time()))
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
@@ -250,6 +249,7 @@ class Runner:
         except (OSError, KeyError) as exc:
             self._publish_result("failed", None, f"could not start the job: {exc}")
             return 1
+        write_atomic(self.dir / STARTED, repr(time.time()))
 
         while True:
             try:

@@ -172,7 +172,7 @@ def decide_cmd(args: argparse.Namespace) -> int:
         print(f"Rejected application {application_id}")
         return 0
     reserved = f"{g['reserved']['gpus']} x {g['reserved']['model']} reserved" if g["reserved"] else "nothing reserved"
-    print(f"Approved application {application_id}: grant {g['name']} for project {g['project']}, "
+    print(f"Approved application {application_id}: grant {g['name']}, "
           f"{g['start']} .. {g['end']}, {reserved}, {g['credit_su_hours']:,.0f} SU-hours credit")  # fmt: skip
     return 0
 

@@ -57,7 +57,10 @@ def parse_slurm_time(text: str, flag: str = "--time") -> int:
         parts = [int(g) for g in match.groups()]
         for i, (unit, n) in enumerate(zip(fields, parts, strict=True)):
             if i > 0 and n >= _BOUND[unit]:
-                raise UsageError(f"{flag}: {text!r} has {n} in the {unit!r} field, which must be < {_BOUND[unit]}")
+                raise UsageError(
+                    f"{flag}: {text!r} has {n} in the {unit!r} field, which must be < {_BOUND[unit]}; "
+                    f"accepted formats: {TIME_FORMATS}"
+                )
         seconds = sum(n * _UNIT_S[unit] for unit, n in zip(fields, parts, strict=True))
         if seconds <= 0:
             raise UsageError(f"{flag}: must be more than 0 (every job needs a time limit); accepted: {TIME_FORMATS}")
@@ -202,6 +205,8 @@ def job_fields(o: dict[str, Any], origin: dict[str, str]) -> dict[str, Any]:
         f["gpus"] = _count(o["gpus"], flag("gpus"), 0)
     if o.get("gpu_milli") is not None:
         f["gpu_milli"] = _count(o["gpu_milli"], flag("gpu_milli"), 1, 1000)
+        if f["gpu_milli"] < 1000 and f.get("gpus", 1) != 1:
+            raise UsageError(f"{flag('gpu_milli')}: a fraction of a GPU is for one GPU; drop --gpus/--nodes or use 1")
     if o.get("gpu_model"):
         f["gpu_models"] = [m.strip() for v in o["gpu_model"] for m in v.split(",") if m.strip()]
     if o.get("name") is not None:

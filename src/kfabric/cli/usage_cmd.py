@@ -36,6 +36,11 @@ def day_start_s(text: str, flag: str) -> float:
     return datetime.combine(parse_day(text, flag), time(0), tzinfo=UTC).timestamp()
 
 
+def _amount(value: float) -> str:
+    """Two decimals, or two significant digits for the small amounts of short test jobs (not a bare 0.00)."""
+    return f"{value:,.2f}" if value == 0 or abs(value) >= 0.01 else f"{value:.2g}"
+
+
 def run(args: argparse.Namespace) -> int:
     if args.by not in GROUPS:
         raise UsageError(f"--by: cannot group usage by {args.by!r}; use one of: {', '.join(GROUPS)}")
@@ -62,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     totals = [0.0, 0.0, 0.0, 0.0]
     for row in answer:
         values = (row["gpu_hours"], row["su"] / 3600, row["charged_su"] / 3600, row["records"])
-        table.add_row(Text(str(row[args.by])), *(f"{v:,.2f}" for v in values[:3]), f"{row['records']:,}")
+        table.add_row(Text(str(row[args.by])), *(_amount(v) for v in values[:3]), f"{row['records']:,}")
         totals = [a + b for a, b in zip(totals, values, strict=True)]
     if len(answer) > 1:
         table.add_section()
-        table.add_row("total", *(f"{v:,.2f}" for v in totals[:3]), f"{int(totals[3]):,}")
+        table.add_row("total", *(_amount(v) for v in totals[:3]), f"{int(totals[3]):,}")
     stdout_console().print(table)
     return 0

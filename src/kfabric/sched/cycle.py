@@ -121,6 +121,7 @@ class _Cycle:
             las_thresholds_gpu_s=self.policy.las_thresholds_gpu_s,
             starvation_age_s=self.policy.starvation_age_s,
             fairshare_strength=self.policy.fairshare_strength,
+            service_levels=self.policy.preempt_by_service,
         )
         return ORDERINGS[self.policy.ordering](self.q, ctx)
 
@@ -307,8 +308,7 @@ class _Cycle:
             )
         else:
             message = (
-                f"waiting for {job.whole_gpus:g} free GPU(s) of {models} (min topology: {topology}); "
-                f"{free:g} free now"
+                f"waiting for {job.whole_gpus:g} free GPU(s) of {models} (min topology: {topology}); {free:g} free now"
             )
         return PendingReason(ReasonCode.RESOURCES, message), class_wide
 
@@ -430,7 +430,9 @@ class _Cycle:
     def _victim_table(self, pool: int) -> VictimTable:
         table = self._victim_tables.get(pool)
         if table is None:
-            table = self._victim_tables[pool] = VictimTable.build(self._running_on(pool), self.now)
+            table = self._victim_tables[pool] = VictimTable.build(
+                self._running_on(pool), self.now, self.snap.attained_gpu_s
+            )
         return table
 
     def _victims(self, job: Job, choices: list[_PoolChoice]) -> list[RunningJob]:
@@ -439,21 +441,27 @@ class _Cycle:
         pol = self.policy
         picked: list[tuple[bool, float, str, RunningJob]] = []
         need = job.gpu_milli_total
+        service = None
+        if pol.preempt_by_service:
+            thresholds = pol.las_thresholds_gpu_s
+            level = int(np.searchsorted(np.asarray(thresholds), self.snap.attained_gpu_s.get(job.id, 0.0), "right"))
+            service = (int(job.priority), level, thresholds)
         for c in choices:
             claims = pol.reclaim and self._claims(job, c.pool)
-            if not claims and not pol.preempt_by_priority:
+            if not claims and not pol.preempt_by_priority and not pol.preempt_by_service:
                 continue
             # cheap bound first: free capacity plus every eligible victim must be able to hold the job
             bound = int(self.cap.pool_milli[c.pool])
-            if pol.preempt_by_priority:
-                bound += sum(self.snap.preemptible_milli.get((c.pool, k), 0) for k in range(int(job.priority)))
+            classes = int(job.priority) + 1 if pol.preempt_by_service else int(job.priority)
+            if pol.preempt_by_priority or pol.preempt_by_service:
+                bound += sum(self.snap.preemptible_milli.get((c.pool, k), 0) for k in range(classes))
             if claims:
                 bound += self.snap.borrowed_milli.get(c.pool, 0)
             if bound < need:
                 continue
             t = self._victim_table(c.pool)
             below = int(job.priority) if pol.preempt_by_priority else None
-            for key in t.candidates(below, claims, self.now, pol.min_run_s):
+            for key in t.candidates(below, claims, self.now, pol.min_run_s, service):
                 if key[3].job.id not in self.victims:
                     picked.append(key)
         picked.sort(key=lambda x: x[:3])
@@ -466,11 +474,11 @@ class _Cycle:
         if job.priority == PriorityClass.SCAVENGER:
             return False
         pol = self.policy
-        if not pol.preempt_by_priority and not pol.reclaim:
+        if not pol.preempt_by_priority and not pol.reclaim and not pol.preempt_by_service:
             return False
         claims = pol.reclaim and any(self._claims(job, c.pool) for c in choices)
         if not claims:
-            if self.preemption_tries <= 0 or not pol.preempt_by_priority:
+            if self.preemption_tries <= 0 or not (pol.preempt_by_priority or pol.preempt_by_service):
                 return False
             self.preemption_tries -= 1
         cap = self.cap
@@ -505,7 +513,7 @@ class _Cycle:
                     Preemption(
                         job_id=run_v.job.id,
                         by_job=job.id,
-                        reason="quota reclaim" if run_v.borrowed else "higher priority class",
+                        reason=self._preemption_reason(job, run_v),
                         grace_s=pol.grace_s,
                     )
                 )
@@ -515,6 +523,13 @@ class _Cycle:
         for run in freed:
             self._release_early(run, False)
         return False
+
+    def _preemption_reason(self, job: Job, victim: RunningJob) -> str:
+        if victim.borrowed:
+            return "quota reclaim"
+        if victim.job.priority < job.priority:
+            return "higher priority class"
+        return "less attained service (least-attained-service queues)"
 
     def _release_early(self, run: RunningJob, released: bool) -> None:
         """A (trial) victim's GPUs come free now instead of at its expected end, in its pool's availability

@@ -35,6 +35,9 @@ class OrderContext:
     las_thresholds_gpu_s: tuple[float, ...]
     starvation_age_s: float
     fairshare_strength: float = 1.0
+    #: rank jobs by attained-service queue right after the priority class (with service preemption, so the
+    #: order agrees with who may preempt whom)
+    service_levels: bool = False
 
 
 OrderingFn = Callable[[PendingQueue, OrderContext], Keys]
@@ -62,14 +65,19 @@ def qssf(q: PendingQueue, ctx: OrderContext) -> Keys:
     return _with_starvation_guard(predicted, q, ctx)
 
 
+def service_level(q: PendingQueue, ctx: OrderContext) -> Keys:
+    """Each job's attained-service queue (0 = least served), by the LAS thresholds."""
+    attained = ctx.attained_gpu_s
+    rows = q.rows()
+    if not attained:
+        return np.zeros(len(rows), dtype=np.float64)
+    service = np.fromiter((0.0 if j is None else attained.get(j.id, 0.0) for j in rows), np.float64, len(rows))
+    return np.searchsorted(np.asarray(ctx.las_thresholds_gpu_s), service, side="right").astype(np.float64)
+
+
 def las(q: PendingQueue, ctx: OrderContext) -> Keys:
     """Tiresias' discretized 2D-LAS: queues by attained GPU-seconds, FIFO inside a queue."""
-    attained = ctx.attained_gpu_s
-    service = np.fromiter(
-        (0.0 if j is None else attained.get(j.id, 0.0) for j in q.rows()), dtype=np.float64, count=len(q.rows())
-    )
-    level = np.searchsorted(np.asarray(ctx.las_thresholds_gpu_s), service, side="right").astype(np.float64)
-    return level * 1e12 + q.arrays()["submit_s"]
+    return service_level(q, ctx) * 1e12 + q.arrays()["submit_s"]
 
 
 def multifactor(q: PendingQueue, ctx: OrderContext) -> Keys:
@@ -100,7 +108,10 @@ def kfabric_order(q: PendingQueue, ctx: OrderContext) -> Keys:
     lam = ctx.fairshare_strength
     service = predicted / ((1.0 - lam) + lam * (0.5 + fs))
     cls = float(max(PriorityClass)) - a["priority"]
-    keys = cls * 1e15 + np.minimum(service, 9e14)
+    if ctx.service_levels:
+        keys = cls * 1e15 + service_level(q, ctx) * 1e13 + np.minimum(service, 9e12)
+    else:
+        keys = cls * 1e15 + np.minimum(service, 9e14)
     return _with_starvation_guard(keys, q, ctx)
 
 

@@ -44,6 +44,9 @@ class Policy:
     # kfabric ordering: how much fair share bends shortest-predicted-service order (0 = not at all, 1 = up to 3x)
     fairshare_strength: float = 1.0
     preempt_by_priority: bool = True
+    # Tiresias: a pending job in a lower attained-service queue (las_thresholds_gpu_s) preempts running work
+    # of its class or below in a higher queue (the minimum run time keeps this from looping)
+    preempt_by_service: bool = False
     reclaim: bool = True
     grace_s: float = 60.0
     min_run_s: float = 600.0

@@ -15,19 +15,29 @@ PRESETS: dict[str, Policy] = {
     ),
     # shortest predicted service first (history-based, Hu et al. SC'21)
     "qssf": Policy(name="qssf", ordering="qssf", placement="best-fit", backfill="none", preempt_by_priority=False),
-    # Tiresias' discretized least-attained-service
-    "las": Policy(name="las", ordering="las", placement="best-fit", backfill="none", preempt_by_priority=False),
+    # Tiresias' discretized least-attained-service: a job in a lower attained-service queue preempts one in a
+    # higher queue (checkpointed jobs resume where they left off)
+    "las": Policy(
+        name="las",
+        ordering="las",
+        placement="best-fit",
+        backfill="none",
+        preempt_by_priority=False,
+        preempt_by_service=True,
+    ),
     # Slurm's multifactor priority with EASY backfill
     "multifactor": Policy(name="multifactor", ordering="multifactor", placement="best-fit", backfill="easy"),
-    # ours: priority class, then shortest history-predicted service gently bent by fair share; jobs waiting
-    # over a day go first and get the backfill reservation (younger blocked jobs hold nothing back);
-    # topology- and heterogeneity-aware placement. Tuned on a 30-day slice of the Philly-derived protocol.
+    # ours: priority class, then the attained-service queue (Tiresias' LAS thresholds), then shortest
+    # history-predicted service gently bent by fair share; a job in a lower service queue preempts work of its
+    # class in a higher one (never work on its own reservation; minimum run time against loops); blocked jobs
+    # waiting over a day get the backfill reservation; topology- and heterogeneity-aware placement.
+    # Tuned on a 30-day slice of the Philly-derived protocol (docs/benchmarks.md).
     "kfabric": Policy(
         name="kfabric",
         ordering="kfabric",
         placement="kfabric",
         backfill="easy",
-        starvation_age_s=1 * DAY_S,
+        preempt_by_service=True,
         reserve_after_s=1 * DAY_S,
         fairshare_strength=0.2,
     ),

@@ -1,8 +1,14 @@
 """Choosing preemption victims: cheapest first (borrowed work, then the least work lost since the last
-checkpoint), never a job younger than the minimum run time, so there are no preemption loops."""
+checkpoint), never a job younger than the minimum run time, so there are no preemption loops.
+
+Who may be displaced: work of a lower priority class, borrowed work (quota reclaim), and, under Tiresias-style
+service preemption, work of the same or a lower class whose attained-service queue is higher than the
+pending job's (it has had more service than the thresholds allow before yielding) — never work running on its
+own reservation, which is guaranteed."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,29 +27,49 @@ class VictimTable:
     runs: list[RunningJob]
     priority: npt.NDArray[np.int64]
     borrowed: npt.NDArray[np.bool_]
+    guaranteed: npt.NDArray[np.bool_]
     start_s: npt.NDArray[np.float64]
     lost: npt.NDArray[np.float64]
+    #: attained service (GPU-seconds, earlier runs included) as of now
+    service: npt.NDArray[np.float64]
 
     @classmethod
-    def build(cls, running: list[RunningJob], now_s: float) -> VictimTable:
+    def build(cls, running: list[RunningJob], now_s: float, attained: Mapping[str, float]) -> VictimTable:
         runs = [r for r in running if r.job.preemptible]
         n = len(runs)
         return cls(
             runs=runs,
             priority=np.fromiter((int(r.job.priority) for r in runs), dtype=np.int64, count=n),
             borrowed=np.fromiter((r.borrowed for r in runs), dtype=bool, count=n),
+            guaranteed=np.fromiter((r.guaranteed for r in runs), dtype=bool, count=n),
             start_s=np.fromiter((r.start_s for r in runs), dtype=np.float64, count=n),
             lost=np.fromiter((r.lost_work_gpu_s(now_s) for r in runs), dtype=np.float64, count=n),
+            service=np.fromiter(
+                (attained.get(r.job.id, 0.0) + max(0.0, now_s - r.start_s) * r.gpus for r in runs),
+                dtype=np.float64,
+                count=n,
+            ),
         )
 
     def candidates(
-        self, below_priority: int | None, borrowed_too: bool, now_s: float, min_run_s: float
+        self,
+        below_priority: int | None,
+        borrowed_too: bool,
+        now_s: float,
+        min_run_s: float,
+        service_above: tuple[int, int, tuple[float, ...]] | None = None,
     ) -> list[tuple[bool, float, str, RunningJob]]:
         """Sort keys and runs of the allowed victims: lower priority class than ``below_priority`` (when set),
-        or borrowed (when ``borrowed_too``), and running for at least ``min_run_s``."""
+        or borrowed (when ``borrowed_too``), or (``service_above = (priority, level, thresholds)``) of at most
+        that priority class in a higher attained-service queue than ``level`` and not on its own reservation;
+        all running for at least ``min_run_s``."""
         allowed = np.zeros(len(self.runs), dtype=bool)
         if below_priority is not None:
             allowed |= self.priority < below_priority
+        if service_above is not None:
+            priority, level, thresholds = service_above
+            levels = np.searchsorted(np.asarray(thresholds), self.service, side="right")
+            allowed |= (self.priority <= priority) & (levels > level) & ~self.guaranteed
         if borrowed_too:
             allowed |= self.borrowed
         allowed &= (now_s - self.start_s) >= min_run_s

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from kfabric.model import tenancy as m
@@ -109,6 +110,9 @@ def issue_grant(
     require(math.isfinite(credit_su_hours) and credit_su_hours >= 0, f"{where}.credit_su_hours", "must be >= 0")
     require(reserved_gpus > 0 or credit_su_hours > 0, where, "grants nothing", "reserve GPUs, give credit, or both")
     require(math.isfinite(weight) and weight > 0, f"{where}.weight", f"must be > 0, got {weight}")
+    # lock the program row: grants under one program are checked and issued one at a time (on PostgreSQL two
+    # concurrent decisions would otherwise both pass the caps; SQLite serializes writers anyway)
+    session.execute(select(t.Program.id).where(t.Program.id == prog.id).with_for_update())
     if session.scalars(select(t.Grant).where(t.Grant.name == name)).first() is not None:
         raise Conflict(where, "exists already", "pick another name")
     rules = program_rules(prog)
@@ -161,7 +165,7 @@ def decide(
     plus ``credit_su_hours``; weight = the asked GPU count. Returns the grant, or None on rejection."""
     actor.require_operator("decide applications")
     with sessions.begin() as s:
-        app = s.get(t.Application, application_id)
+        app = s.get(t.Application, application_id, with_for_update=True)  # one decision at a time
         if app is None:
             raise NotFound("application", application_id, "kfabric applications lists them")
         if app.status != "submitted":
@@ -222,38 +226,41 @@ def create_grant(
     apply as to an application, and the grant-time caps as to a decision; ``weight`` defaults to the reserved
     GPU count (1 for a credit-only grant)."""
     actor.require_operator("create grants")
-    with sessions.begin() as s:
-        prog = program_by_name(s, program)
-        proj = s.scalars(select(t.Project).where(t.Project.name == project)).first()
-        if proj is None:
-            raise NotFound("project", project)
-        org = s.get(t.Organization, proj.organization_id)
-        assert org is not None
-        rules = program_rules(prog)
-        check_eligible(rules, program, org)
-        days = (end_s - start_s) / DAY_S
-        if days > rules.max_duration_days + 1e-9:
-            raise ValidationError(
-                f"grant {name!r}.end",
-                f"runs {days:g} days; program {program!r} grants at most {rules.max_duration_days} days",
-                "end it earlier",
+    try:
+        with sessions.begin() as s:
+            prog = program_by_name(s, program)
+            proj = s.scalars(select(t.Project).where(t.Project.name == project)).first()
+            if proj is None:
+                raise NotFound("project", project)
+            org = s.get(t.Organization, proj.organization_id)
+            assert org is not None
+            rules = program_rules(prog)
+            check_eligible(rules, program, org)
+            days = (end_s - start_s) / DAY_S
+            if days > rules.max_duration_days + 1e-9:
+                raise ValidationError(
+                    f"grant {name!r}.end",
+                    f"runs {days:g} days; program {program!r} grants at most {rules.max_duration_days} days",
+                    "end it earlier",
+                )
+            w = weight if weight is not None else float(max(reserved_gpus, 1))
+            return issue_grant(
+                s,
+                actor.name,
+                prog,
+                proj,
+                org,
+                name=name,
+                start_s=start_s,
+                end_s=end_s,
+                reserved_model=reserved_model,
+                reserved_gpus=reserved_gpus,
+                credit_su_hours=credit_su_hours,
+                weight=w,
+                now_s=now_s,
             )
-        w = weight if weight is not None else float(max(reserved_gpus, 1))
-        return issue_grant(
-            s,
-            actor.name,
-            prog,
-            proj,
-            org,
-            name=name,
-            start_s=start_s,
-            end_s=end_s,
-            reserved_model=reserved_model,
-            reserved_gpus=reserved_gpus,
-            credit_su_hours=credit_su_hours,
-            weight=w,
-            now_s=now_s,
-        )
+    except IntegrityError:
+        raise Conflict(f"grant {name!r}", "was created concurrently", "pick another name") from None
 
 
 def list_grants(session: Session, actor: Actor) -> list[tuple[t.Grant, str, str]]:

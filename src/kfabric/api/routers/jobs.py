@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 
 from kfabric.api.deps import Caller
-from kfabric.api.schemas import JobCreate, JobEventPublic, JobPublic, NodePublic
+from kfabric.api.schemas import JobCreate, JobEventPublic, JobPublic, NodePublic, ShortText
 from kfabric.service import jobs
 from kfabric.store import tables as t
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+#: a job id in a path: bounded, so a huge number is a 422, not a storage error (64-bit ids)
+JobId = Annotated[int, Path(ge=1, le=2**62)]
 
 
 def job_public(row: t.Job, project: str, user: str, node_names: list[str]) -> JobPublic:
@@ -59,14 +62,16 @@ def submit(body: JobCreate, c: Caller, response: Response) -> JobPublic:
     row, created = jobs.submit(c.rt.sessions, c.actor, body.project, body.spec(), c.now, body.client_key)
     if not created:
         response.status_code = 200
-    return job_public(row, body.project, _user(c, row.user_id), c.rt.controller.node_names)
+    # the submitter is the job's user unless the client key was first used by someone else: no second query
+    user = c.actor.name if row.user_id == c.actor.user_id else _user(c, row.user_id)
+    return job_public(row, body.project, user, c.rt.controller.node_names)
 
 
 @router.get("", response_model=list[JobPublic])
 def list_jobs(
     c: Caller,
-    state: Annotated[list[str] | None, Query(max_length=10)] = None,
-    project: Annotated[str | None, Query(max_length=200)] = None,
+    state: Annotated[list[ShortText] | None, Query(max_length=10)] = None,
+    project: Annotated[ShortText | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> list[JobPublic]:
@@ -79,7 +84,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def show(job_id: int, c: Caller) -> JobPublic:
+def show(job_id: JobId, c: Caller) -> JobPublic:
     with c.rt.sessions() as s:
         row, project = jobs.visible_job(s, c.actor, job_id)
         user = s.scalar(select(t.User.name).where(t.User.id == row.user_id)) or ""
@@ -87,7 +92,7 @@ def show(job_id: int, c: Caller) -> JobPublic:
 
 
 @router.get("/{job_id}/events", response_model=list[JobEventPublic])
-def events(job_id: int, c: Caller) -> list[JobEventPublic]:
+def events(job_id: JobId, c: Caller) -> list[JobEventPublic]:
     with c.rt.sessions() as s:
         row, _ = jobs.visible_job(s, c.actor, job_id)
         evs = s.scalars(select(t.JobEvent).where(t.JobEvent.job_id == row.id).order_by(t.JobEvent.id)).all()
@@ -95,7 +100,7 @@ def events(job_id: int, c: Caller) -> list[JobEventPublic]:
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel(job_id: int, c: Caller) -> JobPublic:
+def cancel(job_id: JobId, c: Caller) -> JobPublic:
     """Cancel a job: a pending one ends at once, a running one is stopped by the controller's next dispatch."""
     row = jobs.cancel(c.rt.sessions, c.actor, job_id, c.now)
     with c.rt.sessions() as s:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
 
 from kfabric.api.deps import Caller
-from kfabric.api.schemas import ApplicationCreate, DecisionCreate, GrantCreate, ProgramCreate, ReviewCreate
+from kfabric.api.schemas import ApplicationCreate, DecisionCreate, GrantCreate, ProgramCreate, ReviewCreate, ShortText
 from kfabric.service import grants, programs
 from kfabric.store import tables as t
 
 router = APIRouter(prefix="/v1", tags=["programs"])
+
+#: an application id in a path: bounded, so a huge number is a 422, not a storage error (64-bit ids)
+ApplicationId = Annotated[int, Path(ge=1, le=2**62)]
 
 
 def program_public(p: t.Program) -> dict[str, Any]:
@@ -69,7 +72,7 @@ def create_program(body: ProgramCreate, c: Caller) -> dict[str, Any]:
 
 
 @router.get("/programs/{name}")
-def show_program(name: str, c: Caller) -> dict[str, Any]:
+def show_program(name: ShortText, c: Caller) -> dict[str, Any]:
     with c.rt.sessions() as s:
         return program_public(programs.program_by_name(s, name))
 
@@ -84,7 +87,9 @@ def apply(body: ApplicationCreate, c: Caller) -> dict[str, Any]:
 
 
 @router.get("/applications")
-def list_applications(c: Caller, status: Annotated[str | None, Query(max_length=16)] = None) -> list[dict[str, Any]]:
+def list_applications(
+    c: Caller, status: Annotated[ShortText | None, Query(max_length=16)] = None
+) -> list[dict[str, Any]]:
     with c.rt.sessions() as s:
         rows = programs.list_applications(s, c.actor, status)
     names = _names(c)
@@ -92,20 +97,20 @@ def list_applications(c: Caller, status: Annotated[str | None, Query(max_length=
 
 
 @router.get("/applications/{application_id}")
-def show_application(application_id: int, c: Caller) -> dict[str, Any]:
+def show_application(application_id: ApplicationId, c: Caller) -> dict[str, Any]:
     with c.rt.sessions() as s:
         a = programs.get_application(s, c.actor, application_id)
     return application_public(a, _names(c), _reviews(c, a.id))
 
 
 @router.post("/applications/{application_id}/reviews", status_code=201)
-def review(application_id: int, body: ReviewCreate, c: Caller) -> dict[str, Any]:
+def review(application_id: ApplicationId, body: ReviewCreate, c: Caller) -> dict[str, Any]:
     r = programs.review(c.rt.sessions, c.actor, application_id, body.scores, body.comment, c.now)
     return {"application": application_id, "scores": r.scores, "weighted": r.weighted, "comment": r.comment}
 
 
 @router.post("/applications/{application_id}/decision")
-def decide(application_id: int, body: DecisionCreate, c: Caller) -> dict[str, Any]:
+def decide(application_id: ApplicationId, body: DecisionCreate, c: Caller) -> dict[str, Any]:
     g = grants.decide(
         c.rt.sessions, c.actor, application_id, body.approve, c.now, body.note, body.start_s, body.reserved,
         body.credit_su_hours,
