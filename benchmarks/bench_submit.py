@@ -259,7 +259,7 @@ def profiled_serve(out: Path, argv: list[str]) -> int:
     profilers.append(main_profiler)
     main_profiler.enable()
     try:
-        return main(argv)
+        return int(main(argv))
     finally:
         main_profiler.disable()
         parts = Path(tempfile.mkdtemp(prefix="kfabric-prof-"))
@@ -267,9 +267,9 @@ def profiled_serve(out: Path, argv: list[str]) -> int:
         with plock:
             for k, p in enumerate(profilers):
                 p.snapshot_stats()  # no disable(): that would act on this thread, not the profiled one
-                if p.stats:  # type: ignore[attr-defined]
+                if p.stats:
                     f = parts / f"{k}.prof"
-                    f.write_bytes(marshal.dumps(p.stats))  # type: ignore[attr-defined]
+                    f.write_bytes(marshal.dumps(p.stats))
                     files.append(str(f))
         if files:
             pstats.Stats(*files).dump_stats(out)

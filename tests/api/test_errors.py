@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -193,6 +194,19 @@ def test_idempotent_submit(shared_world: World) -> None:
     # a tenant cannot probe another project's keys: the project is not found before the key is looked up
     probe = api.post("/v1/jobs", member, {**JOB, "project": "tinyml-llm", "client_key": key})
     assert probe.status_code == 404
+
+
+def test_idempotent_submit_under_concurrency(api: Api) -> None:
+    """Retries racing each other (one client key, many threads) make exactly one job: one 201, the rest 200."""
+    world = World(api)
+    member = world.create_user("racer", "member", "snu-vision", ("vision-lab",))
+    body = JOB | {"client_key": "race-1", "name": "raced"}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _i: api.post("/v1/jobs", member, body), range(16)))
+    assert sorted(r.status_code for r in answers) == [200] * 15 + [201], [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert api.count(t.Job) == 1
+    assert api.get("/v1/audit/verify", api.operator).json()["ok"] is True
 
 
 # ---- the audit chain ----------------------------------------------------------------------------------------------

@@ -224,7 +224,7 @@ def test_json_outputs_parse(env: Server, capsys: pytest.CaptureFixture[str], arg
 def test_usage_csv_is_the_api_export(env: Server, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "usage", "--by", "site", "--csv")
     assert code == 0
-    assert out.splitlines()[0] == "site,gpu_hours,su,charged_su,records"
+    assert out.splitlines()[0] == "site,gpu_hours,su_hours,charged_su_hours,records"
 
 
 # ---- errors ----------------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ class World:
     ) -> dict[str, tuple[float, float, float, int]]:
         with self.sessions() as s:
             rows = accounting.usage_report(s, self.actors[who], by, since, until)
-        return {r[by]: (r["gpu_hours"], r["su"], r["charged_su"], r["records"]) for r in rows}
+        # SU in the report are SU-hours; the table below states SU-seconds as the records hold them
+        return {r[by]: (r["gpu_hours"], r["su_hours"] * H, r["charged_su_hours"] * H, r["records"]) for r in rows}
 
 
 @pytest.fixture
@@ -185,10 +186,10 @@ def test_csv_has_a_header_and_a_line_per_row(w: World) -> None:
     with w.sessions() as s:
         rows = accounting.usage_report(s, w.actors["op"], "project")
     lines = list(csv.reader(io.StringIO(accounting.usage_csv(rows))))
-    assert lines[0] == ["project", "gpu_hours", "su", "charged_su", "records"]
+    assert lines[0] == ["project", "gpu_hours", "su_hours", "charged_su_hours", "records"]
     assert [line[0] for line in lines[1:]] == ["p-corp", "p-uni", "p-uni2"]
-    assert lines[2][1:] == ["8.0", "28800.0", "0.0", "1"]
-    assert accounting.usage_csv([], "site") == "site,gpu_hours,su,charged_su,records\n"
+    assert lines[2][1:] == ["8.0", "8.0", "0.0", "1"]
+    assert accounting.usage_csv([], "site") == "site,gpu_hours,su_hours,charged_su_hours,records\n"
     assert accounting.usage_csv([]).startswith("key,")
 
 
@@ -198,6 +199,6 @@ def test_totals_equal_the_sum_of_the_rows(w: World, by: str) -> None:
         rows = accounting.usage_report(s, w.actors["op"], by)
         total = accounting.totals(s)
     assert sum(r["gpu_hours"] for r in rows) * H == pytest.approx(total["gpu_s"]) == 4 * 4 * H
-    assert sum(r["su"] for r in rows) == pytest.approx(total["su"])
-    assert sum(r["charged_su"] for r in rows) == pytest.approx(total["charged_su"])
+    assert sum(r["su_hours"] for r in rows) * H == pytest.approx(total["su"])
+    assert sum(r["charged_su_hours"] for r in rows) * H == pytest.approx(total["charged_su"])
     assert sum(r["records"] for r in rows) == total["records"] == len(RECORDS)

@@ -6,6 +6,10 @@
 2. While jobs are running: their runners outlive the server; after the restart each job ends succeeded,
    on its first attempt, and ran once.
 
+Plus, in process: a controller that died between launching an attempt and recording the launch leaves a job
+admitted but "not launched" while it runs; after the restart a cancel or a preemption must stop that attempt,
+not withdraw the placement of a job that runs (which left it running: a second attempt ran beside it).
+
 Runs on SQLite and on a real PostgreSQL (the `db_url` fixture). Every process started here (the server and
 the local backend's runners, each in a process group of its own) is killed by id in a `finally`.
 """
@@ -13,6 +17,7 @@ the local backend's runners, each in a process group of its own) is killed by id
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -27,6 +32,16 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
+
+from kfabric.backends.local import LocalBackend
+from kfabric.scenarios.local import local_scenario_text
+from kfabric.scenarios.policies import load_policy
+from kfabric.service import jobs
+from kfabric.service.auth import authenticate
+from kfabric.service.controller import Controller
+from kfabric.service.runtime import open_runtime
+from kfabric.store import tables as t
 
 THREADS = 4
 PER_THREAD = 50
@@ -251,6 +266,13 @@ def test_server_killed_during_submissions_and_while_jobs_run(db_url: str, tmp_pa
         stored = _jobs(server, token)
         assert len(stored) == total, f"{len(stored)} jobs stored for {total} client keys"
         assert {j["id"] for j in stored} == ids
+        # every key again, to the restarted server (a client that never saw its answers): the same jobs, 200
+        again = Submitter(server, token, f"{record}; sleep 0.2", deadline_s=30)
+        for k in range(THREADS):
+            again.run_thread(k, PER_THREAD)
+        assert not again.errors, again.errors
+        assert again.statuses == Counter({200: total}), again.statuses
+        assert all(again.acked[k] == sub.acked[k][:1] for k in again.acked), "a repeated key got another job"
 
         final = _wait_final(server, token, ids, timeout_s=60)
         not_ok = {i: (j["state"], j["reason"]) for i, j in final.items() if j["state"] != "succeeded"}
@@ -286,3 +308,68 @@ def test_server_killed_during_submissions_and_while_jobs_run(db_url: str, tmp_pa
     finally:
         server.kill()
         _kill_runners(state_dir)
+
+
+def _tick_until(controller: Controller, done: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        controller.tick()
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("stop", ["cancel", "preempt"])
+def test_restart_adopts_an_attempt_launched_but_not_recorded(db_url: str, tmp_path: Path, stop: str) -> None:
+    local = tmp_path / "local"
+    runs_log = tmp_path / "runs.log"
+    policy = load_policy("kfabric")
+    rt = open_runtime(
+        db_url,
+        policy,
+        {"local": LocalBackend(local, gpus=GPUS)},
+        fleet="local",
+        fleet_document=local_scenario_text(GPUS),
+    )
+    try:
+        with rt.sessions() as s:
+            actor = authenticate(s, rt.bootstrap_token)
+        command = f'echo "$KFABRIC_JOB_ID $KFABRIC_ATTEMPT" >> {shlex.quote(str(runs_log))}; sleep 2'
+        spec = {"gpus": 1, "time_limit_s": 60.0, "command": command}
+        row, _ = jobs.submit(rt.sessions, actor, "default", spec, time.time(), "k")
+        first = local / "jobs" / f"{row.id}.1"
+        rt.controller.tick()  # admitted and launched
+        deadline = time.monotonic() + 10
+        while not (first / "started").exists():
+            assert time.monotonic() < deadline, "attempt 1 did not start"
+            time.sleep(0.02)
+        # the controller "died" after launching attempt 1 but before recording it; a new one starts
+        with rt.sessions.begin() as s:
+            s.execute(update(t.Job).where(t.Job.id == row.id).values(launched=False))
+        restarted = Controller(rt.sessions, rt.scenario, policy, {"local": LocalBackend(local, gpus=GPUS)})
+        if stop == "cancel":
+            jobs.cancel(rt.sessions, actor, row.id, time.time())
+        else:  # as if the first cycle after the restart preempted it
+            with rt.sessions.begin() as s:
+                s.execute(update(t.Job).where(t.Job.id == row.id).values(preempt_requested=True, reason="preempted"))
+
+        def state() -> tuple[str, int]:
+            with rt.sessions() as s:
+                job = s.get(t.Job, row.id)
+                assert job is not None
+                return job.state, job.attempt
+
+        want = "cancelled" if stop == "cancel" else "succeeded"
+        _tick_until(restarted, lambda: state()[0] == want, 20, f"job {want}")
+        assert (first / "result.json").exists(), "attempt 1 was never stopped"
+        assert '"cancelled"' in (first / "result.json").read_text(), "attempt 1 ran on after it was stopped"
+        ran = _runs(runs_log)
+        if stop == "cancel":
+            assert state() == ("cancelled", 1) and ran == Counter({row.id: 1})
+        else:  # attempt 2 started only after attempt 1 was stopped: never two at once
+            assert state() == ("succeeded", 2) and ran == Counter({row.id: 2})
+            ended_1 = float(json.loads((first / "result.json").read_text())["ended_at_s"])
+            started_2 = float((local / "jobs" / f"{row.id}.2" / "started").read_text())
+            assert started_2 >= ended_1, "attempt 2 ran beside attempt 1"
+    finally:
+        rt.close()
+        _kill_runners(tmp_path)

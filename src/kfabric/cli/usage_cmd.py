@@ -59,14 +59,14 @@ def run(args: argparse.Namespace) -> int:
         emit_json(answer)
         return 0
     span = f"{args.since or 'start'} .. {args.until or 'now'}"
-    caption = "SU-hours as grants count them (the API's su / 3600); charged: after the program's discount"
+    caption = "SU-hours as grants count them; charged: after the program's discount"
     table = Table(title=f"Usage by {args.by} ({span}, UTC)", caption=caption)
     table.add_column(args.by, no_wrap=True)
     for name in ("GPU-hours", "SU-hours", "charged SU-hours", "records"):
         table.add_column(name, justify="right")
     totals = [0.0, 0.0, 0.0, 0.0]
     for row in answer:
-        values = (row["gpu_hours"], row["su"] / 3600, row["charged_su"] / 3600, row["records"])
+        values = (row["gpu_hours"], row["su_hours"], row["charged_su_hours"], row["records"])
         table.add_row(Text(str(row[args.by])), *(_amount(v) for v in values[:3]), f"{row['records']:,}")
         totals = [a + b for a, b in zip(totals, values, strict=True)]
     if len(answer) > 1:

@@ -29,7 +29,7 @@ GROUPS: dict[str, Any] = {
     "provider": _U.provider,
     "gpu_model": _U.gpu_model,
 }
-FIELDS = ("gpu_hours", "su", "charged_su", "records")
+FIELDS = ("gpu_hours", "su_hours", "charged_su_hours", "records")
 
 
 def _grouped(key: Any, by: str, *cols: Any) -> Select[Any]:
@@ -61,7 +61,8 @@ def usage_report(
 ) -> list[dict[str, Any]]:
     """Usage grouped ``by`` one of :data:`GROUPS`, clipped to ``[since_s, until_s)``, sorted by key.
 
-    Each row: ``{by: key, "gpu_hours", "su", "charged_su", "records"}`` (``records`` counts the records that
+    Each row: ``{by: key, "gpu_hours", "su_hours", "charged_su_hours", "records"}`` (service units in SU-hours, as
+    grants count them) (``records`` counts the records that
     overlap the interval). Operators see all usage; org-admins their organization's; members their projects';
     providers the usage on their owner's sites; reviewers none (:class:`PermissionDenied`).
     """
@@ -111,7 +112,13 @@ def usage_report(
             acc[2] += charged * share
             acc[3] += 1
     rows = [
-        {by: NO_PROGRAM if k is None else k, "gpu_hours": g / 3600.0, "su": s, "charged_su": c, "records": int(n)}
+        {
+            by: NO_PROGRAM if k is None else k,
+            "gpu_hours": g / 3600.0,
+            "su_hours": s / 3600.0,
+            "charged_su_hours": c / 3600.0,
+            "records": int(n),
+        }
         for k, (g, s, c, n) in sums.items()
     ]
     return sorted(rows, key=lambda r: str(r[by]))

@@ -128,12 +128,16 @@ class Controller:
                 log.warning("backend %s unavailable: %s", name, exc)
         now = rep.now_s
         with self.sessions.begin() as s:
-            rows = s.scalars(
-                select(t.Job).where(t.Job.state.in_((ADMITTED, RUNNING)), t.Job.launched.is_(True)).order_by(t.Job.id)
-            ).all()
+            rows = s.scalars(select(t.Job).where(t.Job.state.in_((ADMITTED, RUNNING))).order_by(t.Job.id)).all()
             for row in rows:
                 if row.backend not in polled:
                     continue
+                if not row.launched:
+                    if (str(row.id), row.attempt) not in reports:
+                        continue  # not launched yet: dispatch launches it
+                    # launched by a controller that died before recording it: adopt the attempt, so that a cancel
+                    # or preemption terminates it instead of withdrawing a placement whose job runs
+                    row.launched = True
                 r = reports.get((str(row.id), row.attempt)) or RunReport(
                     str(row.id), row.attempt, RunState.LOST, message="the backend no longer knows it"
                 )
@@ -193,8 +197,11 @@ class Controller:
             if row is None or row.state not in (ADMITTED, RUNNING) or row.preempt_requested:
                 continue
             row.preempt_requested = True
-            row.reason = f"preempted by job {pre.by_job}: {pre.reason}"
-            audit.record(s, "controller", "job.preempt", "job", row.id, now, detail={"by": pre.by_job})
+            # the victim's tenant learns why, not which job (it may be another tenant's)
+            row.reason = f"preempted: {pre.reason}"
+            project = s.get(t.Project, row.project_id)
+            org = project.organization_id if project else None
+            audit.record(s, "controller", "job.preempt", "job", row.id, now, org, {"reason": pre.reason})
             rep.preempting += 1
         for adm in d.admissions:
             row = s.get(t.Job, int(adm.job_id))

@@ -115,7 +115,11 @@ def decide(application_id: ApplicationId, body: DecisionCreate, c: Caller) -> di
         c.rt.sessions, c.actor, application_id, body.approve, c.now, body.note, body.start_s, body.reserved,
         body.credit_su_hours,
     )  # fmt: skip
-    return {"application": application_id, "approved": body.approve, "grant": grants.grant_view(g) if g else None}
+    view = None
+    if g is not None:
+        names = _names(c)
+        view = grants.grant_view(g, names["program"].get(g.program_id), names["project"].get(g.project_id))
+    return {"application": application_id, "approved": body.approve, "grant": view}
 
 
 @router.get("/grants")
