@@ -39,7 +39,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # PgServer: the tests' private PostgreSQL
 
-from pg_server import PgServer  # noqa: E402
+from pg_server import PgServer, PgServerError  # noqa: E402
 
 WARMUP = 200
 GPUS = 4
@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for store in stores:
             results[store] = bench_store(store, args.n, args.concurrency, args.profile, work)
+    except (PgServerError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
