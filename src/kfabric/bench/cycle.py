@@ -22,6 +22,7 @@ from kfabric.sched.cycle import CPU_MILLI_PER_GPU, MEMORY_MIB_PER_GPU, cycle
 from kfabric.sched.fairshare import TenantInfo
 from kfabric.sched.placement import PlaceRequest, best_fit
 from kfabric.sched.policy import Policy
+from kfabric.sched.presets import PRESETS
 from kfabric.sched.queue import PendingQueue
 from kfabric.sched.snapshot import Snapshot
 
@@ -140,7 +141,7 @@ def build_state(
             continue
         snap.start(job, placement, now - float(rng.uniform(0, job.time_limit_s)), borrowed=False)
         placed += 1
-    q = PendingQueue()
+    q = PendingQueue(snap.estimator)  # as the simulator and the service keep it: estimates vectorized
     for _ in range(pending):
         q.add(maker.make(now))
     return snap, q, maker
@@ -149,7 +150,7 @@ def build_state(
 def run_cycle_bench(
     scenario: Scenario, pending: int, running: int, cycles: int, seed: int = 42, policy: Policy | None = None
 ) -> dict[str, object]:
-    pol = policy or Policy()
+    pol = policy or PRESETS["kfabric"]  # the default policy
     snap, q, maker = build_state(scenario, pending, running, seed)
     rng = np.random.default_rng(seed + 1)
     now = 0.0

@@ -108,6 +108,8 @@ class Capacity:
             node, rack, unit = node + p.nodes, rack + racks, unit + units
         self.pools = tuple(pools)
         self.pool_by_name = {p.name: p for p in pools}
+        #: heterogeneity order of a set of pools when jobs carry no speeds (placement.prefer_pools)
+        self.pool_order_cache: dict[tuple[int, ...], list[int]] = {}
         n = node
         self.n_nodes = n
         gmax = max((p.gpus_per_node for p in pools), default=0)

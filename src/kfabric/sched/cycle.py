@@ -90,6 +90,7 @@ class _Cycle:
         self.preemption_tries = policy.max_preemption_attempts
         self.task_types: tuple[tuple[int, int, float], ...] = ()
         self.unreserved = self._unreserved()
+        self.site_cap_kw = [site.cap_kw + 1e-9 for site in self.cap.sites]
         self.borrow_limit = policy.borrow_limit_pct / 100.0 * float(self.cap.pool_up_milli.sum()) / MILLI_PER_GPU
         self._reserved: dict[tuple[str, str], int] = {}
         self.rules = GrantRules(snap, now_s)
@@ -319,25 +320,27 @@ class _Cycle:
         tenant = self.snap.tenants.get(job.project)
         affiliation = tenant.affiliation if tenant else ""
         gpus = job.whole_gpus
+        project = job.project
         own_first: list[_PoolChoice] = []
         borrow: list[_PoolChoice] = []
         quota_reason = power_reason = None
         cap = self.cap
+        cap_pools, site_kw, blocked = cap.pools, cap.site_kw, self.blocked_pools
         for pi in pools:
-            p = cap.pools[pi]
-            if pi in self.blocked_pools and not self._claims(job, pi):  # a reservation holder is never blocked
+            p = cap_pools[pi]
+            if blocked and pi in blocked and not self._claims(job, pi):  # a reservation holder is never blocked
                 continue
-            site = cap.sites[p.site]
-            if cap.site_kw[p.site] + gpus * p.kw_per_gpu > site.cap_kw + 1e-9:
+            if site_kw[p.site] + gpus * p.kw_per_gpu > self.site_cap_kw[p.site]:
+                site = cap.sites[p.site]
                 power_reason = PendingReason(
                     ReasonCode.POWER_CAP,
                     f"site {site.name} is at its power cap ({site.cap_kw / 1000:g} MW); waiting for power headroom",
                 )
                 continue
             guaranteed = False
-            if p.sharing == Sharing.SHARED and not scavenger:
-                reserved = self._reserved_for(job.project, p.model)
-                if reserved and self.own[(job.project, p.model)] + gpus <= reserved:
+            if p.sharing is Sharing.SHARED and not scavenger:
+                reserved = self._reserved_for(project, p.model)
+                if reserved and self.own[(project, p.model)] + gpus <= reserved:
                     guaranteed = True
                     borrowed = False
                 else:
@@ -353,11 +356,11 @@ class _Cycle:
                     )
                     continue
                 limit = self.borrow_limit
-                if self.borrowed[job.project] + gpus > limit:
+                if self.borrowed[project] + gpus > limit:
                     self._job_bound = self._other_bound = True
                     quota_reason = PendingReason(
                         ReasonCode.QUOTA,
-                        f"project {job.project} already borrows {self.borrowed[job.project]:g} GPUs "
+                        f"project {project} already borrows {self.borrowed[project]:g} GPUs "
                         f"(limit {limit:g}); waiting for its own work to finish",
                     )
                     continue

@@ -340,6 +340,13 @@ def prefer_pools(cap: Capacity, req: PlaceRequest) -> list[int]:
     """Heterogeneity-aware order: most work per service unit first; then the cheaper model (keep premium
     GPUs for jobs that need them); then pools with the least free capacity for the job's size (packing)."""
     speed = req.speed or {}
+    if not speed:
+        # without per-job speeds the order depends on the pools alone: computed once per pool set
+        pools = tuple(req.pools)
+        cached = cap.pool_order_cache.get(pools)
+        if cached is None:
+            cached = cap.pool_order_cache[pools] = sorted(pools, key=lambda pi: (cap.pools[pi].su_weight, pi))
+        return list(cached)
 
     def key(pi: int) -> tuple[float, float, int]:
         p = cap.pools[pi]
