@@ -54,8 +54,8 @@ documented_totals: {gpus: 16, nodes: 2}
 """
 
 POOL_KEYS = (
-    "cluster, cpu_milli_per_node, gpu_model, gpus_per_node, memory_mib_per_node, name, node_power_kw, nodes, "
-    "nodes_per_rack, nvlink_domain_gpus, online, owner, racks_per_unit, sharing"
+    "cluster, cpu_milli_per_node, gpu_model, gpus_per_node, memory_mib_per_node, name, node_names, node_power_kw, "
+    "nodes, nodes_per_rack, nvlink_domain_gpus, online, owner, racks_per_unit, sharing"
 )
 TOP_KEYS = (
     "catalog, clusters, description, documented_totals, gpu_models, grants, name, organizations, owners, pools, "

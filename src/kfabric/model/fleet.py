@@ -100,9 +100,24 @@ class NodePool:
     online: date
     cpu_milli_per_node: int = 112_000
     memory_mib_per_node: int = 2_097_152
+    #: the nodes' host names in a real cluster (e.g. Slurm node names), in topology order; empty for
+    #: simulated pools, whose nodes are named ``POOL-NNN``
+    node_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"pool {self.name!r}"
+        require(
+            not self.node_names or len(self.node_names) == self.nodes,
+            f"{where}.node_names",
+            f"lists {len(self.node_names)} names for {self.nodes} nodes",
+            "give one name per node, in rack order, or leave node_names out",
+        )
+        require(
+            len(set(self.node_names)) == len(self.node_names),
+            f"{where}.node_names",
+            "names a node twice",
+            "each node appears once",
+        )
         require_name(self.name, f"{where}.name")
         require(self.gpus_per_node >= 0, f"{where}.gpus_per_node", f"must be >= 0, got {self.gpus_per_node}")
         require(self.nodes >= 1, f"{where}.nodes", f"must be >= 1, got {self.nodes}")

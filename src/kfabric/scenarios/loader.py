@@ -203,6 +203,7 @@ def _pool(f: Fields, catalog: dict[str, GpuModel]) -> NodePool:
         online=f.day("online"),
         cpu_milli_per_node=f.integer("cpu_milli_per_node", 112_000, minimum=1),
         memory_mib_per_node=f.integer("memory_mib_per_node", 2_097_152, minimum=1),
+        node_names=tuple(f.text_list("node_names")),
     )
 
 

@@ -80,7 +80,9 @@ class Controller:
         self.underuse_interval_s = underuse_interval_s
         self._underuse_at_s = -math.inf
         fleet = scenario.fleet
-        cluster_backend = {c.name: c.backend for c in fleet.clusters}
+        # a backend configured under a cluster's own name serves that cluster (two Slurm clusters are two
+        # backends); otherwise the cluster's backend kind names it (one ``local``, one ``sim``)
+        cluster_backend = {c.name: c.name if c.name in self.backends else c.backend for c in fleet.clusters}
         self.pool_backend = {p.name: cluster_backend[p.cluster] for p in fleet.pools}
         missing = sorted(set(self.pool_backend.values()) - set(self.backends))
         if missing:
@@ -335,10 +337,14 @@ class Controller:
 
 
 def node_names(live: LiveState) -> list[str]:
-    """Backend node name per fleet node index: the pool's name for a one-node pool, else ``POOL-NNN``."""
+    """Backend node name per fleet node index: the pool's declared ``node_names`` (real clusters), else the
+    pool's name for a one-node pool, else ``POOL-NNN``."""
+    declared = {p.name: p.node_names for p in live.fleet.pools}
     names: list[str] = []
     for pool in live.snap.capacity.pools:
-        if pool.nodes == 1:
+        if declared.get(pool.name):
+            names.extend(declared[pool.name])
+        elif pool.nodes == 1:
             names.append(pool.name)
         else:
             names.extend(f"{pool.name}-{k + 1:03d}" for k in range(pool.nodes))
