@@ -51,7 +51,8 @@ def test_history_replays_ended_jobs_with_real_times(tmp_path: Path) -> None:
 def test_simulate_replays_history_under_another_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = _live_history(tmp_path)
     out = tmp_path / "replay"
-    code = main(["simulate", "--fleet", "lab", "--workload", f"history:{url}", "--policy", "fifo", "--out", str(out)])
+    argv = ["simulate", "--fleet", f"store:{url}", "--workload", f"history:{url}", "--policy", "fifo"]
+    code = main([*argv, "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert (out / "fifo" / "summary.json").exists()
 

@@ -17,9 +17,10 @@ from kfabric.cli.console import stdout_console
 from kfabric.cli.errors import UsageError
 from kfabric.cli.sim_runs import run_policies
 from kfabric.report.tables import fmt_duration
-from kfabric.scenarios.loader import load_scenario
+from kfabric.scenarios.loader import Scenario, load_scenario, load_text
 from kfabric.scenarios.policies import load_policy
 from kfabric.sched.policy import Policy
+from kfabric.service.runtime import open_store, stored_fleet
 from kfabric.sim.engine import SimOptions
 from kfabric.sim.run import default_start
 from kfabric.traces.sources import load_workload
@@ -58,9 +59,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="replay a workload on a fleet under one or more policies (the digital twin)",
         description="Replay a workload on a fleet; one run per --policy, written to OUT/<policy>/.",
     )
-    p.add_argument("--fleet", required=True, help="scenario: korea-2030, lab, openb[:CSV] or a YAML file")
     p.add_argument(
-        "--workload", required=True, help="national[:scale=X], philly[:DIR], openb[:PODS_CSV], tiresias[:CSV]"
+        "--fleet",
+        required=True,
+        help="scenario: korea-2030, lab, openb[:CSV], a YAML file, or store:DB_URL (the fleet a service runs)",
+    )
+    p.add_argument(
+        "--workload",
+        required=True,
+        help="national[:scale=X], philly[:DIR], openb[:PODS_CSV], tiresias[:CSV], history:DB_URL[,since=DATE]",
     )
     p.add_argument("--days", type=float, help="simulated days (arrivals after this are dropped)")
     p.add_argument("--policy", action="append", required=True, help="preset name or policy YAML; repeatable")
@@ -85,7 +92,8 @@ def run_cmd(args: argparse.Namespace) -> int:
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise UsageError(f"--policy: two policies share a name ({', '.join(names)}); give each file a unique name")
-    scenario = load_scenario(args.fleet)
+    scenario = stored_scenario(args.fleet.removeprefix("store:")) if args.fleet.startswith("store:") else None
+    scenario = scenario or load_scenario(args.fleet)
     start = default_start(scenario)
     if args.start:
         try:
@@ -121,3 +129,15 @@ def run_cmd(args: argparse.Namespace) -> int:
 
 def _without_tenants(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != "tenants"}
+
+
+def stored_scenario(db_url: str) -> Scenario:
+    """The fleet a kfabric service stores (``--fleet store:DB_URL``), to replay its history on."""
+    engine, sessions = open_store(db_url)
+    try:
+        stored = stored_fleet(sessions)
+    finally:
+        engine.dispose()
+    if stored is None:
+        raise UsageError(f"--fleet store:{db_url}: that store holds no fleet (has `kfabric serve` run on it?)")
+    return load_text(stored[1], f"stored fleet {stored[0]!r}")
