@@ -66,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # plain text, never wrapped: error lines name files and keys that must stay copyable
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a file or socket the command needs: the OS's own words name it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

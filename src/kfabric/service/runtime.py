@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kfabric.backends.base import Backend
@@ -35,8 +36,16 @@ class Runtime:
 
 
 def open_store(db_url: str) -> tuple[Engine, sessionmaker[Session]]:
+    """Connect and migrate; a store that cannot be reached is a clear error, not a traceback."""
     engine = make_engine(db_url)
-    migrate(engine)
+    try:
+        migrate(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise ValidationError(
+            "--db", f"cannot open the store at {engine.url!r}: {reason}", "start the database server or fix the URL"
+        ) from None
     return engine, session_factory(engine)
 
 
