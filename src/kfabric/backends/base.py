@@ -61,6 +61,8 @@ class LaunchSpec:
     workdir: str = ""
     #: for the sim backend: how long the job runs (seconds of simulated time); ignored by real backends
     runtime_s: float | None = None
+    #: the kfabric project (Slurm maps it to an account)
+    project: str = ""
 
     @property
     def key(self) -> str:

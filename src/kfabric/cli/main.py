@@ -17,6 +17,7 @@ from kfabric.cli import (
     report_cmd,
     serve_cmd,
     simulate_cmd,
+    slurm_cmd,
     submit_cmd,
     usage_cmd,
 )
@@ -41,6 +42,7 @@ def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     usage_cmd.register(sub)
     programs_cmd.register(sub)
     admin_cmd.register(sub)
+    slurm_cmd.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,8 @@ from pathlib import Path
 from kfabric.backends.base import Backend
 from kfabric.backends.local import LocalBackend, detect_gpus
 from kfabric.backends.sim import SimBackend
+from kfabric.backends.slurm.backend import SlurmBackend
+from kfabric.backends.slurm.config import load_slurm_clusters_file
 from kfabric.cli.errors import UsageError
 from kfabric.scenarios.loader import load_text, scenario_text
 from kfabric.scenarios.local import local_scenario_text
@@ -35,6 +37,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--local-gpus", type=int, help="GPUs of the local backend (default: detected by nvidia-smi)")
     p.add_argument("--sim-speedup", type=float, default=1.0, help="sim backend: simulated seconds per second")
     p.add_argument("--account-interval", type=float, default=300.0, help="seconds between usage records")
+    p.add_argument(
+        "--slurm-config",
+        type=Path,
+        help="YAML of the Slurm clusters to dispatch to (docs/slurm.md); each serves the fleet cluster of its name",
+    )
     p.add_argument("--log-level", default="warning")
     p.set_defaults(handler=run)
 
@@ -50,15 +57,22 @@ def _fleet_document(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return args.fleet, scenario_text(args.fleet)
 
 
-def build_backends(names: set[str], args: argparse.Namespace) -> dict[str, Backend]:
+def build_backends(clusters: dict[str, str], args: argparse.Namespace) -> dict[str, Backend]:
+    """One backend per backend kind the fleet's clusters use, and one per Slurm cluster (keyed by its name)."""
     out: dict[str, Backend] = {}
-    for name in sorted(names):
-        if name == "local":
-            out[name] = LocalBackend(args.state_dir / "local", gpus=args.local_gpus)
-        elif name == "sim":
-            out[name] = SimBackend(time.time, speedup=args.sim_speedup)
-        else:
-            raise UsageError(f"the fleet uses backend {name!r}, which this build cannot drive (known: local, sim)")
+    slurm = {c.name: c for c in load_slurm_clusters_file(args.slurm_config)} if args.slurm_config else {}
+    for cluster, kind in sorted(clusters.items()):
+        if kind == "slurm":
+            if cluster not in slurm:
+                where = args.slurm_config or "--slurm-config"
+                raise UsageError(f"fleet cluster {cluster!r} runs on Slurm but {where} does not configure it")
+            out[cluster] = SlurmBackend(slurm[cluster])
+        elif kind == "local" and "local" not in out:
+            out["local"] = LocalBackend(args.state_dir / "local", gpus=args.local_gpus)
+        elif kind == "sim" and "sim" not in out:
+            out["sim"] = SimBackend(time.time, speedup=args.sim_speedup)
+        elif kind not in ("local", "sim"):
+            raise UsageError(f"the fleet uses backend {kind!r}, which this build cannot drive (local, sim, slurm)")
     return out
 
 
@@ -83,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("this store holds no fleet yet: pass --fleet (e.g. --fleet lab or --fleet local)")
         document = stored[1]
     scenario = load_text(document, name or "stored fleet")
-    backends = build_backends({c.backend for c in scenario.fleet.clusters}, args)
+    backends = build_backends({c.name: c.backend for c in scenario.fleet.clusters}, args)
     rt = open_runtime(
         db, load_policy(args.policy), backends, fleet=name, fleet_document=document,
         account_interval_s=args.account_interval,

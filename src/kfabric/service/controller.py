@@ -322,6 +322,7 @@ class Controller:
             env=tuple(sorted((spec.get("env") or {}).items())),
             workdir=str(spec.get("workdir", "")),
             runtime_s=spec.get("runtime_estimate_s"),
+            project=self.live.projects.get(row.project_id, ("", 0))[0],
         )
 
     # ---- 4. accounting ----------------------------------------------------------------------------------------

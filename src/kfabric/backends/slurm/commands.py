@@ -129,7 +129,8 @@ class SlurmCli:
         now = self.clock()
         if now < self._retry_at:
             raise BackendUnavailable(
-                f"slurmctld ({self.slurm_conf}) unreachable: {self._down_reason}; next try in {self._retry_at - now:.1f} s"
+                f"slurmctld ({self.slurm_conf}) unreachable: {self._down_reason}; "
+                f"next try in {self._retry_at - now:.1f} s"
             )
         cmd = [os.path.join(self.bin_dir, args[0]) if self.bin_dir else args[0], *args[1:]]
         self.calls += 1
@@ -239,9 +240,11 @@ class SlurmCli:
             raise SlurmError(f"sbatch printed {out!r}, not a job id")
         return int(first)
 
-    def scancel(self, slurm_id: int, signal_name: str | None = None) -> None:
-        """Cancel (or, with ``signal_name``, signal the steps of) a job; a job already gone is no error."""
-        args = ["scancel", *([f"--signal={signal_name}"] if signal_name else []), str(slurm_id)]
+    def scancel(self, slurm_id: int, signal_name: str | None = None, full: bool = False) -> None:
+        """Cancel a job, or with ``signal_name`` signal it: its steps only, or with ``full`` every process of
+        the job including the batch script's; a job already gone is no error."""
+        args = ["scancel", *([f"--signal={signal_name}"] if signal_name else []), *(["--full"] if full else [])]
+        args.append(str(slurm_id))
         self.run(args, ok_errors=("invalid job id", "already completing or completed", "job is pending"))
 
     def set_comment(self, slurm_id: int, comment: str) -> None:
@@ -251,12 +254,14 @@ class SlurmCli:
         )
 
     def sacct(self, names: Sequence[str], since_epoch: float) -> list[dict[str, str]]:
-        """Finished-job records from accounting, plain ``sacct`` (22.05's ``--json`` gets exit codes wrong);
-        times as epoch seconds through ``SLURM_TIME_FORMAT=%s``."""
+        """Job records from accounting with these names (all jobs when ``names`` is empty) since a time, through
+        plain ``sacct`` (22.05's ``--json`` gets exit codes wrong); times as epoch seconds
+        (``SLURM_TIME_FORMAT=%s``)."""
         fields = ("JobIDRaw", "JobName", "State", "ExitCode", "Start", "End", "NodeList")
         start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since_epoch))
         out = self.run(
-            ["sacct", "-X", "-a", "-n", "-P", f"-S{start}", "-Enow", f"--name={','.join(names)}", f"-o{','.join(fields)}"],
+            ["sacct", "-X", "-n", "-P", f"-S{start}", "-Enow", f"-o{','.join(fields)}"]
+            + ([f"--name={','.join(names)}"] if names else []),
             extra_env={"SLURM_TIME_FORMAT": "%s"},
         )
         rows = []

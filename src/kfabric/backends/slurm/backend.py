@@ -1,0 +1,308 @@
+"""The Slurm backend: realizes kfabric's placements as Slurm batch jobs and reports what Slurm did with them.
+
+One Slurm job per attempt, named ``PREFIX-JOB.ATTEMPT`` (``kf-42.1``) with ``--comment=kfabric:JOB:ATTEMPT``;
+the name is the key. ``launch`` submits with the placement's nodes (``--nodelist``), GPUs per node
+(``--gres=gpu[:type]:K``), time limit, working directory, output files and environment (flags:
+:mod:`kfabric.backends.slurm.submit`). kfabric decides; Slurm executes.
+
+Idempotency. The backend keeps ``(job, attempt) → Slurm job`` in memory. A new instance (a restarted
+controller) rebuilds it before its first call from ``squeue`` (jobs Slurm still remembers) and the
+completion records (jobcomp file or sacct). An ``sbatch`` that failed or timed out may still have created the
+job, so the attempt is marked *uncertain* and a retry looks Slurm over again before submitting: a retry
+after a timeout never creates a second Slurm job.
+
+Faults. Any call that cannot reach slurmctld raises BackendUnavailable and changes nothing; jobs keep
+running under slurmd meanwhile. An attempt that Slurm no longer knows at all (neither live nor in the
+completion records, e.g. a slurmctld that lost its state) is reported LOST, and kfabric requeues it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from kfabric.backends.base import BackendUnavailable, LaunchSpec, RunReport, RunState
+from kfabric.backends.slurm.commands import SlurmCli, SlurmError
+from kfabric.backends.slurm.config import SlurmClusterConfig
+from kfabric.backends.slurm.discover import gpu_gres
+from kfabric.backends.slurm.records import JobcompReader, SlurmRecord, from_sacct, from_squeue, run_state
+from kfabric.backends.slurm.submit import attempt_dir, check_spec, sbatch_request
+
+log = logging.getLogger(__name__)
+Key = tuple[str, int]
+#: how far back a new instance looks in accounting (sacct) for attempts a previous controller launched
+SACCT_LOOKBACK_S = 7 * 86400.0
+_TERM = re.compile(r":term@(\d+(?:\.\d+)?)$")
+
+
+@dataclass(slots=True)
+class _Attempt:
+    job_id: str
+    attempt: int
+    slurm_id: int
+    submitted_at_s: float = 0.0
+    #: nodes of the job: a multi-node job runs its command under srun (a job step)
+    nodes: int = 1
+    record: SlurmRecord | None = None
+    #: kfabric asked it to stop; a hard scancel follows at this time (None: not asked)
+    kill_at_s: float | None = None
+    killed: bool = False
+    #: set once final: a final state is never taken back
+    lost_message: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        return bool(self.lost_message) or (self.record is not None and self.record.final)
+
+
+class SlurmBackend:
+    """A kfabric backend driving one Slurm cluster through its command-line tools (see the module docstring)."""
+
+    def __init__(
+        self, config: SlurmClusterConfig, clock: Callable[[], float] = time.time, cli: SlurmCli | None = None
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.clock = clock
+        self.cli = cli or SlurmCli(config.slurm_conf, config.command_timeout_s, config.backoff_max_s, config.bin_dir)
+        self._attempts: dict[Key, _Attempt] = {}
+        self._uncertain: set[Key] = set()
+        self._synced = False
+        self._completion = "none"
+        self._jobcomp: JobcompReader | None = None
+        self._node_types: dict[str, str] = {}
+        self._name = re.compile(rf"^{re.escape(config.job_name_prefix)}-(.+)\.(\d+)$")
+
+    # ------------------------------------------------------------------------------------------- protocol
+
+    def launch(self, spec: LaunchSpec) -> None:
+        key = (spec.job_id, spec.attempt)
+        check_spec(spec)  # ValueError: this spec cannot be run (the controller fails the job)
+        self._ensure_synced()
+        if key in self._attempts:
+            return  # launched before (maybe by a controller that died since): never twice
+        if key in self._uncertain:
+            self._refresh()  # the last sbatch may have created it after all
+            self._uncertain.discard(key)
+            if key in self._attempts:
+                return
+        request = sbatch_request(self.config, spec, self._gres_type)
+        try:
+            attempt_dir(self.config, spec.job_id, spec.attempt).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot create the output directory of {spec.key}: {exc}") from exc
+        self._uncertain.add(key)
+        slurm_id = self.cli.sbatch(request.args, request.script)
+        self._uncertain.discard(key)
+        outputs = self._outputs(key, slurm_id)
+        self._attempts[key] = _Attempt(
+            spec.job_id, spec.attempt, slurm_id, self.clock(), len(spec.nodes), outputs=outputs
+        )
+
+    def terminate(self, job_id: str, attempt: int, grace_s: float = 0.0) -> None:
+        key = (job_id, attempt)
+        self._ensure_synced()
+        if key not in self._attempts and key in self._uncertain:
+            self._refresh()
+        run = self._attempts.get(key)
+        if run is None or run.final or run.killed:
+            return
+        pending = run.record is None or run.record.state == "PENDING"
+        if grace_s > 0 and not pending:
+            if run.kill_at_s is not None:
+                return  # signalled before: its grace runs from then
+            # SIGTERM to the command's processes so it may checkpoint: an srun step's tasks (not srun itself, which
+            # would abort the step) for a multi-node job, every process of the batch script otherwise
+            steps = self.config.use_srun and run.nodes > 1
+            try:
+                self.cli.scancel(run.slurm_id, "TERM", full=not steps)
+            except SlurmError as exc:
+                log.info("SIGTERM to Slurm job %s failed (%s); cancelling it now", run.slurm_id, exc)
+            else:
+                run.kill_at_s = self.clock() + grace_s
+                with contextlib.suppress(SlurmError, BackendUnavailable):  # lets a restarted controller finish it
+                    self.cli.set_comment(run.slurm_id, f"kfabric:{job_id}:{attempt}:term@{run.kill_at_s:.0f}")
+                return
+        if run.kill_at_s is None:  # recorded in Slurm first, so a restarted controller still calls it a cancel
+            with contextlib.suppress(SlurmError, BackendUnavailable):
+                self.cli.set_comment(run.slurm_id, f"kfabric:{job_id}:{attempt}:term@{self.clock():.0f}")
+        self.cli.scancel(run.slurm_id)
+        run.kill_at_s = run.kill_at_s if run.kill_at_s is not None else self.clock()
+        run.killed = True
+
+    def poll(self) -> list[RunReport]:
+        synced_now = not self._synced
+        self._ensure_synced()
+        if not synced_now:
+            self._refresh()
+        self._finish_overdue()
+        return [self._report(key, run) for key, run in sorted(self._attempts.items())]
+
+    # ------------------------------------------------------------------------------------------- extras
+
+    def slurm_job_id(self, job_id: str, attempt: int) -> int | None:
+        run = self._attempts.get((job_id, attempt))
+        return run.slurm_id if run else None
+
+    def forget(self, job_id: str, attempt: int) -> bool:
+        """Drop a finished attempt from memory (the controller recorded its result); a restarted backend may
+        find it again in Slurm's records and report it once more, which the controller ignores."""
+        run = self._attempts.get((job_id, attempt))
+        if run is None or not run.final:
+            return False
+        del self._attempts[(job_id, attempt)]
+        return True
+
+    # ------------------------------------------------------------------------------------------- internals
+
+    def _ensure_synced(self) -> None:
+        if self._synced:
+            return
+        conf = self.cli.config()
+        source = self.config.completion
+        if source == "auto":
+            if conf.get("JobCompType") == "jobcomp/filetxt":
+                source = "jobcomp"
+            elif "slurmdbd" in conf.get("AccountingStorageType", ""):
+                source = "sacct"
+            else:
+                source = "none"
+                log.warning(
+                    "Slurm cluster %s keeps no completion records; finished jobs are seen only for MinJobAge=%s",
+                    self.name,
+                    conf.get("MinJobAge", "?"),
+                )
+        self._completion = source
+        if source == "jobcomp":
+            self._jobcomp = JobcompReader(self.config.jobcomp_path or conf.get("JobCompLoc", ""))
+        self._refresh(initial=True)
+        self._synced = True
+
+    def _refresh(self, initial: bool = False) -> None:
+        """Bring every attempt up to date: squeue first, then the completion records (a job that ends between
+        the two calls is then found in the records). An unfinished attempt found in neither is LOST."""
+        live: dict[Key, list[SlurmRecord]] = {}
+        for job in self.cli.squeue_jobs():
+            rec = from_squeue(job)
+            key = self._key_of(rec.name)
+            if key is not None:
+                live.setdefault(key, []).append(rec)
+        done: dict[Key, list[SlurmRecord]] = {}
+        if self._jobcomp is not None:
+            for rec in self._jobcomp.read_new():
+                key = self._key_of(rec.name)
+                if key is not None:
+                    done.setdefault(key, []).append(rec)
+        if self._completion == "sacct":
+            self._from_sacct(live, done, initial)
+        seen: set[Key] = set()
+        for key, recs in [*live.items(), *done.items()]:
+            run = self._attempts.get(key)
+            if run is None:  # launched by an earlier controller (or by an sbatch we thought had failed): adopt
+                best = max(recs, key=lambda r: (not r.final, r.slurm_id))
+                outputs = self._outputs(key, best.slurm_id)
+                run = _Attempt(key[0], key[1], best.slurm_id, best.submit_s or 0.0, best.node_count, outputs=outputs)
+                self._attempts[key] = run
+                self._uncertain.discard(key)
+            if len(recs) > 1 and recs is live.get(key):
+                log.warning("%d Slurm jobs are named %s; following job %s", len(recs), recs[0].name, run.slurm_id)
+            mine = [r for r in recs if r.slurm_id == run.slurm_id]
+            if mine:
+                seen.add(key)
+                self._update(run, mine)
+        for key, run in self._attempts.items():
+            if not run.final and key not in seen:
+                self._lose(run, "is known to Slurm no more (neither queued nor in its completion records)")
+
+    def _from_sacct(
+        self, live: dict[Key, list[SlurmRecord]], done: dict[Key, list[SlurmRecord]], initial: bool
+    ) -> None:
+        if initial:
+            names: list[str] = []
+            since = self.clock() - SACCT_LOOKBACK_S
+        else:
+            missing = [r for k, r in self._attempts.items() if not r.final and k not in live]
+            if not missing:
+                return
+            names = [self._job_name(r.job_id, r.attempt) for r in missing]
+            since = min(r.submitted_at_s or self.clock() for r in missing) - 86400
+        for i in range(0, max(1, len(names)), 100):
+            for row in self.cli.sacct(names[i : i + 100], since):
+                rec = from_sacct(row)
+                key = self._key_of(rec.name) if rec else None
+                if rec is not None and key is not None and key not in live and rec.final:
+                    done.setdefault(key, []).append(rec)
+
+    def _update(self, run: _Attempt, recs: Iterable[SlurmRecord]) -> None:
+        for rec in recs:
+            if run.final:
+                return  # final states are facts: never taken back
+            if rec.source == "squeue":
+                m = _TERM.search(rec.comment)
+                if m and run.kill_at_s is None:  # a previous controller asked it to stop
+                    run.kill_at_s = float(m.group(1))
+            run.record = rec
+
+    def _lose(self, run: _Attempt, why: str) -> None:
+        run.lost_message = f"Slurm job {run.slurm_id} {why}: requeue"
+        log.warning("%s.%s: %s", run.job_id, run.attempt, run.lost_message)
+
+    def _finish_overdue(self) -> None:
+        now = self.clock()
+        for run in self._attempts.values():
+            if run.final or run.killed or run.kill_at_s is None or now < run.kill_at_s:
+                continue
+            try:
+                self.cli.scancel(run.slurm_id)
+                run.killed = True
+            except (BackendUnavailable, SlurmError) as exc:
+                log.warning("could not cancel Slurm job %s after its grace: %s", run.slurm_id, exc)
+                return
+
+    def _report(self, key: Key, run: _Attempt) -> RunReport:
+        rec = run.record
+        if run.lost_message:
+            state, message = RunState.LOST, run.lost_message
+        elif rec is None:
+            state, message = RunState.RUNNING, f"Slurm job {run.slurm_id} submitted"
+        else:
+            state, message = run_state(rec, terminated=run.kill_at_s is not None)
+        return RunReport(
+            key[0],
+            key[1],
+            state,
+            started_at_s=rec.start_s if rec else None,
+            ended_at_s=(rec.end_s if rec and rec.final else None) if not run.lost_message else None,
+            exit_code=rec.exit_code if rec and rec.final and not run.lost_message else None,
+            message=message,
+            outputs=run.outputs,
+        )
+
+    def _key_of(self, name: str) -> Key | None:
+        m = self._name.match(name)
+        return (m.group(1), int(m.group(2))) if m else None
+
+    def _job_name(self, job_id: str, attempt: int) -> str:
+        return f"{self.config.job_name_prefix}-{job_id}.{attempt}"
+
+    def _outputs(self, key: Key, slurm_id: int) -> dict[str, str]:
+        where = attempt_dir(self.config, *key)
+        return {"stdout": str(where / "stdout"), "stderr": str(where / "stderr"), "slurm_job_id": str(slurm_id)}
+
+    def _gres_type(self, nodes: Iterable[str]) -> str:
+        """The GRES type to request on these nodes: the configured one, else the one Slurm reports if they all
+        agree ("" = untyped)."""
+        if self.config.gres_type:
+            return self.config.gres_type
+        names = list(nodes)
+        if any(n not in self._node_types for n in names):
+            self._node_types = {
+                str(n["name"]): gpu_gres(str(n.get("gres") or ""))[0] for n in self.cli.sinfo_nodes() if n.get("name")
+            }
+        types = {self._node_types.get(n, "") for n in names}
+        return types.pop() if len(types) == 1 else ""

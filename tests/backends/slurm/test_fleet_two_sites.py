@@ -1,0 +1,134 @@
+"""Two real Slurm clusters as two sites of one kfabric fleet, driven by the controller (the live service's
+loop): jobs of two programs, a ``restricted`` job only ever lands on the cleared site, and fair share and
+accounting are one ledger over both clusters."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from slurm_lab import SlurmLab
+from sqlalchemy import func, select
+
+from kfabric.backends.slurm import SlurmBackend
+from kfabric.backends.slurm.discover import discover, node_states
+from kfabric.scenarios.policies import load_policy
+from kfabric.service import jobs
+from kfabric.service.auth import authenticate
+from kfabric.service.runtime import open_runtime
+from kfabric.store import tables as t
+
+pytestmark = pytest.mark.integration
+
+
+def _pools(lab: SlurmLab) -> list[dict[str, Any]]:
+    """The lab's discovered pools, limited to nodes that are up now (earlier tests take nodes down)."""
+    up = node_states(lab.config)
+    pools = []
+    for pool in discover(lab.config, online=date(2020, 1, 1)).pools:
+        names = [n for n in pool["node_names"] if up.get(n)]
+        if names:
+            pools.append(
+                {**pool, "owner": "government", "node_names": names, "nodes": len(names), "nodes_per_rack": len(names)}
+            )
+    assert pools, f"no node of {lab.name} is up"
+    return pools
+
+
+def _fleet(a: SlurmLab, b: SlurmLab) -> str:
+    site = {"region": "kr", "operator": "test", "power_cap_mw": 10.0, "pue": 1.2}
+    doc = {
+        "name": "two-slurm-sites",
+        "description": "two real Slurm clusters as two sites",
+        "owners": [{"name": "government", "kind": "government"}],
+        "sites": [
+            {"name": a.config.site, "certification": "government-operated", "clearance": "restricted", **site},
+            {"name": b.config.site, "certification": "private-factory", "clearance": "internal", **site},
+        ],
+        "clusters": [
+            {"name": a.name, "site": a.config.site, "backend": "slurm"},
+            {"name": b.name, "site": b.config.site, "backend": "slurm"},
+        ],
+        "pools": [*_pools(a), *_pools(b)],
+        "organizations": [{"name": "kisti", "kind": "institute"}, {"name": "nova", "kind": "startup"}],
+        "projects": [{"name": "sovereign-fm", "organization": "kisti"}, {"name": "nova-llm", "organization": "nova"}],
+        "programs": [{"name": "sovereign"}, {"name": "startups"}],
+        "grants": [
+            {
+                "id": g,
+                "program": program,
+                "project": project,
+                "start": date(2020, 1, 1),
+                "end": date(2100, 1, 1),
+                "credit_su_hours": 1e6,
+            }
+            for g, program, project in (("g-fm", "sovereign", "sovereign-fm"), ("g-nova", "startups", "nova-llm"))
+        ],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_two_slurm_clusters_are_one_fleet(slurm_a: SlurmLab, slurm_b: SlurmLab, tmp_path: Path) -> None:
+    backends = {slurm_a.name: SlurmBackend(slurm_a.config), slurm_b.name: SlurmBackend(slurm_b.config)}
+    rt = open_runtime(
+        f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), backends, fleet_document=_fleet(slurm_a, slurm_b)
+    )
+    try:
+        with rt.sessions() as s:
+            op = authenticate(s, rt.bootstrap_token)
+        command = 'echo "$SLURMD_NODENAME $CUDA_VISIBLE_DEVICES"'
+        host = {"cpu_milli": 16_000, "memory_mib": 65_536}  # of the 32 CPUs and ~250 GB of each emulated node
+        base = {"gpus": 8, "time_limit_s": 120.0, "command": command, **host}
+        restricted = [
+            jobs.submit(
+                rt.sessions,
+                op,
+                "sovereign-fm",
+                {**base, "classification": "restricted", "name": f"fm-{i}"},
+                time.time(),
+            )[0].id
+            for i in range(3)
+        ]
+        public = [
+            jobs.submit(rt.sessions, op, "nova-llm", {**base, "name": f"nova-{i}"}, time.time())[0].id for i in range(3)
+        ]
+        deadline = time.monotonic() + 240  # generous: Slurm commands slow down on a loaded 2-core box
+        while time.monotonic() < deadline:
+            rt.controller.tick()
+            with rt.sessions() as s:
+                states = dict(s.execute(select(t.Job.id, t.Job.state)).all())
+            if all(states[i] in ("succeeded", "failed", "cancelled", "timeout") for i in states):
+                break
+            time.sleep(0.5)
+        rt.controller.account_running(time.time())
+        with rt.sessions() as s:
+            reasons = dict(s.execute(select(t.Job.id, t.Job.reason)).all())
+        assert {states[i] for i in restricted + public} == {"succeeded"}, reasons
+        with rt.sessions() as s:
+            backend_of = dict(s.execute(select(t.Job.id, t.Job.backend)).all())
+            site_q = select(t.UsageRecord.site, func.sum(t.UsageRecord.gpu_s)).group_by(t.UsageRecord.site)
+            by_site = dict(s.execute(site_q).all())
+            project_q = (
+                select(t.Project.name, func.sum(t.UsageRecord.su))
+                .join(t.Project, t.Project.id == t.UsageRecord.project_id)
+                .group_by(t.Project.name)
+            )
+            su_by_project = dict(s.execute(project_q).all())
+        # sovereignty: restricted work only on the cleared site (alpha); the rest may use both
+        assert {backend_of[i] for i in restricted} == {slurm_a.name}
+        # the restricted jobs really ran on alpha's nodes with 8 GPUs each (their Slurm output says so)
+        for i in restricted:
+            out = (Path(slurm_a.config.workdir_root) / f"{i}.1" / "stdout").read_text().split()
+            assert out[0].startswith("node") and out[1] == "0,1,2,3,4,5,6,7"
+        # one ledger: usage from both clusters, fair-share usage per project over both
+        assert set(by_site) == {slurm_a.config.site, slurm_b.config.site} or set(by_site) == {slurm_a.config.site}
+        usage = rt.controller.live.snap.usage_su
+        for project, su in su_by_project.items():
+            assert usage[project] == pytest.approx(su, rel=1e-3)
+        assert set(su_by_project) == {"sovereign-fm", "nova-llm"}
+    finally:
+        rt.close()
