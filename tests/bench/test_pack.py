@@ -10,24 +10,32 @@ import pytest
 from kfabric.bench.pack import (
     build_workload,
     checkpoints,
+    file_order,
     format_table,
     parse_seeds,
     read_nodes,
     read_pods,
     run_pack,
 )
-from kfabric.sched.packing import POLICIES, NodeSpec, TaskSpec
+from kfabric.model import MinTopology
+from kfabric.model.decision import Placement
+from kfabric.model.errors import KfabricError
+from kfabric.sched.capacity import Capacity
+from kfabric.sched.packing import TaskSpec
+from kfabric.sched.placement import PlaceRequest
+from kfabric.sched.registry import PLACEMENTS
 
 NODE_HEADER = "sn,cpu_milli,memory_mib,gpu,model\n"
 POD_HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase\n"
-NODES = NODE_HEADER + "n0,32000,131072,4,V100\nn1,16000,65536,2,T4\nn2,64000,262144,0,\n"
+NODES = NODE_HEADER + "n0,32000,131072,4,V100M16\nn1,16000,65536,2,T4\nn2,64000,262144,0,\n"
 PODS = POD_HEADER + (
     "p0,4000,8192,1,1000,,LS,Running\n"
     "p1,2000,4096,1,500,,BE,Running\n"
     "p2,8000,16384,0,0,,BE,Failed\n"
-    "p3,8000,32768,2,1000,V100|T4,LS,Running\n"
+    "p3,8000,32768,2,1000,V100M16|T4,LS,Running\n"
     "p4,1000,2048,1,250,T4,LS,Pending\n"
 )
+POLICIES = list(PLACEMENTS)
 TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "alibaba-openb-2023" / "csv"
 
 
@@ -38,38 +46,49 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_read_nodes_and_pods(tmp_path: Path) -> None:
-    nodes = read_nodes(write(tmp_path, "n.csv", NODES))
-    assert nodes[0] == NodeSpec("n0", 32_000, 131_072, 4, "V100")
-    assert nodes[2] == NodeSpec("n2", 64_000, 262_144, 0, "")
+    fleet = read_nodes(write(tmp_path, "n.csv", NODES))
+    shapes = sorted((p.gpu_model, p.gpus_per_node, p.cpu_milli_per_node, p.memory_mib_per_node) for p in fleet.pools)
+    assert shapes == [("T4", 2, 16_000, 65_536), ("V100M16", 4, 32_000, 131_072), ("none", 0, 64_000, 262_144)]
+    assert fleet.gpus == 6
     pods = read_pods(write(tmp_path, "p.csv", PODS))
     assert pods[1] == TaskSpec(2000, 4096, 1, 500)
     assert pods[2] == TaskSpec(8000, 16_384)
-    assert pods[3] == TaskSpec(8000, 32_768, 2, 1000, ("T4", "V100"))
+    assert pods[3] == TaskSpec(8000, 32_768, 2, 1000, ("T4", "V100M16"))
 
 
 @pytest.mark.parametrize(
-    ("which", "text", "message"),
+    ("text", "message"),
     [
-        ("nodes", "", "header lacks column"),
-        ("nodes", "sn,cpu_milli,memory_mib,gpu\nn0,1,1,1\n", "lacks column.*model"),
-        ("nodes", NODE_HEADER, "no data rows"),
-        ("nodes", NODE_HEADER + "n0,lots,1,0,\n", "line 2: field 'cpu_milli' = 'lots' is not a whole number"),
-        ("nodes", NODE_HEADER + "n0,1000,1024,1,A\nn1,1000,-5,0,\n", "line 3: field 'memory_mib' = -5 is negative"),
-        ("nodes", NODE_HEADER + "n0,1000,1024,2,\n", "line 2: node has gpu=2 but an empty 'model'"),
-        ("nodes", NODE_HEADER + "n0,1000,1024\n", "line 2: field 'gpu' = '' is not a whole number"),
-        ("pods", POD_HEADER + "p0,1000,1024,2,500,,LS,Running\n", "line 2: a task with num_gpu=2 > 1 must ask"),
-        ("pods", POD_HEADER + "p0,1000,1024,1,0,,LS,Running\n", "line 2: gpu_milli must be in 1..1000"),
-        ("pods", POD_HEADER + "p0,1000,1024,0,300,,LS,Running\n", "line 2: gpu_milli must be 0"),
-        ("pods", POD_HEADER + "p0,1000,1024,1.5,1000,,LS,Running\n", "field 'num_gpu' = '1.5' is not a whole"),
-        ("pods", "name,cpu_milli\np0,1\n", "lacks column.*memory_mib, num_gpu, gpu_milli, gpu_spec"),
+        ("", "missing sn, cpu_milli, memory_mib, gpu, model"),
+        ("sn,cpu_milli,memory_mib,gpu\nn0,1,1,1\n", "missing model"),
+        (NODE_HEADER, "at least one node row"),
+        (NODE_HEADER + "n0,lots,1,0,\n", "bad.csv:2 at cpu_milli: expected a whole number, found 'lots'"),
+        (NODE_HEADER + "n0,1000,1024,1,A10\nn1,1000,-5,0,\n", "bad.csv:3 at memory_mib: expected a number >= 0"),
+        (NODE_HEADER + "n0,1000,1024,2,\n", "bad.csv:2 at model: expected a GPU model for a node with GPUs"),
+        (NODE_HEADER + "n0,1000,1024,2,Z9\n", "expected models of the GPU catalog, found Z9"),
     ],
 )
-def test_bad_csv_is_a_value_error_naming_file_line_and_field(
-    tmp_path: Path, which: str, text: str, message: str
-) -> None:
+def test_bad_node_csv_names_file_line_and_field(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, "bad.csv", text)
+    with pytest.raises(KfabricError, match=message) as err:
+        read_nodes(path)
+    assert "bad.csv" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (POD_HEADER + "p0,1000,1024,2,500,,LS,Running\n", "line 2: a task with num_gpu=2 > 1 must ask"),
+        (POD_HEADER + "p0,1000,1024,1,0,,LS,Running\n", "line 2: gpu_milli must be in 1..1000"),
+        (POD_HEADER + "p0,1000,1024,0,300,,LS,Running\n", "line 2: gpu_milli must be 0"),
+        (POD_HEADER + "p0,1000,1024,1.5,1000,,LS,Running\n", "field 'num_gpu' = '1.5' is not a whole"),
+        ("name,cpu_milli\np0,1\n", "lacks column.*memory_mib, num_gpu, gpu_milli, gpu_spec"),
+    ],
+)
+def test_bad_pod_csv_is_a_value_error_naming_file_line_and_field(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, "bad.csv", text)
     with pytest.raises(ValueError, match=message) as err:
-        read_nodes(path) if which == "nodes" else read_pods(path)
+        read_pods(path)
     assert "bad.csv" in str(err.value)
 
 
@@ -132,6 +151,10 @@ def test_parse_seeds_rejects(text: str) -> None:
 def test_run_pack_shape_and_values(tmp_path: Path) -> None:
     nodes, pods = write(tmp_path, "n.csv", NODES), write(tmp_path, "p.csv", PODS)
     result = run_pack(nodes, pods, 1.3, [1, 2], sorted(POLICIES))
+    again = run_pack(nodes, pods, 1.3, [1, 2], sorted(POLICIES))
+    assert {n: r["alloc_pct"] for n, r in again["policies"].items()} == {  # same inputs, same placements
+        n: r["alloc_pct"] for n, r in result["policies"].items()
+    }
     assert set(result) == {"policies"}
     assert set(result["policies"]) == set(POLICIES)
     for r in result["policies"].values():
@@ -183,3 +206,24 @@ def test_best_fit_on_the_real_trace_one_seed() -> None:
     alloc = result["policies"]["best-fit"]["alloc_pct"]
     assert alloc["50"] == pytest.approx(50.0, abs=0.1)  # nothing is dropped this early
     assert 90.0 < alloc["130"] < 95.0  # published BestFit: 93.08 (mean of 10 seeds)
+
+
+def test_the_bench_drives_the_registered_placements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[PlaceRequest] = []
+
+    def spy(cap: Capacity, req: PlaceRequest) -> Placement | None:
+        calls.append(req)
+        return PLACEMENTS["kfabric"](cap, req)
+
+    monkeypatch.setitem(PLACEMENTS, "spy", spy)
+    nodes, pods = write(tmp_path, "n.csv", NODES), write(tmp_path, "p.csv", PODS)
+    result = run_pack(nodes, pods, 1.3, [1], ["spy", "kfabric"])
+    assert result["policies"]["spy"]["alloc_pct"] == result["policies"]["kfabric"]["alloc_pct"]
+    assert calls and all(r.workload is calls[0].workload for r in calls)  # the trace's task types
+    assert all(r.job.min_topology == MinTopology.NODE for r in calls)
+
+
+def test_requests_list_pools_in_node_file_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "n.csv", NODES)
+    fleet = read_nodes(path)
+    assert [fleet.pools[i].gpu_model for i in file_order(path, fleet)] == ["V100M16", "T4", "none"]

@@ -1,397 +1,357 @@
-"""kfabric.sched.packing: fits, baseline choices, FGD's fragmentation measure against its definition, and
-properties every registered policy keeps (no oversubscription, GPU shapes) on random clusters."""
+"""Fragmentation-aware single-node placement: the workload model, FGD's measure against its definition,
+kfabric's packing score on hand-made capacities, the large-fleet path against the exact one, and trace tasks
+in scheduler terms (``sched.packing``)."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
+from builders import a_fleet, online_capacity, use
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kfabric.sched.packing import (
-    GPU_MILLI,
-    POLICIES,
-    Cluster,
-    ExpectedWaste,
-    FragmentationModel,
-    NodeSpec,
-    PackState,
-    Placement,
-    Stranding,
-    TaskSpec,
-    TaskType,
-    make_policy,
-    simulate,
-    task_types,
-)
+from kfabric.model import Job, MinTopology
+from kfabric.model.job import MILLI_PER_GPU
+from kfabric.sched import bounded, placement, single
+from kfabric.sched.capacity import Capacity
+from kfabric.sched.fragmentation import FragTables, frag_tables, stranded
+from kfabric.sched.packing import TaskSpec, job_of, workload_of
+from kfabric.sched.placement import PlaceRequest
+from kfabric.sched.registry import PLACEMENTS
+from kfabric.sched.single import Ask
+from kfabric.sched.workload import TaskType, Workload, from_task_types, own_shape
 
-CPU_ONLY = TaskSpec(4000, 8192)
-SHARE_300 = TaskSpec(1000, 1024, 1, 300)
-WHOLE_1 = TaskSpec(2000, 4096, 1, 1000)
-WHOLE_2 = TaskSpec(2000, 4096, 2, 1000)
+GPU = MILLI_PER_GPU
 
 
-def node(name: str, cpu: int = 16_000, mem: int = 65_536, gpus: int = 4, model: str = "A") -> NodeSpec:
-    return NodeSpec(name, cpu, mem, gpus, model if gpus else "")
+def capacity(*nodes: tuple[int, int, int, str], rack: int = 1) -> Capacity:
+    """One pool per ``(gpus, cpu_milli, memory_mib, model)`` node, in order (nodes 0, 1, ...)."""
+    fleet = a_fleet()
+    for i, (gpus, cpu, mem, model) in enumerate(nodes):
+        shape = {"model": model, "gpus_per_node": gpus, "cpu_milli": cpu, "memory_mib": mem}
+        fleet.pool(f"p{i}", nodes=1, nodes_per_rack=rack, racks_per_unit=1, **shape)
+    return online_capacity(fleet.build())
 
 
-def state_of(*nodes: NodeSpec) -> PackState:
-    return PackState(Cluster(list(nodes)))
+def put(name: str, cap: Capacity, job: Job, workload: Workload | None = None) -> tuple[int, tuple[int, ...]] | None:
+    found = PLACEMENTS[name](cap, PlaceRequest(job, list(range(len(cap.pools))), workload=workload))
+    if found is None:
+        return None
+    (share,) = found.shares
+    return share.node, share.gpus
 
 
-def place(state: PackState, task: TaskSpec, n: int, gpus: tuple[int, ...] = ()) -> None:
-    p = Placement(n, gpus)
-    state.check(task, p)
-    state.apply(task, p)
+def node_of(name: str, cap: Capacity, job: Job, workload: Workload | None = None) -> int:
+    found = put(name, cap, job, workload)
+    assert found is not None
+    return found[0]
 
 
-def choose(name: str, state: PackState, task: TaskSpec, workload: list[TaskSpec] | None = None) -> Placement:
-    policy = make_policy(name, state.cluster, workload or [task], np.random.default_rng(0))
-    nodes = np.flatnonzero(state.feasible(task))
-    assert len(nodes), "the test expects the task to fit somewhere"
-    return policy.choose(state, task, nodes)
+def share(milli: int, cpu: int = 0, mem: int = 0, job_id: str = "j") -> Job:
+    return Job(id=job_id, project="a", time_limit_s=1.0, gpus=1, gpu_milli=milli, cpu_milli=cpu, memory_mib=mem)
 
 
-# ------------------------------------------------------------------------------------------- fits ---
+def whole(gpus: int, cpu: int = 0, mem: int = 0, job_id: str = "j") -> Job:
+    return Job(id=job_id, project="a", time_limit_s=1.0, gpus=gpus, cpu_milli=cpu, memory_mib=mem)
 
 
-@pytest.mark.parametrize(
-    ("task", "expected"),
-    [
-        (CPU_ONLY, [True, True, False, True]),
-        (SHARE_300, [True, True, False, False]),  # node 1 has one GPU with 300 left; node 3 has no GPU
-        (TaskSpec(1000, 1024, 1, 400), [True, False, False, False]),
-        (WHOLE_1, [True, False, False, False]),
-        (WHOLE_2, [True, False, False, False]),
-        (TaskSpec(1000, 1024, 4, 1000), [False, False, False, False]),  # 4 whole GPUs on one node: none
-        (TaskSpec(1000, 1024, 1, 300, ("B",)), [False, True, False, False]),  # gpu_spec restricts the model
-        (TaskSpec(20_000, 1024), [False, False, False, True]),  # CPU constrains
-        (TaskSpec(1000, 70_000), [False, False, False, True]),  # memory constrains
-    ],
-    ids=["cpu-only", "share-300", "share-400", "whole-1", "whole-2", "whole-4", "spec-B", "cpu", "memory"],
-)
-def test_feasible(task: TaskSpec, expected: list[bool]) -> None:
-    s = state_of(
-        node("a", gpus=3),
-        node("b", gpus=1, model="B"),
-        node("c", cpu=500, gpus=2),
-        node("d", cpu=32_000, mem=131_072, gpus=0),
-    )
-    place(s, TaskSpec(0, 0, 1, 700), 1, (0,))
-    assert s.feasible(task).tolist() == expected
+# ---- the workload ----------------------------------------------------------------------------------------------
+def test_expected_waste_values() -> None:
+    # types 600 and 400, equally popular: V(x) = x below 400; V(400) = 0.5*400 + 0.5*V(0) = 200;
+    # V(600) = 0.5*V(0) + 0.5*V(200) = 100; V(800) = 0.5*V(200) + 0.5*V(400) = 200; V(1000) = 150
+    w = Workload([TaskType(600, 1), TaskType(400, 1)])
+    assert [w.waste[x] for x in (0, 399, 400, 600, 800, 1000)] == pytest.approx([0, 399, 200, 100, 200, 150])
+    assert w.waste_list == pytest.approx(w.waste.tolist())
 
 
-@pytest.mark.parametrize(
-    ("task", "placement", "problem"),
-    [
-        (SHARE_300, Placement(0, (0, 1)), "distinct GPUs"),
-        (WHOLE_2, Placement(0, (1, 1)), "distinct GPUs"),
-        (SHARE_300, Placement(0, (5,)), "does not exist"),
-        (WHOLE_1, Placement(0, (0,)), "milli free"),
-        (SHARE_300, Placement(9, (0,)), "out of range"),
-        (TaskSpec(99_000, 0), Placement(0), "does not fit"),
-    ],
-)
-def test_check_rejects_bad_placements(task: TaskSpec, placement: Placement, problem: str) -> None:
-    s = state_of(node("a", gpus=4))
-    place(s, SHARE_300, 0, (0,))
-    with pytest.raises(ValueError, match=problem):
-        s.check(task, placement)
+def test_expected_waste_without_gpu_types_is_all_free() -> None:
+    assert Workload([TaskType(0, 0, 4000)]).waste[[0, 10, 1000]].tolist() == [0, 10, 1000]
+
+
+def test_cpu_and_memory_per_gpu_milli_count_gpu_tasks_only() -> None:
+    w = Workload([TaskType(500, 1, 4000, 8000, weight=2), TaskType(1000, 2, 8000, 0), TaskType(0, 0, 99_000)])
+    # GPU milli: 2*500 + 2000 = 3000; CPU 2*4000 + 8000 = 16000; memory 16000
+    assert (w.cpu_per_milli, w.mem_per_milli) == pytest.approx((16 / 3, 16 / 3))
+
+
+def test_workloads_of_the_cycle_and_of_a_job_are_cached() -> None:
+    types = ((250, 1, 0.5), (1000, 4, 0.5))
+    assert from_task_types(types) is from_task_types(types)
+    assert [t.gpu_milli for t in from_task_types(types).types] == [250, 1000]
+    assert own_shape(1000, 2, 8000, 0) is own_shape(1000, 2, 8000, 0)
+    assert own_shape(1000, 0, 8000, 0).types[0].gpu_milli == 0
 
 
 @pytest.mark.parametrize(
-    ("args", "problem"),
-    [
-        ((-1, 0, 0, 0), ">= 0"),
-        ((0, 0, 0, 500), "must be 0 when num_gpu is 0"),
-        ((0, 0, 1, 0), "in 1..1000"),
-        ((0, 0, 1, 1200), "in 1..1000"),
-        ((0, 0, 2, 500), "whole GPUs"),
-    ],
+    ("cpu_free", "mem_free", "expected"),
+    [(8000, 80_000, 0.0), (2000, 80_000, 1500.0), (8000, 8000, 1800.0), (0, 0, 2000.0)],
 )
-def test_task_spec_validation(args: tuple[int, int, int, int], problem: str) -> None:
-    with pytest.raises(ValueError, match=problem):
-        TaskSpec(*args)
+def test_stranding(cpu_free: int, mem_free: int, expected: float) -> None:
+    # 4 CPU milli and 40 MiB per GPU milli: 2000 free GPU milli need 8000 CPU and 80000 MiB
+    out = stranded(np.array([2000]), np.array([cpu_free]), np.array([mem_free]), 4.0, 40.0)
+    assert out.tolist() == pytest.approx([expected])
 
 
-def test_apply_updates_free_resources_and_allocation() -> None:
-    s = state_of(node("a", gpus=4))
-    place(s, WHOLE_2, 0, (1, 3))
-    place(s, SHARE_300, 0, (0,))
-    assert s.gpu_free[0].tolist() == [700, 0, 1000, 0]
-    assert (int(s.n_full[0]), int(s.max_free[0]), int(s.gpu_free_total[0])) == (1, 1000, 1700)
-    assert (int(s.cpu_free[0]), int(s.mem_free[0])) == (16_000 - 3000, 65_536 - 5120)
-    assert s.allocated_gpu_milli == 2300
-
-
-# -------------------------------------------------------------------------------------- baselines ---
-
-
-@pytest.mark.parametrize(
-    ("policy", "task", "expected"),
-    [
-        ("first-fit", SHARE_300, Placement(0, (0,))),
-        ("first-fit", WHOLE_1, Placement(0, (1,))),
-        ("first-fit", CPU_ONLY, Placement(0)),
-        # best fit: node 1 is the fuller one (least normalized CPU+memory+GPU left); its tightest GPU is 1
-        ("best-fit", SHARE_300, Placement(1, (1,))),
-        ("best-fit", WHOLE_1, Placement(1, (0,))),
-        ("best-fit", CPU_ONLY, Placement(2)),  # small CPU-only node: least left (0 GPU)
-    ],
-)
-def test_baseline_choices(policy: str, task: TaskSpec, expected: Placement) -> None:
-    s = state_of(node("a", gpus=2), node("b", gpus=3), node("c", cpu=8000, mem=16_384, gpus=0))
-    place(s, TaskSpec(0, 0, 1, 200), 0, (0,))
-    place(s, TaskSpec(8000, 32_768, 1, 600), 1, (1,))
-    place(s, TaskSpec(0, 0, 1, 500), 1, (2,))
-    assert choose(policy, s, task) == expected
-
-
-# ---------------------------------------------------------------------------------- fragmentation ---
-
-
-def brute_frag(state: PackState, n: int, types: list[TaskType], use_memory: bool = False) -> int:
-    """FGD's definition, literally: a type that can not run on the node fragments all its free GPU milli;
-    otherwise the free milli of each GPU with less free than the type's per-GPU demand is fragmented."""
-    c = state.cluster
-    free = [int(x) for x in state.gpu_free[n][: c.gpu_count[n]]]
-    total = 0
-    for t in types:
-        s = t.spec
-        runs = state.cpu_free[n] >= s.cpu_milli and (not use_memory or state.mem_free[n] >= s.memory_mib)
-        if s.num_gpu:
-            runs = runs and (not s.gpu_spec or c.model_names[c.model_id[n]] in s.gpu_spec)
-            runs = runs and sum(x >= s.gpu_milli for x in free) >= s.num_gpu
-        frag = sum(x for x in free if x < s.gpu_milli) if runs else sum(free)
-        total += t.weight * frag
-    return total
-
-
-WORKLOAD = [
-    TaskSpec(2000, 4096, 1, 1000),
-    TaskSpec(2000, 4096, 1, 1000),
-    TaskSpec(4000, 8192, 1, 500),
-    TaskSpec(1000, 2048, 1, 250),
-    TaskSpec(8000, 16_384, 2, 1000),
-    TaskSpec(3000, 30_000),
-    TaskSpec(1000, 2048, 1, 600, ("B",)),
-]
-
-
-def test_fragmentation_of_a_hand_made_node() -> None:
-    # one node, 2 GPUs with 700 and 1000 free, 3000 CPU free.  Types (weight): whole-1 (2) runs, frag 700;
-    # 500 (1) needs 4000 CPU: all 1700; 250 (1) runs, nothing < 250; whole-2 (1) can't: 1700; CPU-only (1)
-    # runs: 0; model B only (1) on model A: 1700.
-    s = state_of(node("a", cpu=6000, mem=60_000, gpus=2))
-    place(s, TaskSpec(3000, 0, 1, 300), 0, (0,))
-    types = task_types(WORKLOAD)
-    model = FragmentationModel(s.cluster, types)
-    expected = 2 * 700 + 1700 + 0 + 1700 + 0 + 1700
-    assert brute_frag(s, 0, types) == expected
-    assert int(model.node_frag(s, np.array([0]))[0]) == expected
-    assert model.cluster_frag(s) == pytest.approx(expected / 7)
-
-
-@st.composite
-def clusters(draw: st.DrawFn) -> list[NodeSpec]:
-    n = draw(st.integers(1, 6))
-    out = []
-    for i in range(n):
-        gpus = draw(st.integers(0, 4))
-        out.append(
-            NodeSpec(
-                f"n{i}",
-                draw(st.sampled_from([2000, 4000, 8000, 16_000])),
-                draw(st.sampled_from([8192, 32_768, 65_536])),
-                gpus,
-                draw(st.sampled_from(["A", "B"])) if gpus else "",
-            )
-        )
+# ---- FGD's measure against its definition ----------------------------------------------------------------------
+def brute_frag(cap: Capacity, node: int, workload: Workload) -> float:
+    """F_n = sum_m w_m F_n(m) straight from the definition (module doc of sched.fragmentation)."""
+    free = [max(int(f), 0) for f in cap.milli[node]]
+    total = sum(free)
+    model = cap.pools[int(cap.node_pool[node])].model
+    out = 0.0
+    for t in workload.types:
+        runs = int(cap.cpu_free[node]) >= t.cpu_milli and (not t.gpus or not t.models or model in t.models)
+        if not t.gpus:
+            usable = total if runs else 0
+        elif t.gpu_milli < GPU:
+            usable = sum(f for f in free if f >= t.gpu_milli) if runs else 0
+        else:
+            n_whole = sum(1 for f in free if f == GPU)
+            usable = GPU * n_whole if runs and n_whole >= t.gpus else 0
+        out += t.weight * (total - usable)
     return out
 
 
 @st.composite
-def tasks(draw: st.DrawFn) -> TaskSpec:
+def capacities(draw: st.DrawFn) -> Capacity:
+    nodes = [
+        (
+            draw(st.integers(1, 4)),
+            draw(st.sampled_from([4000, 8000, 16_000])),
+            draw(st.sampled_from([16_384, 65_536])),
+            draw(st.sampled_from(["H100", "RTX"])),
+        )
+        for _ in range(draw(st.integers(1, 4)))
+    ]
+    cap = capacity(*nodes)
+    for _ in range(draw(st.integers(0, 10))):
+        node = draw(st.integers(0, len(nodes) - 1))
+        g = draw(st.integers(0, nodes[node][0] - 1))
+        take = draw(st.sampled_from([100, 250, 400, 1000]))
+        cpu = draw(st.sampled_from([0, 1000, 3000]))
+        if cap.milli[node, g] >= take and cap.cpu_free[node] >= cpu:
+            cap.take(node, (g,), take, cpu, 0)
+    return cap
+
+
+@st.composite
+def workloads(draw: st.DrawFn) -> Workload:
+    types = []
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["cpu", "share", "whole"]))
+        cpu = draw(st.sampled_from([0, 1000, 3000, 6000]))
+        models = draw(st.sampled_from([(), ("H100",), ("RTX",)]))
+        weight = float(draw(st.integers(1, 5)))
+        if kind == "cpu":
+            types.append(TaskType(0, 0, cpu, weight=weight))
+        elif kind == "share":
+            types.append(TaskType(draw(st.integers(1, 99)) * 10, 1, cpu, 0, models, weight))
+        else:
+            types.append(TaskType(GPU, draw(st.integers(1, 4)), cpu, 0, models, weight))
+    return Workload(types)
+
+
+@st.composite
+def asks(draw: st.DrawFn) -> Ask:
     kind = draw(st.sampled_from(["cpu", "share", "whole"]))
-    cpu = draw(st.sampled_from([0, 500, 1000, 3000, 6000]))
-    mem = draw(st.sampled_from([0, 1024, 8192, 30_000]))
-    spec = draw(st.sampled_from([(), ("A",), ("B",), ("A", "B")]))
+    cpu = draw(st.sampled_from([0, 500, 2000]))
+    mem = draw(st.sampled_from([0, 1024]))
+    tie = draw(st.sampled_from(["a", "b", "c"]))
     if kind == "cpu":
-        return TaskSpec(cpu, mem)
+        return Ask(0, 0, cpu, mem, tie=tie)
     if kind == "share":
-        return TaskSpec(cpu, mem, 1, draw(st.integers(1, 99)) * 10, spec)
-    return TaskSpec(cpu, mem, draw(st.integers(1, 4)), GPU_MILLI, spec)
+        return Ask(1, draw(st.integers(1, 99)) * 10, cpu, mem, tie=tie)
+    return Ask(draw(st.integers(1, 3)), GPU, cpu, mem, tie=tie)
 
 
-def random_state(nodes: list[NodeSpec], history: list[TaskSpec], seed: int) -> PackState:
-    s = PackState(Cluster(nodes))
-    simulate(s, history, make_policy("first-fit", s.cluster, history, np.random.default_rng(seed)))
-    return s
+def tables_of(cap: Capacity, workload: Workload) -> tuple[single.Static, FragTables]:
+    st_ = single.static(cap)
+    return st_, frag_tables(workload, st_.model_names, cap.milli.shape[1])
 
 
-@settings(max_examples=150, deadline=None)
-@given(clusters(), st.lists(tasks(), max_size=25), st.lists(tasks(), min_size=1, max_size=6), st.booleans())
-def test_fragmentation_matches_definition(
-    nodes: list[NodeSpec], history: list[TaskSpec], workload: list[TaskSpec], use_memory: bool
-) -> None:
-    s = random_state(nodes, history, 0)
-    types = task_types(workload)
-    model = FragmentationModel(s.cluster, types, use_memory)
-    every = np.arange(len(nodes))
-    assert model.node_frag(s, every).tolist() == [brute_frag(s, n, types, use_memory) for n in range(len(nodes))]
+@settings(max_examples=120, deadline=None)
+@given(capacities(), workloads())
+def test_fragmentation_matches_definition(cap: Capacity, workload: Workload) -> None:
+    st_, tables = tables_of(cap, workload)
+    nodes = np.arange(cap.n_nodes)
+    got = tables.frag(st_.node_model[nodes], cap.cpu_free[nodes], single.free_milli(cap, nodes), cap.whole[nodes])
+    assert got.tolist() == pytest.approx([brute_frag(cap, n, workload) for n in range(cap.n_nodes)])
 
 
-def assert_delta_matches(s: PackState, types: list[TaskType], task: TaskSpec) -> None:
-    """FragmentationModel.delta equals placing the task on a copy and re-measuring by the definition."""
-    model = FragmentationModel(s.cluster, types)
-    fit = np.flatnonzero(s.feasible(task))
-    if not len(fit):
+@settings(max_examples=120, deadline=None)
+@given(capacities(), workloads(), asks())
+def test_fragmentation_delta_matches_placing_and_remeasuring(cap: Capacity, workload: Workload, ask: Ask) -> None:
+    st_, tables = tables_of(cap, workload)
+    nodes = single.fitting(cap, np.arange(cap.n_nodes), ask)
+    if not nodes.size:
         return
-    delta = model.delta(s, task, fit)
-    for i, n in enumerate(fit.tolist()):
-        before = brute_frag(s, n, types)
-        if task.fractional:
-            for g in range(s.cluster.max_gpus):
-                if s.gpu_free[n, g] < task.gpu_milli:
-                    assert delta[i, g] == np.iinfo(np.int64).max
-                    continue
-                after = copy.deepcopy(s)
-                after.apply(task, Placement(n, (g,)))
-                assert delta[i, g] == brute_frag(after, n, types) - before, (n, g)
-        else:
-            after = copy.deepcopy(s)
-            gpus = tuple(int(g) for g in np.flatnonzero(s.gpu_free[n] == GPU_MILLI)[: task.whole_gpus])
-            after.apply(task, Placement(n, gpus))
-            assert delta[i] == brute_frag(after, n, types) - before, n
+    free = single.free_milli(cap, nodes)
+    delta = tables.delta(
+        st_.node_model[nodes], cap.cpu_free[nodes], free, cap.whole[nodes], ask.cpu, ask.milli, ask.gpus
+    )
+    for i, n in enumerate(nodes.tolist()):
+        before = brute_frag(cap, n, workload)
+        slots = [g for g in range(free.shape[1]) if free[i, g] >= ask.milli] if ask.share else [0]
+        for g in slots:
+            taken = (g,) if ask.share else tuple(single.gpus_on(cap, n, ask, 0))
+            mark = cap.mark()
+            cap.logging = True
+            cap.take(n, taken, ask.milli, ask.cpu, ask.mem)
+            after = brute_frag(cap, n, workload)
+            cap.rollback(mark)
+            cap.logging = False
+            got = delta[i, g] if ask.share else delta[i]
+            assert got == pytest.approx(after - before), (n, g)
+            if not ask.share:
+                one = tables.delta_one(
+                    int(st_.node_model[n]), int(cap.cpu_free[n]), free[i].tolist(), int(cap.whole[n]), ask.cpu, ask.gpus
+                )
+                assert one == pytest.approx(after - before)
+
+
+# ---- kfabric's packing score, table-driven -----------------------------------------------------------------------
+SHARES = Workload([TaskType(600, 1), TaskType(400, 1)])  # V: 200->200, 400->200, 600->100, 800->200, 1000->150
 
 
 @pytest.mark.parametrize(
-    "task",
-    [SHARE_300, TaskSpec(1000, 1024, 1, 500), WHOLE_1, WHOLE_2, CPU_ONLY, TaskSpec(3000, 0), TaskSpec(0, 0, 1, 600)],
-    ids=["share-300", "share-500", "whole-1", "whole-2", "cpu-only", "cpu-3000", "share-600"],
+    ("milli", "kfabric", "best_fit", "why"),
+    [
+        (400, (0, (2,)), (0, (0,)), "1000 -> 600 (V 150 -> 100) beats 600 -> 200 (V 100 -> 200): a 600 fills it"),
+        (200, (0, (1,)), (0, (0,)), "800 -> 600 (V 200 -> 100) beats the tightest 600 -> 400 (V 100 -> 200)"),
+        (600, (0, (0,)), (0, (0,)), "an exact fit wastes nothing"),
+    ],
+    ids=["400", "200", "600"],
 )
-def test_fragmentation_delta_on_hand_made_states(task: TaskSpec) -> None:
-    # node a: 2 whole GPUs free (a fractional task there breaks the 2-GPU type), 6000 CPU (a 3000-CPU task
-    # there makes the 4000-CPU type unable to run); node b: one GPU at 500; node c: model B; d: no GPU
-    s = state_of(node("a", cpu=6000, gpus=3), node("b", gpus=2), node("c", gpus=2, model="B"), node("d", gpus=0))
-    place(s, TaskSpec(0, 0, 1, 1000), 0, (2,))
-    place(s, TaskSpec(0, 0, 1, 500), 1, (0,))
-    place(s, TaskSpec(0, 0, 1, 1000), 1, (1,))
-    assert_delta_matches(s, task_types(WORKLOAD), task)
-
-
-@settings(max_examples=150, deadline=None)
-@given(clusters(), st.lists(tasks(), max_size=25), st.lists(tasks(), min_size=1, max_size=6), tasks())
-def test_fragmentation_delta_matches_placing_and_remeasuring(
-    nodes: list[NodeSpec], history: list[TaskSpec], workload: list[TaskSpec], task: TaskSpec
+def test_a_share_goes_to_the_gpu_that_wastes_least(
+    milli: int, kfabric: tuple[int, tuple[int, ...]], best_fit: tuple[int, tuple[int, ...]], why: str
 ) -> None:
-    s = random_state(nodes, history, 0)
-    assert_delta_matches(s, task_types(workload + WORKLOAD[4:5]), task)
+    cap = capacity((4, 64_000, 65_536, "H100"))
+    use(cap, 0, 1, milli=400, first=0)  # GPU 0: 600 free
+    use(cap, 0, 1, milli=200, first=1)  # GPU 1: 800 free; GPUs 2, 3 whole
+    assert put("kfabric", cap, share(milli), SHARES) == kfabric, why
+    assert put("best-fit", cap, share(milli), SHARES) == best_fit
 
 
-def test_fgd_prefers_the_gpu_that_fragments_least() -> None:
-    # a 250-milli task: into the GPU with 500 free (leaves 250: still usable by 250s) rather than a fresh
-    # GPU (its 750 left is a fragment for whole-GPU tasks, the most popular type)
-    s = state_of(node("a", gpus=2), node("b", gpus=1))
-    place(s, TaskSpec(0, 0, 1, 500), 1, (0,))
-    assert choose("fgd", s, TaskSpec(1000, 2048, 1, 250), WORKLOAD) == Placement(1, (0,))
-
-
-def test_fgd_keeps_whole_gpus_for_gangs() -> None:
-    # a whole-GPU task goes to the 1-GPU node, keeping the 2-GPU node free for 2-GPU tasks
-    s = state_of(node("a", gpus=2), node("b", gpus=1))
-    assert choose("fgd", s, WHOLE_1, WORKLOAD) == Placement(1, (0,))
-
-
-def test_cluster_frag_cache_follows_placements() -> None:
-    s = state_of(node("a", gpus=2), node("b", gpus=2))
-    types = task_types(WORKLOAD)
-    model = FragmentationModel(s.cluster, types)
-    for task, n, g in [(SHARE_300, 0, (0,)), (WHOLE_1, 1, (1,)), (TaskSpec(0, 0, 1, 650), 0, (0,))]:
-        model.cluster_frag(s)
-        place(s, task, n, g)
-        assert model.cluster_frag(s) == pytest.approx(sum(brute_frag(s, i, types) for i in range(2)) / 7)
-
-
-# ------------------------------------------------------------------------------- kfabric components ---
-
-
-def test_expected_waste_values() -> None:
-    # types 600 (weight 1) and 400 (weight 1): V(x) = x below 400; V(400) = 0.5*400 + 0.5*V(0) = 200;
-    # V(600) = 0*600 + 0.5*V(0) + 0.5*V(200) = 100; V(1000) = 0.5*V(400) + 0.5*V(600) = 150
-    w = ExpectedWaste([TaskType(TaskSpec(0, 0, 1, 600), 1), TaskType(TaskSpec(0, 0, 1, 400), 1)])
-    assert [w.value[x] for x in (0, 399, 400, 600, 1000)] == pytest.approx([0, 399, 200, 100, 150])
-    d = w.delta(np.array([[1000, 300]]), 400)
-    assert d[0, 0] == pytest.approx(100 - 150)
-    assert d[0, 1] == np.inf
-
-
-def test_expected_waste_without_gpu_types_is_all_free() -> None:
-    w = ExpectedWaste([TaskType(CPU_ONLY, 3)])
-    assert w.value[[0, 10, 1000]].tolist() == [0, 10, 1000]
+PAIRS = Workload([TaskType(GPU, 1), TaskType(GPU, 2, weight=2.0)])
 
 
 @pytest.mark.parametrize(
-    ("cpu_free", "mem_free", "stranded"),
-    [(8000, 80_000, 0.0), (2000, 80_000, 1500.0), (8000, 8000, 1800.0), (0, 0, 2000.0)],
+    ("free", "kfabric", "best_fit"),
+    [
+        ([2, 3], 1, 0),  # 3 -> 2 keeps a pair; 2 -> 1 breaks the only one (best fit takes the fuller node)
+        ([1, 2], 0, 0),  # 1 -> 0 empties a node no pair fits anyway
+        ([2, 4], 1, 0),  # 4 -> 3 still holds a pair
+    ],
+    ids=["2-or-3", "1-or-2", "2-or-4"],
 )
-def test_stranding(cpu_free: int, mem_free: int, stranded: float) -> None:
-    # the workload needs 4 CPU-milli and 40 MiB per GPU milli
-    s = Stranding([TaskSpec(4000, 40_000, 1, 1000)])
-    out = s.stranded(np.array([2000]), np.array([cpu_free]), np.array([mem_free]))
-    assert out.tolist() == pytest.approx([stranded])
+def test_a_whole_gpu_task_avoids_breaking_a_free_gpu_pair(free: list[int], kfabric: int, best_fit: int) -> None:
+    cap = capacity((4, 64_000, 65_536, "H100"), (4, 64_000, 65_536, "H100"))
+    for node, n_free in enumerate(free):
+        use(cap, node, 4 - n_free)
+    assert node_of("kfabric", cap, whole(1), PAIRS) == kfabric
+    assert node_of("best-fit", cap, whole(1), PAIRS) == best_fit
 
 
-def test_kfabric_sends_cpu_only_tasks_where_no_gpu_is_stranded() -> None:
-    # node a: 2 GPUs and just enough CPU for them; the CPU-only task goes to the CPU-rich node b
-    workload = [TaskSpec(4000, 4096, 1, 1000), CPU_ONLY]
-    s = state_of(node("a", cpu=8000, gpus=2), node("b", cpu=64_000, gpus=2))
-    assert choose("kfabric", s, CPU_ONLY, workload).node == 1
+HOSTED = Workload([TaskType(GPU, 1, 4000, 0, weight=3.0), TaskType(GPU, 1, 16_000)])  # 7 CPU milli per GPU milli
 
 
-def test_kfabric_fills_the_tightest_hole_with_a_shared_task() -> None:
-    workload = [TaskSpec(1000, 1024, 1, 470), TaskSpec(1000, 1024, 1, 1000)]
-    s = state_of(node("a", gpus=2), node("b", gpus=2))
-    place(s, TaskSpec(1000, 1024, 1, 470), 1, (1,))
-    assert choose("kfabric", s, TaskSpec(1000, 1024, 1, 470), workload) == Placement(1, (1,))
-
-
-# -------------------------------------------------------------------------- registry and properties ---
-
-
-def test_registry_and_unknown_policy() -> None:
-    assert {"first-fit", "best-fit", "fgd", "kfabric"} <= set(POLICIES)
-    with pytest.raises(ValueError, match="unknown policy 'nope'; choose from: first-fit"):
-        make_policy("nope", Cluster([node("a")]), [CPU_ONLY], np.random.default_rng(0))
-
-
-@settings(max_examples=40, deadline=None)
-@given(clusters(), st.lists(tasks(), min_size=1, max_size=40), st.sampled_from(sorted(POLICIES)))
-def test_policies_never_oversubscribe_and_respect_gpu_shapes(
-    nodes: list[NodeSpec], arrivals: list[TaskSpec], name: str
+@pytest.mark.parametrize(
+    ("job", "cpu_used", "kfabric", "why"),
+    [
+        (whole(1, cpu=12_000), [16_000, 0], 1, "node 0 would keep 2 GPUs with 4000 CPU: 1430 more milli stranded"),
+        (share(500, cpu=12_000), [16_000, 0], 1, "the same for a share"),
+        (whole(1, cpu=2_000), [16_000, 0], 0, "little CPU: node 0 strands nothing more, and is the tighter"),
+    ],
+    ids=["whole", "share", "light"],
+)
+def test_a_node_short_of_cpu_is_not_given_work_that_strands_its_gpus(
+    job: Job, cpu_used: list[int], kfabric: int, why: str
 ) -> None:
-    s = PackState(Cluster(nodes))
-    policy = make_policy(name, s.cluster, arrivals, np.random.default_rng(1))
-    for task in arrivals:
-        fit = np.flatnonzero(s.feasible(task))
-        if not len(fit):
-            continue
-        p = policy.choose(s, task, fit)
-        assert p.node in fit.tolist()
-        before = s.gpu_free[p.node].copy()
-        s.check(task, p)
-        if task.fractional:
-            assert len(p.gpus) == 1
-        elif task.num_gpu:
-            assert len(set(p.gpus)) == task.num_gpu and all(before[g] == GPU_MILLI for g in p.gpus)
-        else:
-            assert p.gpus == ()
-        if task.gpu_spec:
-            assert s.cluster.model_names[s.cluster.model_id[p.node]] in task.gpu_spec
-        s.apply(task, p)
-        assert (s.cpu_free >= 0).all() and (s.mem_free >= 0).all()
-        assert (s.gpu_free >= 0).all() and (s.gpu_free <= GPU_MILLI).all()
-        assert (s.gpu_free[~s.cluster.present] == 0).all()
-        assert s.allocated_gpu_milli == s.cluster.total_gpu_milli - int(s.gpu_free.sum())
+    cap = capacity((3, 32_000, 65_536, "H100"), (3, 32_000, 65_536, "H100"))
+    for node, cpu in enumerate(cpu_used):
+        use(cap, node, 0, cpu=cpu)
+    assert node_of("kfabric", cap, job, HOSTED) == kfabric, why
+    if kfabric == 1:
+        assert node_of("best-fit", cap, job, HOSTED) == 0
+
+
+def test_cpu_only_work_goes_where_no_gpu_is_stranded() -> None:
+    cap = capacity((2, 8000, 65_536, "H100"), (0, 64_000, 65_536, "H100"), (2, 64_000, 65_536, "H100"))
+    workload = Workload([TaskType(GPU, 1, 4000), TaskType(0, 0, 6000)])
+    assert put("kfabric", cap, whole(0, cpu=6000), workload) == (1, ())
+
+
+def test_without_a_workload_kfabric_packs_for_jobs_of_the_same_shape() -> None:
+    cap = capacity((8, 112_000, 65_536, "H100"), (8, 112_000, 65_536, "H100"))
+    use(cap, 0, 3)  # 5 free: a 4-GPU job would leave 1; node 1 (8 free) would leave 4, room for another
+    assert put("kfabric", cap, whole(4)) == (1, (0, 1, 2, 3))
+    assert put("best-fit", cap, whole(4)) == (0, (3, 4, 5, 6))
+
+
+def test_kfabric_is_deterministic() -> None:
+    cap = capacity(*[(4, 64_000, 65_536, "H100")] * 6)
+    for job_id in ("a", "b", "c"):
+        assert len({put("kfabric", cap, whole(1, job_id=job_id), PAIRS) for _ in range(3)}) == 1
+
+
+# ---- the large-fleet path ----------------------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(capacities(), workloads(), asks())
+def test_plain_python_kfabric_equals_numpy_kfabric(cap: Capacity, workload: Workload, ask: Ask) -> None:
+    nodes = single.fitting(cap, np.arange(cap.n_nodes), ask)
+    if not nodes.size:
+        return
+    ask = Ask(ask.gpus, ask.milli, ask.cpu, ask.mem, tuple(range(len(cap.pools))), ask.tie)
+    assert bounded.kfabric_few(cap, nodes.tolist(), ask, workload) == single.kfabric(cap, nodes, ask, workload)
+
+
+@pytest.mark.parametrize("name", sorted(PLACEMENTS))
+def test_a_large_fleet_scores_representatives_pool_by_pool(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = a_fleet().pool("a", gpus_per_node=4, nodes=6, racks_per_unit=1).pool("b", gpus_per_node=4, nodes=2)
+    cap = online_capacity(fleet.build())
+    use(cap, 1, 3)  # pool a: node 1 has one whole GPU left
+    use(cap, 2, 1, milli=700)  # pool a: node 2 GPU 0 has 300 free
+    monkeypatch.setattr(placement, "EXACT_SCAN_NODES", 0)
+    # one node per count of whole free GPUs (1, 3, 4 in a broken rack), then one of a whole rack (4 or 5)
+    few = bounded.bucket_nodes(cap, 0, Ask(1, GPU, 0, 0), 1, 256)
+    assert few[:3] == [1, 2, 0] and few[3] in (4, 5) and len(few) == 4
+    assert bounded.share_nodes(cap, 0, Ask(1, 250, 0, 0), 1, 256) == [2, 1, 0, few[3]]
+    expected = {"first-fit": 0, "best-fit": 1, "fgd": None, "kfabric": 1}[name]
+    got = put(name, cap, whole(1))
+    assert got is not None and cap.pools[int(cap.node_pool[got[0]])].name == "a"
+    if expected is not None:
+        assert got[0] == expected
+    got = put(name, cap, share(250))
+    assert got is not None and (name in ("first-fit", "best-fit", "fgd") or got == (2, (0,)))
+
+
+# ---- trace tasks in scheduler terms ------------------------------------------------------------------------------
+def test_workload_of_a_trace_weighs_task_types_by_count() -> None:
+    trace = [TaskSpec(1000, 0, 1, 500), TaskSpec(1000, 0, 1, 500), TaskSpec(2000, 10, 2, 1000, ("T4",))]
+    types = {(t.gpu_milli, t.gpus, t.cpu_milli, t.models): t.weight for t in workload_of(trace).types}
+    assert types == {(500, 1, 1000, ()): 2.0, (1000, 2, 2000, ("T4",)): 1.0}
+
+
+@pytest.mark.parametrize(
+    ("task", "gpus", "milli"),
+    [
+        (TaskSpec(1000, 0, 1, 250), 1, 250),
+        (TaskSpec(1000, 0, 4, 1000, ("T4",)), 4, 1000),
+        (TaskSpec(8000, 64), 0, 1000),
+    ],
+    ids=["share", "whole", "cpu-only"],
+)
+def test_a_task_is_a_single_node_job(task: TaskSpec, gpus: int, milli: int) -> None:
+    job = job_of(task, "t1")
+    assert (job.id, job.gpus, job.gpu_milli, job.gpu_models) == ("t1", gpus, milli, task.gpu_spec)
+    assert (job.cpu_milli, job.memory_mib, job.min_topology) == (task.cpu_milli, task.memory_mib, MinTopology.NODE)
+    assert job.gpu_milli_total == task.gpu_demand
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [((-1, 0, 0, 0), ">= 0"), ((0, 0, 0, 5), "must be 0"), ((0, 0, 1, 0), "in 1..1000"), ((0, 0, 2, 500), "whole")],
+)
+def test_task_spec_validation(args: tuple[int, int, int, int], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        TaskSpec(*args)

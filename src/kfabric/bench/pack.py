@@ -1,12 +1,18 @@
 """GPU-sharing packing benchmark (the protocol of Weng et al., "Beware of Fragmentation", USENIX ATC'23).
 
-1. Cluster: every node of the node CSV (``sn,cpu_milli,memory_mib,gpu,model``).
+It measures the placements the scheduler registers (``kfabric.sched.registry.PLACEMENTS``), called exactly as
+the scheduling cycle calls them: ``place(capacity, PlaceRequest)`` on a :class:`Capacity` of the node list.
+
+1. Cluster: every node of the node CSV (``sn,cpu_milli,memory_mib,gpu,model``), as the ``openb`` scenario
+   builds it (one pool per node shape); a request lists the pools a task may use in the order the file
+   first names a node of each (first fit follows it).
 2. Workload: every task of the pod CSV (``name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...``), plus
    copies of tasks drawn uniformly at random with replacement from it for as long as the total requested
    GPU milli stays within ``ratio`` x the cluster's GPU milli (drawing stops at the first copy that would
    exceed it).
 3. The list is shuffled with the seed; tasks arrive one at a time and are never removed.  A task that fits
-   nowhere is dropped.
+   nowhere is dropped.  Each task is a single-node job; the trace's task types are the target workload
+   (``PlaceRequest.workload``) that fragmentation-aware placements pack for.
 4. Metric: allocated GPU milli / total GPU milli, read as the arrived GPU demand passes each 1% of capacity
    (a percentage the workload never reaches reads the final state); mean over seeds, reported every 10%.
 """
@@ -21,20 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from kfabric.sched.packing import (
-    I64,
-    POLICIES,
-    Cluster,
-    NodeSpec,
-    PackState,
-    TaskSpec,
-    make_policy,
-    simulate,
-    task_spec_problem,
-)
+from kfabric.model.fleet import Fleet
+from kfabric.scenarios.openb import load_openb, read_node_rows
+from kfabric.sched.capacity import Capacity
+from kfabric.sched.packing import GPU_MILLI, TaskSpec, job_of, task_spec_problem, workload_of
+from kfabric.sched.placement import PlaceRequest
+from kfabric.sched.registry import PLACEMENTS
+from kfabric.sched.workload import Workload
 
-NODE_FIELDS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
+I64 = npt.NDArray[np.int64]
 POD_FIELDS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec")
 MAX_RATIO = 10.0
 _SEED_PART = re.compile(r"(?P<lo>\d+)(?:\s*-\s*(?P<hi>\d+))?")
@@ -84,24 +87,19 @@ def _int_field(path: Path, line: int, row: dict[str, str], field: str, *, blank_
     return value
 
 
-def read_nodes(path: Path) -> list[NodeSpec]:
-    """Nodes of a node CSV; ``ValueError`` naming the file, line and field on bad input."""
-    nodes = []
-    for line, row in _read_rows(path, NODE_FIELDS, "node"):
-        gpu = _int_field(path, line, row, "gpu")
-        model = (row.get("model") or "").strip()
-        if gpu and not model:
-            raise ValueError(f"{str(path)!r} line {line}: node has gpu={gpu} but an empty 'model'; name the model")
-        nodes.append(
-            NodeSpec(
-                name=(row.get("sn") or f"line-{line}").strip(),
-                cpu_milli=_int_field(path, line, row, "cpu_milli"),
-                memory_mib=_int_field(path, line, row, "memory_mib"),
-                num_gpu=gpu,
-                model=model if gpu else "",
-            )
-        )
-    return nodes
+def read_nodes(path: Path) -> Fleet:
+    """The node CSV as a fleet (the ``openb`` scenario: one pool per node shape, nodes in file order within a
+    pool); a bad file raises ``ScenarioError`` naming the file, line and field."""
+    return load_openb(Path(path)).fleet
+
+
+def file_order(path: Path, fleet: Fleet) -> list[int]:
+    """The fleet's pools in the order the node CSV first lists a node of each (the order requests give)."""
+    first: dict[tuple[str, int, int, int], int] = {}
+    for line, (_, cpu, mem, gpus, model) in enumerate(read_node_rows(Path(path))):
+        first.setdefault((model, gpus, cpu, mem), line)
+    shapes = [(p.gpu_model, p.gpus_per_node, p.cpu_milli_per_node, p.memory_mib_per_node) for p in fleet.pools]
+    return sorted(range(len(shapes)), key=lambda i: first.get(shapes[i], len(first)))
 
 
 def read_pods(path: Path) -> list[TaskSpec]:
@@ -171,10 +169,53 @@ def parse_seeds(text: str) -> list[int]:
 
 def _check_policies(policies: Sequence[str]) -> None:
     if not policies:
-        raise ValueError(f"no policy given; choose from: {', '.join(POLICIES)}")
+        raise ValueError(f"no policy given; choose from: {', '.join(PLACEMENTS)}")
     for p in policies:
-        if p not in POLICIES:
-            raise ValueError(f"unknown policy {p!r}; choose from: {', '.join(POLICIES)}")
+        if p not in PLACEMENTS:
+            raise ValueError(f"unknown policy {p!r}; choose from: {', '.join(PLACEMENTS)}")
+
+
+def online(fleet: Fleet) -> Capacity:
+    """An empty capacity index of the fleet with every node up."""
+    cap = Capacity(fleet)
+    for i in range(len(cap.pools)):
+        cap.set_pool_online(i, True)
+    return cap
+
+
+def replay(
+    fleet: Fleet,
+    tasks: Sequence[TaskSpec],
+    policy: str,
+    workload: Workload,
+    tag: str = "",
+    order: Sequence[int] | None = None,
+) -> I64:
+    """Place ``tasks`` in order with a registered placement (a task that fits nowhere is dropped); return the
+    allocated GPU milli after each task. Job ids are ``{tag}{index}``; requests list the pools a task may use
+    in ``order`` (default: the fleet's)."""
+    place = PLACEMENTS[policy]
+    cap = online(fleet)
+    cpu_pools = list(order) if order is not None else list(range(len(cap.pools)))
+    gpu_pools = [pi for pi in cpu_pools if cap.pools[pi].gpus_per_node > 0]
+    pools: dict[tuple[str, ...], list[int]] = {}
+    out = np.empty(len(tasks), dtype=np.int64)
+    allocated = 0
+    for i, task in enumerate(tasks):
+        if not task.num_gpu:
+            allowed = cpu_pools
+        else:
+            allowed = pools.get(task.gpu_spec) or pools.setdefault(
+                task.gpu_spec,
+                [pi for pi in gpu_pools if not task.gpu_spec or cap.pools[pi].model in task.gpu_spec],
+            )
+        found = place(cap, PlaceRequest(job_of(task, f"{tag}{i}"), allowed, workload=workload))
+        if found is not None:
+            for s in found.shares:
+                cap.take(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+            allocated += found.gpu_milli_total
+        out[i] = allocated
+    return out
 
 
 def run_pack(nodes_csv: Path, pods_csv: Path, ratio: float, seeds: list[int], policies: list[str]) -> dict[str, Any]:
@@ -189,14 +230,15 @@ def run_pack(nodes_csv: Path, pods_csv: Path, ratio: float, seeds: list[int], po
     if not seeds:
         raise ValueError("no seeds given; pass at least one seed (example: 42-51)")
     _check_policies(policies)
-    cluster = Cluster(read_nodes(Path(nodes_csv)))
+    fleet = read_nodes(Path(nodes_csv))
+    order = file_order(Path(nodes_csv), fleet)
     trace = read_pods(Path(pods_csv))
-    capacity = cluster.total_gpu_milli
+    capacity = fleet.gpus * GPU_MILLI
     if capacity == 0:
         raise ValueError(f"node file {str(nodes_csv)!r} has no GPUs; the benchmark measures GPU allocation")
     last = int(round(ratio * 100, 6))
-    percents = list(range(1, last + 1))
-    reported = [p for p in percents if p % 10 == 0]
+    reported = [p for p in range(1, last + 1) if p % 10 == 0]
+    workload = workload_of(trace)
     workloads = {s: build_workload(trace, capacity, ratio, s) for s in seeds}
     result: dict[str, Any] = {"policies": {}}
     for name in policies:
@@ -204,9 +246,7 @@ def run_pack(nodes_csv: Path, pods_csv: Path, ratio: float, seeds: list[int], po
         sums = dict.fromkeys(reported, 0.0)
         for seed in seeds:
             tasks = workloads[seed]
-            policy_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-            policy = make_policy(name, cluster, trace, policy_rng)
-            allocated = simulate(PackState(cluster), tasks, policy)
+            allocated = replay(fleet, tasks, name, workload, tag=f"s{seed}-", order=order)
             demand = np.array([t.gpu_demand for t in tasks], dtype=np.int64)
             for p, v in checkpoints(demand, allocated, capacity, reported).items():
                 sums[p] += v

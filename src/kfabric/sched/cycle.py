@@ -91,6 +91,14 @@ class _Cycle:
         self.task_types: tuple[tuple[int, int, float], ...] = ()
         self.unreserved = self._unreserved()
         self.site_cap_kw = [site.cap_kw + 1e-9 for site in self.cap.sites]
+        #: CPU milli and memory MiB per GPU of each pool's nodes
+        self.host_per_gpu = [
+            (
+                int(self.cap.cpu_total[p.first_node]) // max(p.gpus_per_node, 1),
+                int(self.cap.mem_total[p.first_node]) // max(p.gpus_per_node, 1),
+            )
+            for p in self.cap.pools
+        ]
         self.borrow_limit = policy.borrow_limit_pct / 100.0 * float(self.cap.pool_up_milli.sum()) / MILLI_PER_GPU
         self._reserved: dict[tuple[str, str], int] = {}
         self.rules = GrantRules(snap, now_s)
@@ -382,7 +390,10 @@ class _Cycle:
             group = [c.pool for c in usable if c.borrowed == borrowed]
             if not group:
                 continue
-            req = PlaceRequest(job, group, CPU_MILLI_PER_GPU, MEMORY_MIB_PER_GPU, task_types=self.task_types)
+            # a job that names no CPU/memory gets the default per GPU, but never more than its node's share
+            cpu = min(CPU_MILLI_PER_GPU, *(self.host_per_gpu[pi][0] for pi in group))
+            mem = min(MEMORY_MIB_PER_GPU, *(self.host_per_gpu[pi][1] for pi in group))
+            req = PlaceRequest(job, group, cpu, mem, task_types=self.task_types)
             placement = self.place(self.cap, req)
             if placement is not None:
                 return placement, by_pool[self.cap.pool_by_name[placement.pool].index]

@@ -1,0 +1,129 @@
+"""Single-node placement in a large fleet: a bounded set of candidates per pool, read from the capacity index.
+
+Scoring every node of a national fleet for every job costs too much per scheduling cycle, so in a fleet
+larger than ``placement.EXACT_SCAN_NODES`` nodes a pool offers representatives instead:
+
+* whole GPUs (:func:`bucket_nodes`): for each count of whole free GPUs that holds the job (the capacity
+  index's buckets; fully free nodes of whole racks last), the first nodes whose CPU and memory hold it;
+* a share of one GPU (:func:`share_nodes`): for each amount of free milli on an already shared GPU, the first
+  node with it, plus the whole-GPU representatives.
+
+:func:`kfabric_few` is :func:`kfabric.sched.single.kfabric` in plain Python for such a handful of nodes
+(numpy's per-call cost dominates at this size): the same score, terms and ties; tests hold the two equal.
+A node's terms depend only on its pool and free resources (and the ask and workload), so they are remembered
+per capacity index.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from math import floor
+
+import numpy as np
+
+from kfabric.model.job import MILLI_PER_GPU
+from kfabric.sched.capacity import Capacity
+from kfabric.sched.fragmentation import frag_tables
+from kfabric.sched.single import GRID, PRIME, Ask, Choice, Static, gpus_on, static
+from kfabric.sched.workload import Workload
+
+#: node terms remembered per capacity index before the memo is emptied
+MEMO_LIMIT = 100_000
+Terms = tuple[float, tuple[tuple[int, float, float], ...]]
+
+
+def bucket_nodes(cap: Capacity, pool: int, ask: Ask, per_bucket: int, scan: int) -> list[int]:
+    """For each count of whole free GPUs that holds the ask, the first ``per_bucket`` nodes whose CPU and
+    memory hold it, among the first ``scan`` nodes of that count."""
+    cpu_free, mem_free = cap.cpu_free, cap.mem_free
+    found: list[int] = []
+    for source in (*cap.buckets[pool][max(ask.gpus, 1) :], cap.fresh[pool]):
+        taken = 0
+        for node in islice(source, scan):
+            if cpu_free[node] >= ask.cpu and mem_free[node] >= ask.mem:
+                found.append(node)
+                taken += 1
+                if taken == per_bucket:
+                    break
+    return found
+
+
+def share_nodes(cap: Capacity, pool: int, ask: Ask, per_bucket: int, scan: int) -> list[int]:
+    """For each amount of free milli on an already shared GPU that holds the share, the first node whose CPU
+    and memory hold it; then the :func:`bucket_nodes` representatives with a whole free GPU."""
+    p = cap.pools[pool]
+    g = p.gpus_per_node
+    milli = cap.milli[p.first_node : p.first_node + p.nodes, :g]
+    slots = np.flatnonzero((milli >= ask.milli) & (milli < MILLI_PER_GPU))
+    nodes: list[int] = []
+    if slots.size:
+        local = slots // g
+        node = local + p.first_node
+        host = cap.up[node] & (cap.cpu_free[node] >= ask.cpu) & (cap.mem_free[node] >= ask.mem)
+        slots, local = slots[host], local[host]
+        _, first = np.unique(milli[local, slots % g], return_index=True)
+        nodes = (local[np.sort(first)] + p.first_node).tolist()
+    return list(dict.fromkeys(nodes + bucket_nodes(cap, pool, ask, per_bucket, scan)))
+
+
+def kfabric_few(cap: Capacity, nodes: list[int], ask: Ask, workload: Workload) -> Choice:
+    """:func:`kfabric.sched.single.kfabric` over a handful of nodes, in plain Python."""
+    st = static(cap)
+    if len(st.memo) > MEMO_LIMIT:
+        st.memo.clear()
+        st.memo_workloads.clear()
+    # keys hold only numbers (the garbage collector skips them); the workloads they name are kept alive here
+    st.memo_workloads.setdefault(id(workload), workload)
+    salt = ask.salt
+    rank = {pi: float(i) for i, pi in enumerate(ask.order)} if len(ask.order) > 1 else {}
+    last = float(len(ask.order))
+    # per (node, GPU), on the grid: score, pool rank, breaks a whole rack, milli left on the GPU, remaining
+    # share; then the node's place in the ask's pseudo-random order, the GPU slot, the node
+    rows: list[tuple[float, float, float, float, float, int, int, int]] = []
+    for node in nodes:
+        row = cap.milli[node].tolist()
+        cpu, mem = cap.cpu_free.item(node), cap.mem_free.item(node)
+        pool = cap.node_pool.item(node)
+        key = (id(workload), ask.gpus, ask.milli, ask.cpu, ask.mem, pool, cpu, mem, *row)
+        terms = st.memo.get(key)
+        if terms is None:
+            terms = st.memo[key] = _terms(cap, st, node, [f if f > 0 else 0 for f in row], cpu, mem, ask, workload)
+        remaining, per_gpu = terms
+        breaks = 0.0
+        if cap.whole.item(node) == cap.node_gpus.item(node):
+            rack = cap.node_rack.item(node)
+            breaks = GRID if cap.rack_full.item(rack) == cap.rack_size.item(rack) else 0.0
+        position = floor(rank.get(pool, last) * GRID) if rank else 0.0
+        order = (node + 1) * salt % PRIME
+        for g, score, left in per_gpu:
+            rows.append((score, position, breaks, left, remaining, order, g, node))
+    best = min(rows)
+    return best[7], gpus_on(cap, best[7], ask, best[6])
+
+
+def _terms(cap: Capacity, st: Static, node: int, free: list[int], cpu: int, mem: int, ask: Ask, wl: Workload) -> Terms:
+    """Remaining share and, per GPU slot that takes the ask, (slot, score, milli left on it), on the grid."""
+    total = sum(free)
+    cpm, mpm = wl.cpu_per_milli, wl.mem_per_milli
+    strand = _stranded(total - ask.demand, cpu - ask.cpu, mem - ask.mem, cpm, mpm)
+    strand -= _stranded(total, cpu, mem, cpm, mpm)
+    remaining = (cpu - ask.cpu) / max(cap.cpu_total.item(node), 1)
+    remaining += (mem - ask.mem) / max(cap.mem_total.item(node), 1)
+    remaining += (total - ask.demand) / max(cap.node_gpus.item(node) * MILLI_PER_GPU, 1)
+    if not ask.share:
+        tables = frag_tables(wl, st.model_names, cap.milli.shape[1])
+        growth = tables.delta_one(st.node_model.item(node), cpu, free, cap.whole.item(node), ask.cpu, ask.gpus)
+        return floor(remaining * GRID), ((0, floor((growth / tables.total_weight + strand) * GRID), 0.0),)
+    waste, m = wl.waste_list, ask.milli
+    slots = ((g, waste[f - m] - waste[f] + strand, f - m) for g, f in enumerate(free) if f >= m)
+    return floor(remaining * GRID), tuple((g, floor(score * GRID), floor(left * GRID)) for g, score, left in slots)
+
+
+def _stranded(gpu_free: int, cpu_free: int, mem_free: int, cpu_per_milli: float, mem_per_milli: float) -> float:
+    """:func:`kfabric.sched.fragmentation.stranded` of one node."""
+    short = 0.0
+    if cpu_per_milli > 0:
+        short = max(short, gpu_free - cpu_free / cpu_per_milli)
+    if mem_per_milli > 0:
+        short = max(short, gpu_free - mem_free / mem_per_milli)
+    return short

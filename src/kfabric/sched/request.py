@@ -1,0 +1,52 @@
+"""What a placement policy is asked: a job, the pools it may use, and what the placement may assume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kfabric.model.decision import Placement
+from kfabric.model.job import Job
+from kfabric.sched.capacity import Capacity
+from kfabric.sched.workload import Workload
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceRequest:
+    job: Job
+    #: pools the job may use, in the caller's order of preference
+    pools: Sequence[int]
+    #: host share per GPU for jobs that do not state their CPU or memory
+    cpu_milli_per_gpu: int = 0
+    memory_mib_per_gpu: int = 0
+    #: relative speed of the job per pool model (pool index -> speed), for heterogeneity-aware placement
+    speed: dict[int, float] | None = None
+    #: the target workload as (gpu_milli, gpus, probability) task types, for fragmentation-aware placement
+    task_types: tuple[tuple[int, int, float], ...] = ()
+    #: the target workload with CPU, memory and models (wins over ``task_types``); see ``sched.workload``
+    workload: Workload | None = None
+
+
+PlacementFn = Callable[[Capacity, PlaceRequest], Placement | None]
+
+
+def node_counts(job: Job, gpus_per_node: int) -> list[int] | None:
+    """GPUs needed on each node, largest first; None if the shape cannot fit this pool's nodes."""
+    if gpus_per_node <= 0:
+        return None
+    if job.nodes is not None and job.gpus_per_node is not None:
+        return [job.gpus_per_node] * job.nodes if job.gpus_per_node <= gpus_per_node else None
+    if job.gpus <= gpus_per_node:
+        return [job.gpus]
+    full, rem = divmod(job.gpus, gpus_per_node)
+    return [gpus_per_node] * full + ([rem] if rem else [])
+
+
+def host_share(job: Job, req: PlaceRequest, gpus: int) -> tuple[int, int]:
+    """CPU milli and memory MiB the job needs beside ``gpus`` of its GPUs on one node."""
+    if job.gpus == 0:
+        return job.cpu_milli, job.memory_mib
+    n_gpus = max(job.gpus, 1)
+    cpu = job.cpu_milli * gpus // n_gpus if job.cpu_milli else req.cpu_milli_per_gpu * gpus
+    mem = job.memory_mib * gpus // n_gpus if job.memory_mib else req.memory_mib_per_gpu * gpus
+    return cpu, mem
