@@ -1,0 +1,205 @@
+"""End-to-end dispatch throughput from kfabric's controller to a real private Slurm 22.05 cluster.
+
+    .venv/bin/python benchmarks/bench_slurm_dispatch.py                            # 200 jobs, 8 nodes x 8 GPUs
+    .venv/bin/python benchmarks/bench_slurm_dispatch.py --jobs 500 --nodes 4 --json
+
+One private cluster is started with the Slurm tests' helpers (tests/backends/slurm/slurm_lab.py: needs root and
+slurmctld/slurmd/munge installed), seeded as a one-cluster fleet from its discovered pools, and driven by the
+controller (`rt.controller.tick()` in a tight loop, as the live service's loop does with its interval). Each job
+is `true` on 1 GPU (time limit 120 s), submitted with `kfabric.service.jobs.submit` before the first tick.
+
+Reported: jobs handed to Slurm per second (jobs / time until every job is launched, i.e. sbatch accepted it),
+jobs started per second (jobs / time until every job has a start time), seconds until all are final,
+kfabric's scheduling overhead per job (wall time of the controller's schedule phase: store sync, the policy's
+cycle and applying its decision; the pure cycle_ms sum is shown too), sbatch ms per job (wall time in the
+backend's launch / jobs) and ms per backend poll. Slurm's own scheduler interval and the 2-core CI box's load
+dominate the start rate. Run by hand; nothing here is asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import select
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "backends" / "slurm"))
+
+from slurm_lab import SlurmLab, port_base, start_lab, stop_lab  # noqa: E402
+
+from kfabric.backends.slurm import SlurmBackend  # noqa: E402
+from kfabric.backends.slurm.discover import discover  # noqa: E402
+from kfabric.scenarios.policies import load_policy  # noqa: E402
+from kfabric.service import jobs  # noqa: E402
+from kfabric.service.auth import authenticate  # noqa: E402
+from kfabric.service.runtime import open_runtime  # noqa: E402
+from kfabric.store import tables as t  # noqa: E402
+
+FINAL = {"succeeded", "failed", "cancelled", "timeout"}
+LAUNCHED_OR_LATER = {"running"} | FINAL
+PROJECT = "bench"
+
+
+def _fleet(lab: SlurmLab) -> str:
+    """A one-cluster fleet (one site, one project with an ample grant) over the lab's discovered pools."""
+    pools = [
+        {**p, "owner": "government", "nodes_per_rack": p["nodes"]}
+        for p in discover(lab.config, online=date(2020, 1, 1)).pools
+    ]
+    site = lab.config.site
+    doc = {
+        "name": "bench-slurm",
+        "description": "one real Slurm cluster, dispatch benchmark",
+        "owners": [{"name": "government", "kind": "government"}],
+        "sites": [
+            {
+                "name": site,
+                "certification": "government-operated",
+                "clearance": "restricted",
+                "region": "kr",
+                "operator": "bench",
+                "power_cap_mw": 10.0,
+                "pue": 1.2,
+            }
+        ],
+        "clusters": [{"name": lab.name, "site": site, "backend": "slurm"}],
+        "pools": pools,
+        "organizations": [{"name": "kisti", "kind": "institute"}],
+        "projects": [{"name": PROJECT, "organization": "kisti"}],
+        "programs": [{"name": "sovereign"}],
+        "grants": [
+            {
+                "id": "g-bench",
+                "program": "sovereign",
+                "project": PROJECT,
+                "start": date(2020, 1, 1),
+                "end": date(2100, 1, 1),
+                "credit_su_hours": 1e9,
+            }
+        ],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+class Timer:
+    """Wraps a callable, summing its wall time and counting its calls."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn, self.total_s, self.calls = fn, 0.0, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.total_s += time.perf_counter() - t0
+            self.calls += 1
+
+
+def run(n_jobs: int, n_nodes: int, timeout_s: float) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="kfabric-bench-slurm-", dir="/tmp"))
+    root.chmod(0o755)  # munged needs every parent of its socket world-executable
+    lab: SlurmLab | None = None
+    try:
+        lab = start_lab("bench", n_nodes, port_base(set()), root)
+        backend = SlurmBackend(lab.config)
+        launch, poll = Timer(backend.launch), Timer(backend.poll)
+        backend.launch, backend.poll = launch, poll
+        rt = open_runtime(
+            f"sqlite:///{root}/k.db", load_policy("kfabric"), {lab.name: backend}, fleet_document=_fleet(lab)
+        )
+        try:
+            schedule = Timer(rt.controller.schedule)
+            rt.controller.schedule = schedule
+            with rt.sessions() as s:
+                op = authenticate(s, rt.bootstrap_token)
+            spec = {"gpus": 1, "time_limit_s": 120.0, "command": "true"}
+            for i in range(n_jobs):
+                jobs.submit(rt.sessions, op, PROJECT, {**spec, "name": f"b-{i}"}, time.time())
+            cycle_ms, ticks = 0.0, 0
+            t_launched = t_started = t_final = None
+            t0 = time.perf_counter()
+            while t_final is None:
+                if time.perf_counter() - t0 > timeout_s:
+                    raise TimeoutError(f"not all {n_jobs} jobs final after {timeout_s:g} s")
+                rep = rt.controller.tick()
+                cycle_ms += rep.cycle_ms
+                ticks += 1
+                now = time.perf_counter() - t0
+                with rt.sessions() as s:
+                    rows = s.execute(select(t.Job.state, t.Job.launched, t.Job.started_at_s)).all()
+                if t_launched is None and all(
+                    st in LAUNCHED_OR_LATER or (st == "admitted" and la) for st, la, _ in rows
+                ):
+                    t_launched = now
+                if t_started is None and all(started is not None for _, _, started in rows):
+                    t_started = now
+                if all(st in FINAL for st, _, _ in rows):
+                    t_final = now
+                    states = sorted({st for st, _, _ in rows})
+                if t_final is None:
+                    time.sleep(0.01)
+        finally:
+            rt.close()
+    finally:
+        if lab is not None:
+            stop_lab(lab)
+        shutil.rmtree(root, ignore_errors=True)
+    assert t_launched is not None and t_started is not None
+    return {
+        "jobs": n_jobs,
+        "nodes": n_nodes,
+        "launch_jobs_per_s": n_jobs / t_launched,
+        "start_jobs_per_s": n_jobs / t_started,
+        "all_final_s": t_final,
+        "sched_overhead_ms_per_job": schedule.total_s * 1000 / n_jobs,
+        "cycle_ms_per_job": cycle_ms / n_jobs,
+        "sbatch_ms_per_job": launch.total_s * 1000 / n_jobs,
+        "poll_ms_per_call": poll.total_s * 1000 / max(1, poll.calls),
+        "ticks": ticks,
+        "polls": poll.calls,
+        "launches": launch.calls,
+        "final_states": states,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--nodes", type=int, default=8, help="Slurm nodes, 8 GPUs each")
+    ap.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds of ticking")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    r = run(args.jobs, args.nodes, args.timeout)
+    if args.json:
+        print(json.dumps(r))
+        return
+    cols = [
+        ("jobs", "jobs", "d"),
+        ("nodes", "nodes", "d"),
+        ("launch jobs/s", "launch_jobs_per_s", ".1f"),
+        ("started jobs/s", "start_jobs_per_s", ".1f"),
+        ("all final s", "all_final_s", ".1f"),
+        ("sched ms/job", "sched_overhead_ms_per_job", ".2f"),
+        ("cycle ms/job", "cycle_ms_per_job", ".2f"),
+        ("sbatch ms/job", "sbatch_ms_per_job", ".1f"),
+        ("poll ms/call", "poll_ms_per_call", ".1f"),
+    ]
+    widths = [max(len(h), 8) for h, _, _ in cols]
+    print("  ".join(h.rjust(w) for (h, _, _), w in zip(cols, widths, strict=True)))
+    print("  ".join(format(r[k], f).rjust(w) for (_, k, f), w in zip(cols, widths, strict=True)))
+    print(f"({r['ticks']} ticks, {r['launches']} sbatch calls, {r['polls']} polls; final states: {r['final_states']})")
+
+
+if __name__ == "__main__":
+    main()
