@@ -16,12 +16,16 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from kfabric.backends.base import BackendUnavailable, LaunchSpec, NodeGpus, RunReport, RunState
 from kfabric.backends.slurm import SlurmBackend, SlurmClusterConfig
+from kfabric.backends.slurm.discover import discover, node_states
 
 SLURM_MISSING = "Slurm not installed: apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge"
 REPO = Path(__file__).resolve().parents[3]
@@ -167,3 +171,50 @@ def start_lab(
 def stop_lab(lab: SlurmLab) -> None:
     stop = ["bash", str(SCRIPTS / "stop-slurm.sh"), str(lab.dir)]
     subprocess.run(stop, capture_output=True, timeout=120, check=False)
+
+
+def up_pools(lab: SlurmLab) -> list[dict[str, Any]]:
+    """The lab's discovered pools, limited to nodes that are up now (earlier tests take nodes down)."""
+    up = node_states(lab.config)
+    pools = []
+    for pool in discover(lab.config, online=date(2020, 1, 1)).pools:
+        names = [n for n in pool["node_names"] if up.get(n)]
+        if names:
+            pools.append(
+                {**pool, "owner": "government", "node_names": names, "nodes": len(names), "nodes_per_rack": len(names)}
+            )
+    assert pools, f"no node of {lab.name} is up"
+    return pools
+
+
+def two_site_fleet(a: SlurmLab, b: SlurmLab) -> str:
+    site = {"region": "kr", "operator": "test", "power_cap_mw": 10.0, "pue": 1.2}
+    doc = {
+        "name": "two-slurm-sites",
+        "description": "two real Slurm clusters as two sites",
+        "owners": [{"name": "government", "kind": "government"}],
+        "sites": [
+            {"name": a.config.site, "certification": "government-operated", "clearance": "restricted", **site},
+            {"name": b.config.site, "certification": "private-factory", "clearance": "internal", **site},
+        ],
+        "clusters": [
+            {"name": a.name, "site": a.config.site, "backend": "slurm"},
+            {"name": b.name, "site": b.config.site, "backend": "slurm"},
+        ],
+        "pools": [*up_pools(a), *up_pools(b)],
+        "organizations": [{"name": "kisti", "kind": "institute"}, {"name": "nova", "kind": "startup"}],
+        "projects": [{"name": "sovereign-fm", "organization": "kisti"}, {"name": "nova-llm", "organization": "nova"}],
+        "programs": [{"name": "sovereign"}, {"name": "startups"}],
+        "grants": [
+            {
+                "id": g,
+                "program": program,
+                "project": project,
+                "start": date(2020, 1, 1),
+                "end": date(2100, 1, 1),
+                "credit_su_hours": 1e6,
+            }
+            for g, program, project in (("g-fm", "sovereign", "sovereign-fm"), ("g-nova", "startups", "nova-llm"))
+        ],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)

@@ -5,17 +5,13 @@ accounting are one ledger over both clusters."""
 from __future__ import annotations
 
 import time
-from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from slurm_lab import SlurmLab
+from slurm_lab import SlurmLab, two_site_fleet
 from sqlalchemy import func, select
 
 from kfabric.backends.slurm import SlurmBackend
-from kfabric.backends.slurm.discover import discover, node_states
 from kfabric.scenarios.policies import load_policy
 from kfabric.service import jobs
 from kfabric.service.auth import authenticate
@@ -25,57 +21,10 @@ from kfabric.store import tables as t
 pytestmark = pytest.mark.integration
 
 
-def _pools(lab: SlurmLab) -> list[dict[str, Any]]:
-    """The lab's discovered pools, limited to nodes that are up now (earlier tests take nodes down)."""
-    up = node_states(lab.config)
-    pools = []
-    for pool in discover(lab.config, online=date(2020, 1, 1)).pools:
-        names = [n for n in pool["node_names"] if up.get(n)]
-        if names:
-            pools.append(
-                {**pool, "owner": "government", "node_names": names, "nodes": len(names), "nodes_per_rack": len(names)}
-            )
-    assert pools, f"no node of {lab.name} is up"
-    return pools
-
-
-def _fleet(a: SlurmLab, b: SlurmLab) -> str:
-    site = {"region": "kr", "operator": "test", "power_cap_mw": 10.0, "pue": 1.2}
-    doc = {
-        "name": "two-slurm-sites",
-        "description": "two real Slurm clusters as two sites",
-        "owners": [{"name": "government", "kind": "government"}],
-        "sites": [
-            {"name": a.config.site, "certification": "government-operated", "clearance": "restricted", **site},
-            {"name": b.config.site, "certification": "private-factory", "clearance": "internal", **site},
-        ],
-        "clusters": [
-            {"name": a.name, "site": a.config.site, "backend": "slurm"},
-            {"name": b.name, "site": b.config.site, "backend": "slurm"},
-        ],
-        "pools": [*_pools(a), *_pools(b)],
-        "organizations": [{"name": "kisti", "kind": "institute"}, {"name": "nova", "kind": "startup"}],
-        "projects": [{"name": "sovereign-fm", "organization": "kisti"}, {"name": "nova-llm", "organization": "nova"}],
-        "programs": [{"name": "sovereign"}, {"name": "startups"}],
-        "grants": [
-            {
-                "id": g,
-                "program": program,
-                "project": project,
-                "start": date(2020, 1, 1),
-                "end": date(2100, 1, 1),
-                "credit_su_hours": 1e6,
-            }
-            for g, program, project in (("g-fm", "sovereign", "sovereign-fm"), ("g-nova", "startups", "nova-llm"))
-        ],
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
 def test_two_slurm_clusters_are_one_fleet(slurm_a: SlurmLab, slurm_b: SlurmLab, tmp_path: Path) -> None:
     backends = {slurm_a.name: SlurmBackend(slurm_a.config), slurm_b.name: SlurmBackend(slurm_b.config)}
     rt = open_runtime(
-        f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), backends, fleet_document=_fleet(slurm_a, slurm_b)
+        f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), backends, fleet_document=two_site_fleet(slurm_a, slurm_b)
     )
     try:
         with rt.sessions() as s:
