@@ -176,7 +176,7 @@ class Controller:
         row.ended_at_s, row.exit_code = end, r.exit_code
         rep.ended += 1
         if final is JobState.SUCCEEDED and row.started_at_s is not None:
-            job = self.live._jobs.get(str(row.id))
+            job = self.live.job(str(row.id))
             if job is not None:
                 self.live.snap.estimator.observe(job, max(1.0, end - row.started_at_s))
 

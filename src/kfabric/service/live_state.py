@@ -61,8 +61,9 @@ class LiveState:
         self._sync_usage(session, now_s)
         self._sync_jobs(session)
 
-    def job(self, job_id: str) -> Job:
-        return self._jobs[job_id]
+    def job(self, job_id: str) -> Job | None:
+        """The core's view of an active job (None once it has left the queue and the running set)."""
+        return self._jobs.get(job_id)
 
     def add_usage(self, project: str, su: float) -> None:
         self.snap.usage_su[project] = self.snap.usage_su.get(project, 0.0) + su

@@ -13,6 +13,7 @@ from kfabric.scenarios.loader import Scenario
 from kfabric.service import audit
 from kfabric.service.actors import Actor, Role
 from kfabric.service.auth import issue_token
+from kfabric.service.programs import rules_to_json
 from kfabric.store import tables as t
 
 
@@ -23,8 +24,6 @@ def day_s(d: date) -> float:
 def seed_from_scenario(sessions: sessionmaker[Session], scenario: Scenario, document: str, now_s: float) -> bool:
     """Store the fleet document and the scenario's organizations, projects, programs and grants, once.
     Returns False (and changes nothing) when the store already holds a fleet."""
-    from kfabric.service.programs import rules_to_json
-
     with sessions.begin() as s:
         if s.scalar(select(func.count()).select_from(t.FleetSource)):
             return False
