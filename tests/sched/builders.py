@@ -406,6 +406,11 @@ def snapshot_state(snap: Snapshot) -> dict[str, object]:
 def check_invariants(cap: Capacity) -> None:
     """Assert that the capacity index is consistent: nothing oversubscribed, every aggregate recomputable."""
     n = cap.n_nodes
+    # the hot path's Python mirrors agree with the arrays that vectorized queries read
+    assert cap._milli_rows == cap.milli.tolist(), "milli mirror differs"
+    assert cap._whole == cap.whole.tolist(), "whole mirror differs"
+    assert cap._up == cap.up.tolist(), "up mirror differs"
+    assert cap._rack_full == cap.rack_full.tolist(), "rack_full mirror differs"
     for node in range(n):
         g = int(cap.node_gpus[node])
         row = cap.milli[node]

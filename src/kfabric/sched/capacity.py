@@ -150,6 +150,16 @@ class Capacity:
         self.pool_milli = np.zeros(len(pools), dtype=np.int64)
         self.pool_up_milli = np.zeros(len(pools), dtype=np.int64)
         self.site_kw = np.zeros(len(self.sites), dtype=np.float64)
+        # Python mirrors of what the per-change hot path reads (numpy scalar access costs ~5x a list's); the
+        # arrays above stay the truth for vectorized queries and are written alongside
+        self._pool_of: list[int] = self.node_pool.tolist()
+        self._rack_of: list[int] = self.node_rack.tolist()
+        self._unit_of: list[int] = self.node_unit.tolist()
+        self._rack_size: list[int] = self.rack_size.tolist()
+        self._rack_full: list[int] = [0] * rack
+        self._milli_rows: list[list[int]] = self.milli.tolist()
+        self._whole: list[int] = self.whole.tolist()
+        self._up: list[bool] = [False] * n
         self.buckets: list[list[dict[int, None]]] = [[{} for _ in range(q.gpus_per_node + 1)] for q in pools]
         self.fresh: list[dict[int, None]] = [{} for _ in pools]
         self._log: list[tuple[int, int, tuple[int, ...], int, int, int]] = []
@@ -162,15 +172,15 @@ class Capacity:
 
     # ---- queries -------------------------------------------------------------------------------------------
     def node_full(self, node: int) -> bool:
-        return bool(self.up[node]) and int(self.whole[node]) == int(self.node_gpus[node])
+        return self._up[node] and self._whole[node] == self.pools[self._pool_of[node]].gpus_per_node
 
     def rack_whole(self, rack: int) -> bool:
-        return int(self.rack_full[rack]) == int(self.rack_size[rack])
+        return self._rack_full[rack] == self._rack_size[rack]
 
     def free_gpus_on(self, node: int) -> list[int]:
         """Indices of the node's GPUs that are entirely free, lowest first."""
-        row = self.milli[node]
-        return [g for g in range(int(self.node_gpus[node])) if row[g] == MILLI_PER_GPU]
+        row = self._milli_rows[node]
+        return [g for g in range(self.pools[self._pool_of[node]].gpus_per_node) if row[g] == MILLI_PER_GPU]
 
     def node_name(self, node: int) -> str:
         p = self.pools[int(self.node_pool[node])]
@@ -220,18 +230,19 @@ class Capacity:
             self._log.append((_GIVE, node, gpus, milli, cpu, mem))
 
     def set_up(self, node: int, up: bool) -> None:
-        if bool(self.up[node]) == up:
+        if self._up[node] == up:
             return
-        pi = int(self.node_pool[node])
+        pi = self._pool_of[node]
         g = self.pools[pi].gpus_per_node
         sign = 1 if up else -1
         if not up:
-            self._count(node, -1, int(self.whole[node]))
+            self._count(node, -1, self._whole[node])
         self.up[node] = up
-        self.pool_milli[pi] += sign * int(self.milli[node, :g].sum())
+        self._up[node] = up
+        self.pool_milli[pi] += sign * sum(self._milli_rows[node][:g])
         self.pool_up_milli[pi] += sign * g * MILLI_PER_GPU
         if up:
-            self._count(node, +1, int(self.whole[node]))
+            self._count(node, +1, self._whole[node])
         if self.logging:
             self._log.append((_UP if up else _DOWN, node, (), 0, 0, 0))
 
@@ -242,32 +253,37 @@ class Capacity:
     def _apply(self, node: int, gpus: tuple[int, ...], milli: int, cpu: int, mem: int) -> None:
         """Take ``milli`` from each of ``gpus`` on ``node`` (negative gives back). Aggregates move by deltas;
         buckets and rack/unit counters change only when the node's count of whole free GPUs changes."""
-        row = self.milli[node]
+        row = self._milli_rows[node]
+        arr = self.milli[node]
         delta_whole = 0
         for g in gpus:
-            old = int(row[g])
+            old = row[g]
             new = old - milli
             row[g] = new
+            arr[g] = new
             if old == MILLI_PER_GPU:
                 delta_whole -= 1
             elif new == MILLI_PER_GPU:
                 delta_whole += 1
         self.cpu_free[node] -= cpu
         self.mem_free[node] -= mem
-        pi = int(self.node_pool[node])
+        pi = self._pool_of[node]
         p = self.pools[pi]
-        self.site_kw[p.site] += p.kw_per_gpu * milli * len(gpus) / MILLI_PER_GPU
-        up = bool(self.up[node])
+        n = len(gpus)
+        self.site_kw[p.site] += p.kw_per_gpu * milli * n / MILLI_PER_GPU
+        up = self._up[node]
         if up:
-            self.pool_milli[pi] -= milli * len(gpus)
+            self.pool_milli[pi] -= milli * n
         if delta_whole == 0:
             return
-        whole_old = int(self.whole[node])
+        whole_old = self._whole[node]
         if up:
             self._count(node, -1, whole_old)
-        self.whole[node] = whole_old + delta_whole
+        whole_new = whole_old + delta_whole
+        self.whole[node] = whole_new
+        self._whole[node] = whole_new
         if up:
-            self._count(node, +1, whole_old + delta_whole)
+            self._count(node, +1, whole_new)
 
     def _save_order(self, bucket: dict[int, None]) -> None:
         """Remember a dict's order before its first change after the latest mark (see :meth:`rollback`)."""
@@ -278,9 +294,9 @@ class Capacity:
     def _count(self, node: int, sign: int, whole: int) -> None:
         """Add (sign=+1) or remove (sign=-1) an up node with ``whole`` free GPUs from the buckets and the
         rack/unit counters."""
-        pi = int(self.node_pool[node])
+        pi = self._pool_of[node]
         p = self.pools[pi]
-        rack, unit = int(self.node_rack[node]), int(self.node_unit[node])
+        rack, unit = self._rack_of[node], self._unit_of[node]
         full = whole == p.gpus_per_node
         self.rack_gpus[rack] += sign * whole
         self.unit_gpus[unit] += sign * whole
@@ -292,14 +308,12 @@ class Capacity:
             else:
                 del buckets[whole][node]
             return
-        rack_was_whole = self.rack_whole(rack)
-        if sign > 0:
-            self.rack_full[rack] += 1
-            self.unit_full[unit] += 1
-        else:
-            self.rack_full[rack] -= 1
-            self.unit_full[unit] -= 1
-        rack_is_whole = self.rack_whole(rack)
+        size = self._rack_size[rack]
+        rack_was_whole = self._rack_full[rack] == size
+        self._rack_full[rack] += sign
+        self.rack_full[rack] += sign
+        self.unit_full[unit] += sign
+        rack_is_whole = self._rack_full[rack] == size
         target = self.fresh[pi] if (rack_is_whole if sign > 0 else rack_was_whole) else buckets[whole]
         self._save_order(target)
         if sign > 0:

@@ -1,5 +1,6 @@
 """One scheduling cycle: ``cycle(snapshot, pending, policy, now) -> Decision``. Pure: the snapshot is left
-exactly as found (every trial change is rolled back), and the same inputs give the same decision.
+exactly as found (every trial change is rolled back; with ``keep=True`` the capacity is left as the decision
+leaves it, for an owner that applies the decision next), and the same inputs give the same decision.
 
 Steps:
  1. fair-share factors and ordering keys for the whole queue (vectorized), one stable sort;
@@ -44,15 +45,27 @@ MEMORY_MIB_PER_GPU = 32_768
 _CHUNK = 2048
 
 
-def cycle(snapshot: Snapshot, pending: PendingQueue, policy: Policy, now_s: float) -> Decision:
+def cycle(snapshot: Snapshot, pending: PendingQueue, policy: Policy, now_s: float, keep: bool = False) -> Decision:
+    """The decision for this state. The snapshot's capacity is left as found, unless ``keep``: then it is
+    left as the decision leaves it (preempted work off its GPUs, admitted work on them), and the caller
+    must record the decision with ``Snapshot.finish(..., give=False)`` and ``Snapshot.start(..., take=False)``
+    (the simulator does, to skip undoing and redoing every placement). The decision is the same either way."""
     cap = snapshot.capacity
     was_logging = cap.logging
+    if keep and was_logging:
+        raise ValueError("cycle(keep=True) needs a capacity with no trial in progress")
     cap.logging = True
     mark = cap.mark()
+    done = False
     try:
-        return _Cycle(snapshot, pending, policy, now_s).run()
+        decision = _Cycle(snapshot, pending, policy, now_s).run()
+        done = True
+        return decision
     finally:
-        cap.rollback(mark)
+        if keep and done:
+            cap.forget()
+        else:
+            cap.rollback(mark)
         cap.logging = was_logging
 
 
@@ -91,6 +104,12 @@ class _Cycle:
         self.task_types: tuple[tuple[int, int, float], ...] = ()
         self.unreserved = self._unreserved()
         self.site_cap_kw = [site.cap_kw + 1e-9 for site in self.cap.sites]
+        self._host_cache: dict[tuple[int, ...], tuple[int, int]] = {}
+        self._rules: dict[tuple[int, object], str] = {}
+        #: per pool, what choosing it looks at: site, kW per GPU, shared?, GPU model, owner
+        self._pool_meta = [
+            (p.site, p.kw_per_gpu, p.sharing is Sharing.SHARED, p.model, p.owner) for p in self.cap.pools
+        ]
         #: CPU milli and memory MiB per GPU of each pool's nodes
         self.host_per_gpu = [
             (
@@ -100,7 +119,7 @@ class _Cycle:
             for p in self.cap.pools
         ]
         self.borrow_limit = policy.borrow_limit_pct / 100.0 * float(self.cap.pool_up_milli.sum()) / MILLI_PER_GPU
-        self._reserved: dict[tuple[str, str], int] = {}
+        self._reserved: dict[str, dict[str, int]] = {}
         self.rules = GrantRules(snap, now_s)
         self._online = tuple(bool(m > 0) for m in self.cap.pool_up_milli.tolist())
         # the job being scheduled was held back by something of its own (its time limit against a reservation's
@@ -325,36 +344,37 @@ class _Cycle:
         self, job: Job, pools: tuple[int, ...], scavenger: bool
     ) -> tuple[list[_PoolChoice], PendingReason | None, PendingReason | None]:
         """Pools the job may use now, non-borrowed first, with why the others are excluded."""
-        tenant = self.snap.tenants.get(job.project)
+        project = job.project
+        tenant = self.snap.tenants.get(project)
         affiliation = tenant.affiliation if tenant else ""
         gpus = job.whole_gpus
-        project = job.project
         own_first: list[_PoolChoice] = []
         borrow: list[_PoolChoice] = []
         quota_reason = power_reason = None
-        cap = self.cap
-        cap_pools, site_kw, blocked = cap.pools, cap.site_kw, self.blocked_pools
+        site_kw, site_cap, blocked, meta = self.cap.site_kw, self.site_cap_kw, self.blocked_pools, self._pool_meta
+        reserved_models = self._reserved_models(project)
+        shared_used, unreserved = self.shared_used, self.unreserved
         for pi in pools:
-            p = cap_pools[pi]
+            site, kw_per_gpu, shared, model, owner = meta[pi]
             if blocked and pi in blocked and not self._claims(job, pi):  # a reservation holder is never blocked
                 continue
-            if site_kw[p.site] + gpus * p.kw_per_gpu > self.site_cap_kw[p.site]:
-                site = cap.sites[p.site]
+            if site_kw[site] + gpus * kw_per_gpu > site_cap[site]:
+                info = self.cap.sites[site]
                 power_reason = PendingReason(
                     ReasonCode.POWER_CAP,
-                    f"site {site.name} is at its power cap ({site.cap_kw / 1000:g} MW); waiting for power headroom",
+                    f"site {info.name} is at its power cap ({info.cap_kw / 1000:g} MW); waiting for power headroom",
                 )
                 continue
             guaranteed = False
-            if p.sharing is Sharing.SHARED and not scavenger:
-                reserved = self._reserved_for(project, p.model)
-                if reserved and self.own[(project, p.model)] + gpus <= reserved:
+            if shared and not scavenger:
+                reserved = reserved_models.get(model, 0) if reserved_models else 0
+                if reserved and self.own[(project, model)] + gpus <= reserved:
                     guaranteed = True
                     borrowed = False
                 else:
-                    borrowed = self.shared_used[p.model] + gpus > self.unreserved.get(p.model, 0.0)
+                    borrowed = shared_used[model] + gpus > unreserved.get(model, 0.0)
             else:
-                borrowed = scavenger or p.owner != affiliation
+                borrowed = scavenger or owner != affiliation
             if borrowed:
                 if not job.preemptible:
                     quota_reason = PendingReason(
@@ -372,32 +392,52 @@ class _Cycle:
                         f"(limit {limit:g}); waiting for its own work to finish",
                     )
                     continue
-            (borrow if borrowed else own_first).append(_PoolChoice(pi, borrowed, guaranteed))
-        return own_first + borrow, quota_reason, power_reason
+                borrow.append(_PoolChoice(pi, True, False))
+            else:
+                own_first.append(_PoolChoice(pi, False, guaranteed))
+        own_first.extend(borrow)
+        return own_first, quota_reason, power_reason
 
     def _try_place(self, job: Job, choices: list[_PoolChoice]) -> tuple[Placement, _PoolChoice] | None:
         """Place on non-borrowed pools first. A pool holding reservations takes the job only if its
         availability profile holds it over the whole time limit (backfill never delays a reservation)."""
-        by_pool = {c.pool: c for c in choices}
-        usable = []
-        for c in choices:
-            profile = self.profiles.get(c.pool)
-            if profile is None or not profile.reserved or profile.fits(self.now, job.time_limit_s, job.gpu_milli_total):
-                usable.append(c)
-            else:
-                self._job_bound = self._profile_bound = True
+        usable = choices
+        if self.profiles:
+            usable = []
+            for c in choices:
+                profile = self.profiles.get(c.pool)
+                if (
+                    profile is None
+                    or not profile.reserved
+                    or profile.fits(self.now, job.time_limit_s, job.gpu_milli_total)
+                ):
+                    usable.append(c)
+                else:
+                    self._job_bound = self._profile_bound = True
         for borrowed in (False, True):
             group = [c.pool for c in usable if c.borrowed == borrowed]
             if not group:
                 continue
             # a job that names no CPU/memory gets the default per GPU, but never more than its node's share
-            cpu = min(CPU_MILLI_PER_GPU, *(self.host_per_gpu[pi][0] for pi in group))
-            mem = min(MEMORY_MIB_PER_GPU, *(self.host_per_gpu[pi][1] for pi in group))
+            cpu, mem = self._host_per_gpu(group)
             req = PlaceRequest(job, group, cpu, mem, task_types=self.task_types)
             placement = self.place(self.cap, req)
             if placement is not None:
-                return placement, by_pool[self.cap.pool_by_name[placement.pool].index]
+                pi = self.cap.pool_by_name[placement.pool].index
+                return placement, next(c for c in usable if c.pool == pi)
         return None
+
+    def _host_per_gpu(self, group: list[int]) -> tuple[int, int]:
+        """CPU milli and memory MiB per GPU for jobs that name none: the default, capped by the smallest
+        per-GPU share of the group's nodes (cached per group of pools)."""
+        key = tuple(group)
+        got = self._host_cache.get(key)
+        if got is None:
+            got = self._host_cache[key] = (
+                min(CPU_MILLI_PER_GPU, *(self.host_per_gpu[pi][0] for pi in group)),
+                min(MEMORY_MIB_PER_GPU, *(self.host_per_gpu[pi][1] for pi in group)),
+            )
+        return got
 
     def _admit(self, job: Job, placement: Placement, choice: _PoolChoice, start_s: float) -> None:
         cap = self.cap
@@ -422,7 +462,7 @@ class _Cycle:
                 placement=placement,
                 start_at_s=start_s,
                 borrowed=choice.borrowed,
-                rule=placement_rule(cap, choice.pool, job),
+                rule=self._rule(choice.pool, job),
                 backfilled=self.any_reservation,
                 guaranteed=choice.guaranteed,
             )
@@ -625,25 +665,36 @@ class _Cycle:
         )
 
     # ---- helpers ---------------------------------------------------------------------------------------------
+    def _rule(self, pool: int, job: Job) -> str:
+        """The sovereignty rule that lets the job on the pool's site (cached per pool and classification)."""
+        key = (pool, job.classification)
+        rule = self._rules.get(key)
+        if rule is None:
+            rule = self._rules[key] = placement_rule(self.cap, pool, job)
+        return rule
+
     def _holder_rows(self, rows: np.ndarray) -> np.ndarray:
         """Per ordered row: does the job's project hold an active reservation (so it may reclaim)?"""
-        pids = [
-            pid
-            for pid, project in enumerate(self.q.projects)
-            if any(
-                g.reserved_gpus > 0 and g.start_s <= self.now < g.end_s
-                for g in self.snap.grants_by_project.get(project, ())
-            )
-        ]
+        holders = sorted(
+            {g.project for g in self.snap.grants.values() if g.reserved_gpus > 0 and g.start_s <= self.now < g.end_s}
+        )
+        pids = [pid for pid in (self.q.project_id(p) for p in holders) if pid is not None]
         if not pids or not rows.size:
             return np.zeros(len(rows), dtype=bool)
         return np.isin(self.q.arrays()["project"][rows].astype(np.int64), pids)
 
     def _reserved_for(self, project: str, model: str) -> int:
-        key = (project, model)
-        got = self._reserved.get(key)
+        return self._reserved_models(project).get(model, 0)
+
+    def _reserved_models(self, project: str) -> dict[str, int]:
+        """GPUs per model that the project's grants in force reserve (empty for most projects)."""
+        got = self._reserved.get(project)
         if got is None:
-            got = self._reserved[key] = self.snap.reserved(project, model, self.now)
+            got = {}
+            for g in self.snap.grants_by_project.get(project, ()):
+                if g.reserved_model and g.reserved_gpus and g.start_s <= self.now < g.end_s:
+                    got[g.reserved_model] = got.get(g.reserved_model, 0) + g.reserved_gpus
+            self._reserved[project] = got
         return got
 
     def _unreserved(self) -> dict[str, float]:

@@ -54,9 +54,10 @@ class RuntimeEstimator:
             out.append(kid)
         return tuple(out)
 
-    def observe(self, job: Job, run_s: float) -> None:
-        """Record a finished job's run time (succeeded or failed: both are what users experience)."""
-        for kid in self.key_ids(job):
+    def observe(self, job: Job, run_s: float, key_ids: tuple[int, ...] | None = None) -> None:
+        """Record a finished job's run time (succeeded or failed: both are what users experience).
+        ``key_ids``: the job's key ids if the caller kept them from :meth:`key_ids`."""
+        for kid in key_ids if key_ids is not None else self.key_ids(job):
             runs = self._runs[kid]
             runs.append(run_s)
             self._sum[kid] += run_s

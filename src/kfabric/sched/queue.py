@@ -63,12 +63,17 @@ class PendingQueue:
     def __iter__(self) -> Iterator[Job]:
         return (j for j in self._jobs if j is not None)
 
+    def project_id(self, project: str) -> int | None:
+        """The integer id of a project in the ``project`` column, or None if no job of it ever queued."""
+        return self._project_ids.get(project)
+
     def get(self, job_id: str) -> Job:
         job = self._jobs[self._row[job_id]]
         assert job is not None
         return job
 
-    def add(self, job: Job, affiliation: str = "") -> None:
+    def add(self, job: Job, affiliation: str = "", key_ids: tuple[int, ...] | None = None) -> None:
+        """Queue ``job``. ``key_ids``: its estimator key ids if the caller already has them (saves interning)."""
         if job.id in self._row:
             raise ValueError(f"job {job.id} is already pending")
         pid = self._project_ids.setdefault(job.project, len(self._project_ids))
@@ -83,7 +88,7 @@ class PendingQueue:
             self._cols = np.concatenate([self._cols, np.zeros_like(self._cols)], axis=1)
             self._keys = np.concatenate([self._keys, np.zeros_like(self._keys)])
         if self.estimator is not None:
-            self._keys[row] = self.estimator.key_ids(job)
+            self._keys[row] = key_ids if key_ids is not None else self.estimator.key_ids(job)
         self._row[job.id] = row
         self._jobs.append(job)
         self.ids.append(job.id)

@@ -116,23 +116,35 @@ class Snapshot:
             if g.reserved_model == model and g.start_s <= now_s < g.end_s
         )
 
-    def start(self, job: Job, placement: Placement, now_s: float, borrowed: bool, guaranteed: bool = False) -> None:
-        """Record that ``job`` runs on ``placement`` from ``now_s`` (takes the capacity)."""
+    def start(
+        self,
+        job: Job,
+        placement: Placement,
+        now_s: float,
+        borrowed: bool,
+        guaranteed: bool = False,
+        take: bool = True,
+    ) -> None:
+        """Record that ``job`` runs on ``placement`` from ``now_s`` (takes the capacity, unless ``take`` is
+        False because a ``cycle(keep=True)`` already took it)."""
         if job.id in self.running:
             raise ValueError(f"job {job.id} is already running")
         cap = self.capacity
-        for s in placement.shares:
-            cap.take(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+        if take:
+            for s in placement.shares:
+                cap.take(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
         run = RunningJob(job, placement, now_s, now_s + job.time_limit_s, now_s, borrowed, guaranteed)
         self.running[job.id] = run
         self._count(run, +1.0)
 
-    def finish(self, job_id: str) -> RunningJob:
-        """Remove a running job (ended, killed or preempted) and give its capacity back."""
+    def finish(self, job_id: str, give: bool = True) -> RunningJob:
+        """Remove a running job (ended, killed or preempted) and give its capacity back (unless ``give`` is
+        False because a ``cycle(keep=True)`` that preempted it already gave it)."""
         run = self.running.pop(job_id)
         cap = self.capacity
-        for s in run.placement.shares:
-            cap.give(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+        if give:
+            for s in run.placement.shares:
+                cap.give(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
         self._count(run, -1.0)
         return run
 

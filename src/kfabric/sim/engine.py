@@ -64,6 +64,8 @@ class _Live:
     token: int = 0
     pool: str = ""
     timeout: bool = False
+    #: the job's run-time estimator key ids, interned once at arrival
+    keys: tuple[int, ...] = ()
 
 
 @dataclass
@@ -186,8 +188,9 @@ class Simulator:
             # the service refuses a submission whose project has no grant in force (admission control)
             self.rejected += 1
             return
-        self.live[sj.job.id] = _Live(sj, remaining_s=sj.run_s)
-        self.queue.add(sj.job, self._affiliation(sj.job))
+        keys = self.snap.estimator.key_ids(sj.job)
+        self.live[sj.job.id] = _Live(sj, remaining_s=sj.run_s, keys=keys)
+        self.queue.add(sj.job, self._affiliation(sj.job), keys)
         self.cycle_due = True
 
     def _affiliation(self, job: Job) -> str:
@@ -220,7 +223,7 @@ class Simulator:
         self._stop(job_id, lv)
         lv.remaining_s = 0.0
         state = "timeout" if lv.timeout else "failed" if lv.sim.fails else "succeeded"
-        self.snap.estimator.observe(lv.sim.job, max(run_s, 1.0))
+        self.snap.estimator.observe(lv.sim.job, max(run_s, 1.0), lv.keys)
         self._record(job_id, lv, state)
         self.cycle_due = True
 
@@ -245,9 +248,9 @@ class Simulator:
             )
         )
 
-    def _stop(self, job_id: str, lv: _Live) -> float:
+    def _stop(self, job_id: str, lv: _Live, give: bool = True) -> float:
         """Take a running job off its GPUs; returns the seconds of work it did in this run."""
-        run = self.snap.finish(job_id)
+        run = self.snap.finish(job_id, give)
         held = self.now - lv.held_since_s
         gpus = run.milli / 1000.0
         lv.gpu_s += held * gpus
@@ -261,10 +264,10 @@ class Simulator:
         self.snap.attained_gpu_s[job_id] = self.snap.attained_gpu_s.get(job_id, 0.0) + held * gpus
         return max(0.0, self.now - lv.work_start_s)
 
-    def _interrupt(self, job_id: str, why: str) -> None:
+    def _interrupt(self, job_id: str, why: str, give: bool = True) -> None:
         """Preemption or node failure: the job goes back to the queue and keeps work up to its checkpoint."""
         lv = self.live[job_id]
-        done = self._stop(job_id, lv)
+        done = self._stop(job_id, lv, give)
         job = lv.sim.job
         restart = job.restart_cost_s if lv.restarts else 0.0
         useful = max(0.0, done - restart)
@@ -275,7 +278,7 @@ class Simulator:
         lv.token += 1
         if why == "preempted":
             lv.preemptions += 1
-        self.queue.add(job, self._affiliation(job))
+        self.queue.add(job, self._affiliation(job), lv.keys)
         self.cycle_due = True
 
     def _schedule_failure(self) -> None:
@@ -291,7 +294,11 @@ class Simulator:
         weights = np.where(cap.up, cap.node_gpus, 0).astype(np.float64)
         total = weights.sum()
         if total > 0:
-            node = int(self.rng.choice(cap.n_nodes, p=weights / total))
+            # a node drawn with probability proportional to its GPUs: the same draw as
+            # ``rng.choice(n, p=weights / total)`` (one uniform, inverse CDF) without its slow checks of p
+            cdf = np.cumsum(weights / total)
+            cdf /= cdf[-1]
+            node = int(cdf.searchsorted(self.rng.random(), side="right"))
             for job_id in sorted(self.node_jobs.get(node, ())):
                 self._interrupt(job_id, "node_failure")
             cap.set_up(node, False)
@@ -302,7 +309,8 @@ class Simulator:
     def _cycle(self) -> None:
         self._account_usage()
         t0 = self.wall_clock()
-        decision = cycle(self.snap, self.queue, self.policy, self.now)
+        # keep: the cycle leaves the capacity as its decision does, so applying it below touches no GPUs twice
+        decision = cycle(self.snap, self.queue, self.policy, self.now, keep=True)
         self.cycle_s += self.wall_clock() - t0
         self.cycles += 1
         self.last_cycle = self.now
@@ -311,15 +319,14 @@ class Simulator:
 
     def _apply(self, decision: Decision) -> None:
         for pre in decision.preemptions:
-            if pre.job_id in self.snap.running:
-                self._interrupt(pre.job_id, "preempted")
+            self._interrupt(pre.job_id, "preempted", give=False)
         for adm in decision.admissions:
             self._start(adm)
 
     def _start(self, adm: Admission) -> None:
         job = self.queue.remove(adm.job_id)
         lv = self.live[adm.job_id]
-        self.snap.start(job, adm.placement, self.now, adm.borrowed, adm.guaranteed)
+        self.snap.start(job, adm.placement, self.now, adm.borrowed, adm.guaranteed, take=False)
         if lv.first_start_s < 0:
             lv.first_start_s = adm.start_at_s
         lv.held_since_s = self.now
