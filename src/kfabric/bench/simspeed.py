@@ -10,15 +10,20 @@ from kfabric.sched.presets import PRESETS
 from kfabric.sim.engine import SimOptions
 from kfabric.sim.run import default_start, simulate
 from kfabric.sim.workload import Workload
-from kfabric.traces.national import synthetic_national
+from kfabric.traces.national import national_arrays, synthetic_national
 
 
 def national_jobs(n: int, seed: int) -> tuple[Workload, float]:
     """About ``n`` jobs of the synthetic national workload on korea-2030, and the days they span."""
     scenario = load_scenario("korea-2030")
-    probe = synthetic_national(scenario, 1.0, seed)
-    per_day = max(len(probe.jobs), 1)
+    per_day = max(len(national_arrays(scenario, 1.0, seed).submit_s), 1)
     days = max(n / per_day, 0.01)
+    # arrivals vary by weekday and grow with the capacity online: stretch the window until it holds n jobs
+    for _ in range(8):
+        have = len(national_arrays(scenario, days, seed).submit_s)
+        if have >= n:
+            break
+        days *= n / max(have, 1) * 1.02
     workload = synthetic_national(scenario, days, seed)
     jobs = workload.jobs[:n]
     return Workload(workload.name, jobs, workload.tenants, workload.description), days

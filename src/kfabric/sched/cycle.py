@@ -23,7 +23,7 @@ import numpy as np
 
 from kfabric.model.decision import Admission, Decision, Placement, Preemption, Reservation
 from kfabric.model.fleet import Sharing
-from kfabric.model.job import MILLI_PER_GPU, Job, PriorityClass
+from kfabric.model.job import MILLI_PER_GPU, Job, MinTopology, PriorityClass
 from kfabric.model.reasons import PendingReason, ReasonCode
 from kfabric.sched import fairshare
 from kfabric.sched.eligibility import Eligibility, eligible_pools, placement_rule
@@ -34,6 +34,7 @@ from kfabric.sched.profile import Profile
 from kfabric.sched.queue import PendingQueue
 from kfabric.sched.reasons import PendingReasons
 from kfabric.sched.registry import ORDERINGS, PLACEMENTS
+from kfabric.sched.request import node_counts
 from kfabric.sched.rules import GrantRules
 from kfabric.sched.snapshot import RunningJob, Snapshot
 from kfabric.sched.victims import VICTIM_CANDIDATES, VictimTable
@@ -69,7 +70,7 @@ def cycle(snapshot: Snapshot, pending: PendingQueue, policy: Policy, now_s: floa
         cap.logging = was_logging
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _PoolChoice:
     pool: int
     borrowed: bool
@@ -105,6 +106,11 @@ class _Cycle:
         self.unreserved = self._unreserved()
         self.site_cap_kw = [site.cap_kw + 1e-9 for site in self.cap.sites]
         self._host_cache: dict[tuple[int, ...], tuple[int, int]] = {}
+        #: per pool: its choice as own, borrowed and guaranteed capacity (immutable, made once per cycle)
+        self._choice_objs = [
+            (_PoolChoice(pi, False, False), _PoolChoice(pi, True, False), _PoolChoice(pi, False, True))
+            for pi in range(len(self.cap.pools))
+        ]
         self._rules: dict[tuple[int, object], str] = {}
         #: per pool, what choosing it looks at: site, kW per GPU, shared?, GPU model, owner
         self._pool_meta = [
@@ -351,7 +357,13 @@ class _Cycle:
         own_first: list[_PoolChoice] = []
         borrow: list[_PoolChoice] = []
         quota_reason = power_reason = None
-        site_kw, site_cap, blocked, meta = self.cap.site_kw, self.site_cap_kw, self.blocked_pools, self._pool_meta
+        site_kw, site_cap, blocked, meta = (
+            self.cap.site_kw.tolist(),
+            self.site_cap_kw,
+            self.blocked_pools,
+            self._pool_meta,
+        )
+        made = self._choice_objs
         reserved_models = self._reserved_models(project)
         shared_used, unreserved = self.shared_used, self.unreserved
         for pi in pools:
@@ -392,15 +404,19 @@ class _Cycle:
                         f"(limit {limit:g}); waiting for its own work to finish",
                     )
                     continue
-                borrow.append(_PoolChoice(pi, True, False))
+                borrow.append(made[pi][1])
             else:
-                own_first.append(_PoolChoice(pi, False, guaranteed))
+                own_first.append(made[pi][2 if guaranteed else 0])
         own_first.extend(borrow)
         return own_first, quota_reason, power_reason
 
-    def _try_place(self, job: Job, choices: list[_PoolChoice]) -> tuple[Placement, _PoolChoice] | None:
+    def _try_place(
+        self, job: Job, choices: list[_PoolChoice], prefilter: bool = False
+    ) -> tuple[Placement, _PoolChoice] | None:
         """Place on non-borrowed pools first. A pool holding reservations takes the job only if its
-        availability profile holds it over the whole time limit (backfill never delays a reservation)."""
+        availability profile holds it over the whole time limit (backfill never delays a reservation).
+        ``prefilter``: first drop pools that cannot hold the job's shape (:meth:`_may_fit`), for callers that
+        retry the same job many times (preemption trials)."""
         usable = choices
         if self.profiles:
             usable = []
@@ -420,12 +436,37 @@ class _Cycle:
                 continue
             # a job that names no CPU/memory gets the default per GPU, but never more than its node's share
             cpu, mem = self._host_per_gpu(group)
-            req = PlaceRequest(job, group, cpu, mem, task_types=self.task_types)
+            # pools without enough free nodes of the right size cannot hold it: not worth a placement search
+            fit = [pi for pi in group if self._may_fit(pi, job)] if prefilter else group
+            if not fit:
+                continue
+            req = PlaceRequest(job, fit, cpu, mem, task_types=self.task_types)
             placement = self.place(self.cap, req)
             if placement is not None:
                 pi = self.cap.pool_by_name[placement.pool].index
                 return placement, next(c for c in usable if c.pool == pi)
         return None
+
+    def _may_fit(self, pool: int, job: Job) -> bool:
+        """A necessary condition for the job's GPUs to fit the pool now, from the free-GPU buckets: enough
+        GPU milli, and enough up nodes with enough whole free GPUs for each node of its shape."""
+        cap = self.cap
+        if cap.pool_milli[pool] < job.gpu_milli_total:
+            return False
+        if job.gpus == 0 or job.fractional:
+            return True
+        g = cap.pools[pool].gpus_per_node
+        counts = node_counts(job, g)
+        if counts is None:
+            return False
+        buckets = cap.buckets[pool]
+        full = len(cap.fresh[pool]) + len(buckets[g])
+        if full >= len(counts):
+            return True
+        smallest = counts[-1]
+        if smallest == g or full < counts.count(g):
+            return False
+        return full + sum(len(buckets[w]) for w in range(smallest, g)) >= len(counts)
 
     def _host_per_gpu(self, group: list[int]) -> tuple[int, int]:
         """CPU milli and memory MiB per GPU for jobs that name none: the default, capped by the smallest
@@ -543,6 +584,14 @@ class _Cycle:
         for run in victims:
             releasable[cap.pool_by_name[run.placement.pool].index] += run.milli
         hopeful = {pi for pi, milli in releasable.items() if cap.pool_milli[pi] + milli >= need}
+        # and only pools where the job fits once every candidate victim there is gone: freeing less never
+        # makes it fit better, so one trial per pool spares the per-victim retries of a search that must fail
+        for pi in sorted(hopeful):
+            mine = [r for r in victims if cap.pool_by_name[r.placement.pool].index == pi]
+            if not self._may_fit_without(job, pi, mine) or not self._fits_without(
+                job, [c for c in choices if c.pool == pi], mine
+            ):
+                hopeful.discard(pi)
         victims = [r for r in victims if cap.pool_by_name[r.placement.pool].index in hopeful]
         if not victims:
             return False
@@ -556,7 +605,7 @@ class _Cycle:
             pool = cap.pool_by_name[run.placement.pool].index
             if cap.pool_milli[pool] < need:
                 continue
-            placed = self._try_place(job, [c for c in choices if c.pool == pool])
+            placed = self._try_place(job, [c for c in choices if c.pool == pool], prefilter=True)
             if placed is None:
                 continue
             kept = self._minimize(freed, placed[0])
@@ -577,6 +626,74 @@ class _Cycle:
         for run in freed:
             self._release_early(run, False)
         return False
+
+    def _may_fit_without(self, job: Job, pool: int, runs: list[RunningJob]) -> bool:
+        """A necessary condition (counts only, nothing changed) for the job's GPUs to fit the pool with
+        ``runs`` gone: each node's whole free GPUs grow by at most the GPUs the runs hold there; a gang
+        limited to one rack or unit needs one with enough fully free nodes."""
+        if job.gpus == 0 or job.fractional:
+            return True
+        cap = self.cap
+        p = cap.pools[pool]
+        g = p.gpus_per_node
+        counts = node_counts(job, g)
+        if counts is None:
+            return False
+        freed: dict[int, int] = defaultdict(int)
+        for run in runs:
+            for sh in run.placement.shares:
+                freed[sh.node] += len(sh.gpus)
+        whole, up = cap._whole, cap._up
+        buckets = cap.buckets[pool]
+        full = len(cap.fresh[pool]) + len(buckets[g])
+        smallest = counts[-1]
+        enough = full + sum(len(buckets[w]) for w in range(smallest, g))
+        rack_gain: dict[int, int] = defaultdict(int)
+        unit_gain: dict[int, int] = defaultdict(int)
+        for node, n in freed.items():
+            if not up[node]:
+                continue
+            before = whole[node]
+            after = min(g, before + n)
+            if before < g <= after:
+                full += 1
+                rack_gain[cap._rack_of[node]] += 1
+                unit_gain[cap._unit_of[node]] += 1
+            if before < smallest <= after:
+                enough += 1
+        if full < counts.count(g) or enough < len(counts):
+            return False
+        need_full = counts.count(g)
+        if len(counts) == 1 or need_full == 0:
+            return True
+        if job.min_topology == MinTopology.RACK:
+            counters, first, gain = cap.rack_full[p.first_rack : p.first_rack + p.racks], p.first_rack, rack_gain
+        elif job.min_topology == MinTopology.UNIT:
+            counters, first, gain = cap.unit_full[p.first_unit : p.first_unit + p.units], p.first_unit, unit_gain
+        else:
+            return True
+        best = int(counters.max()) if counters.size else 0
+        for domain, n in gain.items():
+            best = max(best, int(counters[domain - first]) + n)
+        return best >= need_full
+
+    def _fits_without(self, job: Job, choices: list[_PoolChoice], runs: list[RunningJob]) -> bool:
+        """Would the job fit ``choices`` with ``runs`` off their GPUs? (A trial, undone before returning; the
+        bound flags are left as they were.)"""
+        cap = self.cap
+        mark = cap.mark()
+        for run in runs:
+            for s in run.placement.shares:
+                cap.give(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+            self._release_early(run, True)
+        bound = self._job_bound, self._profile_bound, self._other_bound
+        try:
+            return self._try_place(job, choices, prefilter=True) is not None
+        finally:
+            self._job_bound, self._profile_bound, self._other_bound = bound
+            cap.rollback(mark)
+            for run in runs:
+                self._release_early(run, False)
 
     def _preemption_reason(self, job: Job, victim: RunningJob) -> str:
         if victim.borrowed:

@@ -25,7 +25,7 @@ def gang(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, counts: list[i
     n = len(counts)
     g = p.gpus_per_node
     cpu, mem = host_share(job, req, counts[0])
-    full_needed = sum(1 for c in counts if c == g)
+    full_needed = counts.count(g)
     # the largest domain the job may span (nodes); levels larger than it are never tried
     limit = {
         MinTopology.NODE: 1,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from kfabric.model.job import MILLI_PER_GPU
 from kfabric.sched.snapshot import RunningJob
 
 #: victims considered per preemption attempt (cheapest first)
@@ -37,18 +38,38 @@ class VictimTable:
     def build(cls, running: list[RunningJob], now_s: float, attained: Mapping[str, float]) -> VictimTable:
         runs = [r for r in running if r.job.preemptible]
         n = len(runs)
+        # one pass over the objects for raw columns; lost work and service computed on the columns, exactly
+        # as RunningJob.lost_work_gpu_s does one job
+        raw = np.array(
+            [
+                (
+                    int(r.job.priority),
+                    r.borrowed,
+                    r.guaranteed,
+                    r.start_s,
+                    r.last_checkpoint_s,
+                    r.job.checkpoint_interval_s or 0.0,
+                    r.milli,
+                    attained.get(r.job.id, 0.0),
+                )
+                for r in runs
+            ],
+            dtype=np.float64,
+        ).reshape(n, 8)
+        start, last, interval = raw[:, 3], raw[:, 4], raw[:, 5]
+        gpus = raw[:, 6] / MILLI_PER_GPU
+        ran = np.maximum(0.0, now_s - start)
+        has = interval > 0
+        periodic = np.where(has, start + (ran // np.where(has, interval, 1.0)) * interval, start)
+        since = np.maximum(last, periodic)
         return cls(
             runs=runs,
-            priority=np.fromiter((int(r.job.priority) for r in runs), dtype=np.int64, count=n),
-            borrowed=np.fromiter((r.borrowed for r in runs), dtype=bool, count=n),
-            guaranteed=np.fromiter((r.guaranteed for r in runs), dtype=bool, count=n),
-            start_s=np.fromiter((r.start_s for r in runs), dtype=np.float64, count=n),
-            lost=np.fromiter((r.lost_work_gpu_s(now_s) for r in runs), dtype=np.float64, count=n),
-            service=np.fromiter(
-                (attained.get(r.job.id, 0.0) + max(0.0, now_s - r.start_s) * r.gpus for r in runs),
-                dtype=np.float64,
-                count=n,
-            ),
+            priority=raw[:, 0].astype(np.int64),
+            borrowed=raw[:, 1] > 0,
+            guaranteed=raw[:, 2] > 0,
+            start_s=start.copy(),
+            lost=np.maximum(0.0, now_s - since) * gpus,
+            service=raw[:, 7] + ran * gpus,
         )
 
     def candidates(
