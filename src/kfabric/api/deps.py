@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from kfabric.service.actors import Actor
 from kfabric.service.auth import authenticate, hash_token
@@ -57,17 +58,22 @@ class Ctx:
         return self.rt.clock()
 
 
-def ctx(
+def _authenticate(rt: Runtime, token: str | None) -> Actor:
+    with rt.sessions() as s:
+        return authenticate(s, token)
+
+
+async def ctx(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Ctx:
+    """The caller. Async, so that a cached token costs no thread hand-off; a lookup runs in the thread pool."""
     rt = runtime(request)
     token = creds.credentials if creds else None
     key = hash_token(token) if token else ""
     actor = _cache.get(key) if token else None
     if actor is None:
-        with rt.sessions() as s:
-            actor = authenticate(s, token)
+        actor = await run_in_threadpool(_authenticate, rt, token)
         _cache.put(key, actor)
     return Ctx(rt, actor)
 

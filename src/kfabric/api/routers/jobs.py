@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from kfabric.api.deps import Caller
 from kfabric.api.schemas import JobCreate, JobEventPublic, JobPublic, NodePublic, ShortText
@@ -57,14 +59,17 @@ def _user(c: Caller, user_id: int) -> str:
 
 
 @router.post("", status_code=201, response_model=JobPublic)
-def submit(body: JobCreate, c: Caller, response: Response) -> JobPublic:
+async def submit(body: JobCreate, c: Caller) -> Response:
     """Submit a job. With ``client_key``, a repeated submission returns the first one's job (200, not 201)."""
-    row, created = jobs.submit(c.rt.sessions, c.actor, body.project, body.spec(), c.now, body.client_key)
-    if not created:
-        response.status_code = 200
+    # checked here, queued for the next group commit (kfabric.service.submissions), answered once committed;
+    # async: the request waits on its batch without holding a thread
+    sub = jobs.prepare(c.actor, body.project, body.spec(), c.now, body.client_key)
+    row, created = await asyncio.wrap_future(jobs.enqueue(c.rt.sessions, sub))
     # the submitter is the job's user unless the client key was first used by someone else: no second query
-    user = c.actor.name if row.user_id == c.actor.user_id else _user(c, row.user_id)
-    return job_public(row, body.project, user, c.rt.controller.node_names)
+    user = c.actor.name if row.user_id == c.actor.user_id else await run_in_threadpool(_user, c, row.user_id)
+    public = job_public(row, body.project, user, c.rt.controller.node_names)
+    # serialized here (pydantic-core) instead of validated again against the response model
+    return Response(public.model_dump_json(), status_code=201 if created else 200, media_type="application/json")
 
 
 @router.get("", response_model=list[JobPublic])
