@@ -242,3 +242,27 @@ def test_concurrent_submitters(store: Store) -> None:
     assert created_n == keys
     assert store.count(t.Job) == keys and store.count(t.JobEvent) == keys
     assert store.verify() == keys
+
+
+class _WriterBug(BaseException):
+    """Not an ``Exception``: escapes the batch's own error handling, as a bug in the writer would."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the bug ends its thread
+def test_a_failing_writer_fails_its_batch_and_the_queue_goes_on(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = submissions.commit_batch
+    calls: list[int] = []
+
+    def first_fails(sessions: sessionmaker[Session], batch: list[Submission]) -> list[Any]:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise _WriterBug
+        return real(sessions, batch)
+
+    monkeypatch.setattr(submissions, "commit_batch", first_fails)
+    committer = GroupCommitter(jobs._submit_alone)
+    doomed = committer.enqueue(store.sessions, store.sub("op", "pa", "a"))
+    with pytest.raises(RuntimeError, match="writer failed"):
+        doomed.result(timeout=30)
+    _row, created = committer.enqueue(store.sessions, store.sub("op", "pa", "a")).result(timeout=30)
+    assert created and store.count(t.Job) == 1 and store.verify() == 1

@@ -273,11 +273,14 @@ class GroupCommitter:
         with self._cv:
             self._queue.append((sessions, sub))
             if self._writer is None:
-                self._writer = threading.Thread(target=self._run, name="kfabric-submit-writer", daemon=True)
-                self._writer.start()
+                self._start()
             else:
                 self._cv.notify()
         return sub.future
+
+    def _start(self) -> None:  # holding self._cv
+        self._writer = threading.Thread(target=self._run, name="kfabric-submit-writer", daemon=True)
+        self._writer.start()
 
     def _take(self) -> list[tuple[sessionmaker[Session], Submission]]:
         with self._cv:
@@ -290,16 +293,29 @@ class GroupCommitter:
             return batch
 
     def _run(self) -> None:
-        while batch := self._take():
-            # members of one queue share their database; they may hold different sessionmakers of it
-            by_maker: dict[int, list[Submission]] = {}
-            makers: dict[int, sessionmaker[Session]] = {}
-            for sessions, sub in batch:
-                by_maker.setdefault(id(sessions), []).append(sub)
-                makers[id(sessions)] = sessions
-            for key, subs in by_maker.items():
-                self._commit(makers[key], subs)
-            del batch, by_maker, makers  # hold no store references while idle
+        batch: list[tuple[sessionmaker[Session], Submission]] = []
+        try:
+            while batch := self._take():
+                # members of one queue share their database; they may hold different sessionmakers of it
+                by_maker: dict[int, list[Submission]] = {}
+                makers: dict[int, sessionmaker[Session]] = {}
+                for sessions, sub in batch:
+                    by_maker.setdefault(id(sessions), []).append(sub)
+                    makers[id(sessions)] = sessions
+                for key, subs in by_maker.items():
+                    self._commit(makers[key], subs)
+                batch, by_maker, makers = [], {}, {}  # hold no store references while idle
+        finally:
+            # only if this writer itself failed (a bug): no request may wait forever, and the queue goes on
+            for _sessions, sub in batch:
+                if not sub.future.done():
+                    sub.future.set_exception(RuntimeError("the submission writer failed; retry the submission"))
+            with self._cv:
+                if self._writer is threading.current_thread():
+                    log.error("the submission writer failed; starting another")
+                    self._writer = None
+                    if self._queue:
+                        self._start()
 
     def _commit(self, sessions: sessionmaker[Session], subs: list[Submission]) -> None:
         live = [s for s in subs if s.future.set_running_or_notify_cancel()]
