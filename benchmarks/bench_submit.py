@@ -1,18 +1,21 @@
 """Job submissions per second and their latency over HTTP, against a real `kfabric serve` subprocess.
 
-    .venv/bin/python benchmarks/bench_submit.py                                  # both stores, 5,000 jobs, 16 threads
-    .venv/bin/python benchmarks/bench_submit.py --store sqlite --n 2000 --concurrency 8 --json
+    .venv/bin/python benchmarks/bench_submit.py                                  # both stores, 5,000 jobs, 16 conns
+    .venv/bin/python benchmarks/bench_submit.py --store sqlite --n 2000 --concurrency 8 --client both --json
     .venv/bin/python benchmarks/bench_submit.py --store postgresql --profile /tmp/prof   # + cProfile of the server
 
 The server runs the local fleet (4 declared GPUs) with `--tick 3600`: the controller ticks once at start, so
 the submitted jobs stay pending and nothing but the API works during the run. Each submission is a
-`POST /v1/jobs` of a trivial job (`true`, 1 GPU, 60 s) with a client key of its own, from `--concurrency` threads,
-each with its own keep-alive httpx connection. PostgreSQL is a private server (tests/pg_server.py's PgServer:
-fsync off, as in the tests). The client runs on the same machine as the server and takes CPU from it.
+`POST /v1/jobs` of a trivial job (`true`, 1 GPU, 60 s) with a client key of its own, over `--concurrency`
+keep-alive connections. PostgreSQL is a private server (tests/pg_server.py's PgServer: fsync off, as in the
+tests). The client runs on the same machine as the server and takes CPU from it: `--client httpx` (default)
+is a thread per connection with its own httpx client (~1 ms of CPU per request); `--client raw` one asyncio
+loop writing HTTP/1.1 by hand (~0.1 ms), which measures the server rather than the client; `both` runs each
+against a fresh server (results `STORE` and `STORE-raw`).
 
 Reported: jobs/s (submissions over the wall time of the measured phase), latency p50/p99/max per request
-(client side), and the server's CPU time per submission. Target of the issue: >= 1,000 jobs/s, p99 < 50 ms.
-Run by hand; nothing here is asserted in tests.
+(client side), and the CPU time per submission of the server and of this (client) process. Target of the
+issue: >= 1,000 jobs/s, p99 < 50 ms. Run by hand; nothing here is asserted in tests.
 """
 
 from __future__ import annotations
