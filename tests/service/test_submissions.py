@@ -266,3 +266,8 @@ def test_a_failing_writer_fails_its_batch_and_the_queue_goes_on(store: Store, mo
         doomed.result(timeout=30)
     _row, created = committer.enqueue(store.sessions, store.sub("op", "pa", "a")).result(timeout=30)
     assert created and store.count(t.Job) == 1 and store.verify() == 1
+
+
+def test_the_batch_insert_names_every_job_column() -> None:
+    """The batch writes jobs with its own SQL: a column added to ``jobs`` must be added there too."""
+    assert sorted(submissions.JOB_COLUMNS) == sorted(c.name for c in t.Job.__table__.columns if c.name != "id")

@@ -12,9 +12,11 @@ concurrent writer outside this process took a client key first), each member is 
 transaction, so one bad submission fails alone. Idempotency by ``(project, client_key)`` holds inside a batch
 too: the second request with a key the batch already creates gets the first one's job (``created`` False).
 
-The statements are SQLAlchemy Core (one ``SELECT`` for the batch's projects, one for its client keys, one
-multi-row ``INSERT ... RETURNING`` for the jobs, one each for their audit entries and events, and the chain-head
-update); the answers are detached :class:`kfabric.store.tables.Job` objects built from the inserted values.
+A batch is one ``SELECT`` for its projects, one for its client keys, the job inserts (their ids returned), the
+chain-head read (``FOR UPDATE`` on PostgreSQL), one ``executemany`` each for the audit entries and the events,
+and the chain-head update, written as SQL for the DB-API cursor of the transaction's connection (see
+:class:`_Statements`). The answers are detached :class:`kfabric.store.tables.Job` objects built from the
+inserted values.
 """
 
 from __future__ import annotations
