@@ -9,12 +9,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from sqlalchemy import func, select, text
 
 from kfabric.api import errors
+from kfabric.api.fast_submit import FastSubmit
 from kfabric.api.routers import audit, fleet, jobs, programs, tenancy, usage
 from kfabric.service.runtime import Runtime
 from kfabric.store import tables as t
 
 
-def create_app(rt: Runtime) -> FastAPI:
+def create_app(rt: Runtime, fast_submit: bool = True) -> FastAPI:
+    """The application; ``fast_submit=False`` leaves ``POST /v1/jobs`` to FastAPI alone (tests compare the two)."""
     app = FastAPI(
         title="kfabric",
         version="1",
@@ -24,6 +26,8 @@ def create_app(rt: Runtime) -> FastAPI:
     errors.install(app)
     for r in (fleet.router, tenancy.router, programs.router, jobs.router, usage.router, audit.router):
         app.include_router(r)
+    if fast_submit:
+        app.add_middleware(FastSubmit, runtime=rt)  # POST /v1/jobs without FastAPI's per-request machinery
     registry = CollectorRegistry()
     jobs_gauge = Gauge("kfabric_jobs", "jobs by state", ["state"], registry=registry)
     pending_gauge = Gauge("kfabric_pending_queue", "jobs in the scheduler's queue", registry=registry)

@@ -9,6 +9,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.concurrency import run_in_threadpool
 
 from kfabric.service.actors import Actor
 from kfabric.service.auth import authenticate, hash_token
@@ -57,17 +59,31 @@ class Ctx:
         return self.rt.clock()
 
 
-def ctx(
+def cached_actor(authorization: str | None) -> Actor | None:
+    """The caller of an ``Authorization`` header if it is a bearer token authenticated less than
+    :data:`AUTH_CACHE_S` ago (what :func:`ctx` would find); None otherwise."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    if not (scheme and token) or scheme.lower() != "bearer":
+        return None
+    return _cache.get(hash_token(token))
+
+
+def _authenticate(rt: Runtime, token: str | None) -> Actor:
+    with rt.sessions() as s:
+        return authenticate(s, token)
+
+
+async def ctx(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Ctx:
+    """The caller. Async, so that a cached token costs no thread hand-off; a lookup runs in the thread pool."""
     rt = runtime(request)
     token = creds.credentials if creds else None
     key = hash_token(token) if token else ""
     actor = _cache.get(key) if token else None
     if actor is None:
-        with rt.sessions() as s:
-            actor = authenticate(s, token)
+        actor = await run_in_threadpool(_authenticate, rt, token)
         _cache.put(key, actor)
     return Ctx(rt, actor)
 

@@ -27,6 +27,13 @@ def body(code: str, message: str, where: str = "", fix: str = "") -> dict[str, d
     return {"error": {"code": code, "message": message, "where": where, "fix": fix}}
 
 
+def domain_response(exc: KfabricError) -> JSONResponse:
+    """The answer to a domain error (also used outside the exception handlers, by api/fast_submit.py)."""
+    status, content = _answer(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
 def _answer(exc: Exception) -> tuple[int, dict[str, dict[str, str]]]:
     if isinstance(exc, ValidationError):
         return 422, body("invalid", exc.problem, exc.where, exc.fix)
@@ -46,9 +53,7 @@ def _answer(exc: Exception) -> tuple[int, dict[str, dict[str, str]]]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(KfabricError)
     async def domain_error(_request: Request, exc: KfabricError) -> JSONResponse:
-        status, content = _answer(exc)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return JSONResponse(content, status_code=status, headers=headers)
+        return domain_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

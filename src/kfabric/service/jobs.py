@@ -3,8 +3,7 @@ the same key returns the job the first call created, whatever happened to the fi
 
 from __future__ import annotations
 
-import contextlib
-import threading
+from concurrent.futures import Future
 from typing import Any
 
 from sqlalchemy import select
@@ -16,21 +15,10 @@ from kfabric.model.job import JobState, check_transition
 from kfabric.service import audit
 from kfabric.service.actors import Actor, Role
 from kfabric.service.jobspec import build_job
+from kfabric.service.submissions import Submission, committer
 from kfabric.store import tables as t
 
 FINAL = {s.value for s in JobState if s.final}
-
-#: SQLite has one writer at a time and its busy handler waits by sleeping (1 ms, growing to 100 ms per try), so
-#: concurrent submissions starve each other into seconds of latency: this process queues them on a lock instead
-#: (PostgreSQL queues waiters without polling; the audit chain head serializes their commits anyway)
-_SQLITE_SUBMISSIONS = threading.Lock()
-
-
-def _one_at_a_time(sessions: sessionmaker[Session]) -> contextlib.AbstractContextManager[object]:
-    bind = sessions.kw.get("bind")
-    if bind is not None and bind.dialect.name == "sqlite":
-        return _SQLITE_SUBMISSIONS
-    return contextlib.nullcontext()
 
 
 def _project(session: Session, actor: Actor, name: str) -> t.Project:
@@ -38,6 +26,27 @@ def _project(session: Session, actor: Actor, name: str) -> t.Project:
     if project is None or not actor.sees_project(project.id, project.organization_id):
         raise NotFound("project", name, "kfabric projects lists the projects you belong to")
     return project
+
+
+def prepare(
+    actor: Actor, project_name: str, spec: dict[str, Any], now_s: float, client_key: str | None = None
+) -> Submission:
+    """Check a submission before it queues (role, client key, every spec field); raises naming the problem."""
+    if actor.role not in (Role.OPERATOR, Role.ORG_ADMIN, Role.MEMBER):
+        raise PermissionDenied("submit jobs", f"the {actor.role.value} role does not run work")
+    if client_key is not None and not (0 < len(client_key) <= 200):
+        raise ValidationError("client_key", "must be 1..200 characters", "use a UUID per logical submission")
+    try:
+        build_job("new", project_name, actor.name, spec, now_s)  # validates; raises naming the field
+    except ValidationError as e:  # the model names fields of "job 'new'" (no id yet): say "job.<field>"
+        raise ValidationError(e.where.replace("job 'new'", "job", 1), e.problem, e.fix) from None
+    return Submission(actor, project_name, spec, now_s, client_key)
+
+
+def enqueue(sessions: sessionmaker[Session], sub: Submission) -> Future[tuple[t.Job, bool]]:
+    """Queue a prepared submission for the next group commit (:mod:`kfabric.service.submissions`); the future
+    resolves to ``(job, created)`` once its batch committed, or to the submission's own error."""
+    return committer(sessions, _submit_alone).enqueue(sessions, sub)
 
 
 def submit(
@@ -48,22 +57,21 @@ def submit(
     now_s: float,
     client_key: str | None = None,
 ) -> tuple[t.Job, bool]:
-    """Create a pending job; returns ``(job, created)``. ``created`` is False for a repeated client key."""
-    if actor.role not in (Role.OPERATOR, Role.ORG_ADMIN, Role.MEMBER):
-        raise PermissionDenied("submit jobs", f"the {actor.role.value} role does not run work")
-    if client_key is not None and not (0 < len(client_key) <= 200):
-        raise ValidationError("client_key", "must be 1..200 characters", "use a UUID per logical submission")
+    """Create a pending job; returns ``(job, created)``. ``created`` is False for a repeated client key.
+    Returns after the job is committed (with whatever other submissions shared its transaction)."""
+    return enqueue(sessions, prepare(actor, project_name, spec, now_s, client_key)).result()
+
+
+def _submit_alone(sessions: sessionmaker[Session], sub: Submission) -> tuple[t.Job, bool]:
+    """One submission in a transaction of its own (the fallback when its batch failed): the ORM path."""
+    actor, client_key, spec, now_s = sub.actor, sub.client_key, sub.spec, sub.now_s
     try:
-        with _one_at_a_time(sessions), sessions.begin() as session:
-            project = _project(session, actor, project_name)
+        with sessions.begin() as session:
+            project = _project(session, actor, sub.project_name)
             if client_key is not None:
                 found = _by_key(session, project.id, client_key)
                 if found is not None:
                     return found, False
-            try:
-                build_job("new", project.name, actor.name, spec, now_s)  # validates; raises naming the field
-            except ValidationError as e:  # the model names fields of "job 'new'" (no id yet): say "job.<field>"
-                raise ValidationError(e.where.replace("job 'new'", "job", 1), e.problem, e.fix) from None
             row = t.Job(
                 project_id=project.id,
                 user_id=actor.user_id,
@@ -86,7 +94,7 @@ def submit(
             raise
     # a concurrent request with the same client key won the race: return its job
     with sessions.begin() as session:
-        project = _project(session, actor, project_name)
+        project = _project(session, actor, sub.project_name)
         found = _by_key(session, project.id, client_key)
         if found is None:
             raise Conflict("client_key", "a concurrent submission with this key failed", "retry the submission")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from kfabric.api.deps import Caller
 from kfabric.api.schemas import JobCreate, JobEventPublic, JobPublic, NodePublic, ShortText
 from kfabric.service import jobs
+from kfabric.service.actors import Actor
+from kfabric.service.runtime import Runtime
+from kfabric.service.submissions import Submission
 from kfabric.store import tables as t
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -51,20 +56,28 @@ def job_public(row: t.Job, project: str, user: str, node_names: list[str]) -> Jo
     )
 
 
-def _user(c: Caller, user_id: int) -> str:
-    with c.rt.sessions() as s:
+def _user(rt: Runtime, user_id: int) -> str:
+    with rt.sessions() as s:
         return s.scalar(select(t.User.name).where(t.User.id == user_id)) or ""
 
 
 @router.post("", status_code=201, response_model=JobPublic)
-def submit(body: JobCreate, c: Caller, response: Response) -> JobPublic:
+async def submit(body: JobCreate, c: Caller) -> Response:
     """Submit a job. With ``client_key``, a repeated submission returns the first one's job (200, not 201)."""
-    row, created = jobs.submit(c.rt.sessions, c.actor, body.project, body.spec(), c.now, body.client_key)
-    if not created:
-        response.status_code = 200
+    sub = jobs.prepare(c.actor, body.project, body.spec(), c.now, body.client_key)
+    return await submission_answer(c.rt, c.actor, body.project, sub)
+
+
+async def submission_answer(rt: Runtime, actor: Actor, project: str, sub: Submission) -> Response:
+    """Queue a checked submission for the next group commit (kfabric.service.submissions) and answer once it is
+    committed. Async: the request waits for its batch without holding a thread. Also the fast path's answer
+    (api/fast_submit.py)."""
+    row, created = await asyncio.wrap_future(jobs.enqueue(rt.sessions, sub))
     # the submitter is the job's user unless the client key was first used by someone else: no second query
-    user = c.actor.name if row.user_id == c.actor.user_id else _user(c, row.user_id)
-    return job_public(row, body.project, user, c.rt.controller.node_names)
+    user = actor.name if row.user_id == actor.user_id else await run_in_threadpool(_user, rt, row.user_id)
+    public = job_public(row, project, user, rt.controller.node_names)
+    # serialized here (pydantic-core) instead of validated again against the response model
+    return Response(public.model_dump_json(), status_code=201 if created else 200, media_type="application/json")
 
 
 @router.get("", response_model=list[JobPublic])
