@@ -17,7 +17,8 @@ from kfabric.store import tables as t
 GENESIS = "0" * 64
 
 
-def _digest(prev: str, at_s: float, actor: str, action: str, obj_type: str, obj_id: str, detail: Any) -> str:
+def entry_digest(prev: str, at_s: float, actor: str, action: str, obj_type: str, obj_id: str, detail: Any) -> str:
+    """The hash of one audit entry, chained to the previous entry's hash (also used by the batched submit path)."""
     body = json.dumps([at_s, actor, action, obj_type, obj_id, detail], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256((prev + body).encode()).hexdigest()
 
@@ -38,7 +39,7 @@ def record(
         head = t.ChainHead(id=1, hash=GENESIS, count=0)
         session.add(head)
     detail = detail or {}
-    digest = _digest(head.hash, now_s, actor, action, object_type, str(object_id), detail)
+    digest = entry_digest(head.hash, now_s, actor, action, object_type, str(object_id), detail)
     entry = t.AuditEntry(
         at_s=now_s,
         actor=actor,
@@ -64,7 +65,7 @@ def verify_chain(session: Session) -> int:
     for e in session.scalars(select(t.AuditEntry).order_by(t.AuditEntry.id)).yield_per(1000):
         if e.prev_hash != prev:
             raise Conflict(f"audit entry {e.id}", "does not link to the entry before it (an entry was removed)")
-        if _digest(prev, e.at_s, e.actor, e.action, e.object_type, e.object_id, e.detail) != e.hash:
+        if entry_digest(prev, e.at_s, e.actor, e.action, e.object_type, e.object_id, e.detail) != e.hash:
             raise Conflict(f"audit entry {e.id}", "its hash does not match its content (it was edited)")
         prev = e.hash
         n += 1

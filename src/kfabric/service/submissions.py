@@ -37,7 +37,7 @@ from sqlalchemy.orm.instrumentation import manager_of_class
 from kfabric.model.errors import KfabricError, NotFound
 from kfabric.model.job import JobState
 from kfabric.service.actors import Actor
-from kfabric.service.audit import GENESIS, _digest
+from kfabric.service.audit import GENESIS, entry_digest
 from kfabric.store import tables as t
 
 log = logging.getLogger("kfabric.submissions")
@@ -236,7 +236,7 @@ def commit_batch(sessions: sessionmaker[Session], batch: Sequence[Submission]) -
                 events: list[tuple[Any, ...]] = []
                 for (i, sub, org, values), job_id in zip(new, ids, strict=True):
                     name, object_id = sub.actor.name, str(job_id)
-                    digest = _digest(prev, sub.now_s, name, "job.submit", "job", object_id, {})
+                    digest = entry_digest(prev, sub.now_s, name, "job.submit", "job", object_id, {})
                     entries.append((sub.now_s, name, "job.submit", "job", object_id, org, "{}", prev, digest))
                     events.append((job_id, sub.now_s, "", "pending", "submitted"))
                     prev = digest
