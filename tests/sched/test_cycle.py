@@ -594,6 +594,71 @@ def test_one_victim_is_not_preempted_twice() -> None:
     assert admitted(d) == {"h1": [(0, (4, 5, 6, 7))], "h2": [(0, (0, 1, 2, 3))]}
 
 
+# ---- preemption for gangs: victims chosen by whole node --------------------------------------------------------
+def _two_racks(ages_h: dict[int, float]) -> Snapshot:
+    """Two racks of two 8-GPU nodes, one unit each. Every node runs two LOW 4-GPU jobs, ``n{node}a`` and
+    ``n{node}b``, started ``ages_h[node]`` hours ago (default 2 h) and never checkpointed."""
+    snap = snapshot_of(hgx_fleet(nodes=4, nodes_per_rack=2, racks_per_unit=1))
+    for node in range(4):
+        age = ages_h.get(node, 2.0)
+        running(snap, f"n{node}a", "p", node, (0, 1, 2, 3), age, priority=LOW)
+        running(snap, f"n{node}b", "p", node, (4, 5, 6, 7), age, priority=LOW)
+    return snap
+
+
+@pytest.mark.parametrize(
+    ("ages_h", "edits", "nodes"),
+    [
+        ({0: 3.0, 1: 3.0}, {}, (2, 3)),  # rack 1 loses less work
+        ({2: 3.0, 3: 3.0}, {}, (0, 1)),  # rack 0 loses less work
+        ({0: 3.0, 1: 3.0}, {"n3b": {"preemptible": False}}, (0, 1)),  # rack 1 cannot be emptied
+        ({0: 3.0, 1: 3.0}, {"n2a": {"start_s": NOW - 60.0}}, (0, 1)),  # rack 1 holds work under the minimum run time
+        ({}, {"n1a": {"last_checkpoint_s": NOW - 60.0}, "n1b": {"last_checkpoint_s": NOW - 60.0}}, (0, 1)),
+        ({0: 3.0, 1: 3.0}, {f"n{i}{h}": {"borrowed": True} for i in (0, 1) for h in "ab"}, (0, 1)),  # borrowed first
+    ],
+    ids=["cheaper-rack-1", "cheaper-rack-0", "non-preemptible", "min-run-time", "checkpointed", "borrowed-first"],
+)
+def test_a_gang_frees_the_cheapest_whole_nodes_of_one_domain(
+    ages_h: dict[int, float], edits: dict[str, dict[str, object]], nodes: tuple[int, int]
+) -> None:
+    snap = _two_racks(ages_h)
+    for job_id, changes in edits.items():
+        _edit(snap, job_id, **changes)
+    d = decide(snap, a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH).build())
+    assert sorted(p.job_id for p in d.preemptions) == sorted(f"n{n}{h}" for n in nodes for h in "ab")
+    assert sorted(node for node, _ in admitted(d)["gang"]) == list(nodes)
+
+
+def test_a_gang_uses_free_nodes_and_keeps_the_victims_it_does_not_need() -> None:
+    # node 0 free, node 1 busy; a 12-GPU gang (8 + 4) needs node 0 and half of node 1
+    snap = snapshot_of(hgx_fleet(nodes=2, nodes_per_rack=2, racks_per_unit=1))
+    running(snap, "lo-a", "p", 1, (0, 1, 2, 3), 2.0, priority=LOW)
+    running(snap, "lo-b", "p", 1, (4, 5, 6, 7), 2.0, priority=LOW)
+    d = decide(snap, a_job("gang").gpus(12).topology(MinTopology.RACK).priority(HIGH).build())
+    assert [p.job_id for p in d.preemptions] == ["lo-a"]
+    assert admitted(d) == {"gang": [(0, EIGHT), (1, (0, 1, 2, 3))]}
+
+
+def test_a_gang_may_displace_more_victims_than_a_single_node_job_considers() -> None:
+    # 40 nodes, each running eight LOW 1-GPU jobs: a 320-GPU job needs all 320 of them
+    snap = snapshot_of(hgx_fleet(nodes=40, nodes_per_rack=4, racks_per_unit=10))
+    for node in range(40):
+        for g in range(8):
+            running(snap, f"v{node:02d}-{g}", "p", node, (g,), 2.0, priority=LOW)
+    d = decide(snap, a_job("big").gpus(320).priority(HIGH).build())
+    assert len(d.preemptions) == 320 and {p.by_job for p in d.preemptions} == {"big"}
+    assert len(admitted(d)["big"]) == 40
+
+
+def test_a_gang_that_no_domain_can_hold_preempts_nothing() -> None:
+    snap = _two_racks({})
+    _edit(snap, "n0a", preemptible=False)
+    _edit(snap, "n3b", preemptible=False)
+    d = decide(snap, a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH).build())
+    assert d.preemptions == () and d.admissions == ()
+    assert codes(d) == {"gang": ReasonCode.RESERVATION}  # it waits for the running work to end instead
+
+
 # ---- quota: reservations, the national pool, borrowing, reclaim -------------------------------------------------
 def _reserved_pool(b2_started_h_ago: float = 1.0) -> Snapshot:
     """A shared 16-GPU pool; project a reserves 8. Project b runs 8 GPUs from the national pool (node 0) and 8

@@ -1,6 +1,8 @@
 """Preemption steps of a scheduling cycle: choosing victims (cheapest first, never younger than the
-minimum run time) and the undoable trial that frees them one by one until the job fits. Pools where the job
-cannot fit even with every candidate victim gone are skipped first (a count bound, then one trial)."""
+minimum run time) and the undoable trial that frees them until the job fits. A job that fits on one node
+frees candidates one by one, after pools where it cannot fit even with every candidate victim gone are
+skipped (a count bound, then one trial); a gang frees the cheapest whole nodes of one domain
+(``sched.node_victims``) in one trial per pool."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 from kfabric.model.decision import Placement, Preemption
 from kfabric.model.job import Job, MinTopology, PriorityClass
 from kfabric.sched.cycle_state import CycleState, PoolChoice
+from kfabric.sched.node_victims import cheapest_nodes
 from kfabric.sched.request import node_counts
 from kfabric.sched.snapshot import RunningJob
 from kfabric.sched.victims import VICTIM_CANDIDATES, VictimTable
@@ -25,55 +28,43 @@ class PreemptionSteps(CycleState):
             )
         return table
 
-    def _victims(self, job: Job, choices: list[PoolChoice]) -> list[RunningJob]:
+    def _victims(self, job: Job, choices: list[PoolChoice], reclaim_only: bool = False) -> list[RunningJob]:
         """Preemptible running work the job may displace, cheapest first: borrowed work, then the least work
-        lost since the last checkpoint. Jobs younger than the minimum run time are never chosen."""
+        lost since the last checkpoint. Jobs younger than the minimum run time are never chosen.
+        ``reclaim_only``: only borrowed work on pools the job may reclaim (no preemption by class or service)."""
         pol = self.policy
         picked: list[tuple[bool, float, str, RunningJob]] = []
-        need = job.gpu_milli_total
-        service = None
-        if pol.preempt_by_service:
-            thresholds = pol.las_thresholds_gpu_s
-            level = int(np.searchsorted(np.asarray(thresholds), self.snap.attained_gpu_s.get(job.id, 0.0), "right"))
-            service = (int(job.priority), level, thresholds)
         for c in choices:
-            claims = pol.reclaim and self._claims(job, c.pool)
-            if not claims and not pol.preempt_by_priority and not pol.preempt_by_service:
-                continue
             # cheap bound first: free capacity plus every eligible victim must be able to hold the job
-            bound = int(self.cap.pool_milli[c.pool])
-            classes = int(job.priority) + 1 if pol.preempt_by_service else int(job.priority)
-            if pol.preempt_by_priority or pol.preempt_by_service:
-                bound += sum(self.snap.preemptible_milli.get((c.pool, k), 0) for k in range(classes))
-            if claims:
-                bound += self.snap.borrowed_milli.get(c.pool, 0)
-            if bound < need:
+            if not self._worth_searching(job, c.pool, reclaim_only):
                 continue
+            claims = pol.reclaim and self._claims(job, c.pool)
             t = self._victim_table(c.pool)
-            below = int(job.priority) if pol.preempt_by_priority else None
-            for key in t.candidates(below, claims, self.now, pol.min_run_s, service):
-                if key[3].job.id not in self.victims:
-                    picked.append(key)
+            picked.extend(t.candidates(*self._victim_rules(job, claims, reclaim_only)))
         picked.sort(key=lambda x: x[:3])
         return [x[3] for x in picked[:VICTIM_CANDIDATES]]
 
     def _try_preempt(self, job: Job, choices: list[PoolChoice]) -> bool:
         """Reclaim (a reservation's owner taking back borrowed capacity) is always tried: the guarantee
-        depends on it. Preemption by priority class is bounded to ``max_preemption_attempts`` victim searches
-        per cycle."""
+        depends on it. Preemption by priority class or attained service is bounded to
+        ``max_preemption_attempts`` victim searches per cycle; past that bound a job that may reclaim still
+        searches borrowed work on the pools it may reclaim."""
         if job.priority == PriorityClass.SCAVENGER:
             return False
         pol = self.policy
         if not pol.preempt_by_priority and not pol.reclaim and not pol.preempt_by_service:
             return False
         claims = pol.reclaim and any(self._claims(job, c.pool) for c in choices)
-        if not claims:
-            if self.preemption_tries <= 0 or not (pol.preempt_by_priority or pol.preempt_by_service):
-                return False
+        full = (pol.preempt_by_priority or pol.preempt_by_service) and self.preemption_tries > 0
+        if full:
             self.preemption_tries -= 1
+        elif not claims:
+            return False
+        if self._spans_nodes(job, choices):
+            return self._preempt_nodes(job, choices, reclaim_only=not full)
         cap = self.cap
         need = job.gpu_milli_total
-        victims = self._victims(job, choices)
+        victims = self._victims(job, choices, reclaim_only=not full)
         # only pools where free capacity plus every candidate victim could hold the job are worth a trial
         releasable: dict[int, float] = defaultdict(float)
         for run in victims:
@@ -93,34 +84,119 @@ class PreemptionSteps(CycleState):
         mark = cap.mark()
         freed: list[RunningJob] = []
         for run in victims:
-            for s in run.placement.shares:
-                cap.give(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
-            self._release_early(run, True)
+            self._free(run)
             freed.append(run)
             pool = cap.pool_by_name[run.placement.pool].index
             if cap.pool_milli[pool] < need:
                 continue
             placed = self._try_place(job, [c for c in choices if c.pool == pool], prefilter=True)
-            if placed is None:
+            if placed is not None:
+                self._commit(job, freed, placed)
+                return True
+        self._undo(mark, freed)
+        return False
+
+    def _spans_nodes(self, job: Job, choices: list[PoolChoice]) -> bool:
+        """Does the job need several whole nodes on every pool it may use (so victims are chosen by node)?"""
+        if job.gpus == 0 or job.fractional:
+            return False
+        for c in choices:
+            counts = node_counts(job, self.cap.pools[c.pool].gpus_per_node)
+            if counts is not None and len(counts) < 2:
+                return False
+        return True
+
+    def _preempt_nodes(self, job: Job, choices: list[PoolChoice], reclaim_only: bool) -> bool:
+        """A gang's preemption: per pool, the cheapest whole nodes of one domain to free
+        (:func:`node_victims.cheapest_nodes`); pools tried cheapest first, one trial each."""
+        cap, pol = self.cap, self.policy
+        options: list[tuple[float, int, list[RunningJob]]] = []
+        for c in choices:
+            p = cap.pools[c.pool]
+            counts = node_counts(job, p.gpus_per_node)
+            if counts is None or not self._worth_searching(job, c.pool, reclaim_only):
                 continue
-            kept = self._minimize(freed, placed[0])
-            for run_v in kept:
-                self.victims.add(run_v.job.id)
-                self._uncount(run_v)
-                self.preemptions.append(
-                    Preemption(
-                        job_id=run_v.job.id,
-                        by_job=job.id,
-                        reason=self._preemption_reason(job, run_v),
-                        grace_s=pol.grace_s,
-                    )
-                )
-            self._admit(job, placed[0], placed[1], self.now + pol.grace_s)
-            return True
-        cap.rollback(mark)
+            claims = pol.reclaim and self._claims(job, c.pool)
+            table = self._victim_table(c.pool)
+            allowed = table.allowed(*self._victim_rules(job, claims, reclaim_only))
+            span = {
+                MinTopology.NODE: 1,
+                MinTopology.NVLINK: max(p.nodes_per_domain, 1),
+                MinTopology.RACK: p.nodes_per_rack,
+                MinTopology.UNIT: p.nodes_per_rack * p.racks_per_unit,
+            }.get(job.min_topology)
+            got = cheapest_nodes(cap, c.pool, table, allowed, len(counts), span)
+            if got is not None:
+                cost, idx = got
+                runs = sorted((table.runs[i] for i in idx.tolist()), key=lambda r: (not r.borrowed, r.job.id))
+                options.append((cost, c.pool, runs))
+        for _, pool, runs in sorted(options, key=lambda o: (o[0], o[1])):
+            mark = cap.mark()
+            for run in runs:
+                self._free(run)
+            placed = self._try_place(job, [c for c in choices if c.pool == pool], prefilter=True)
+            if placed is not None:
+                self._commit(job, runs, placed)
+                return True
+            self._undo(mark, runs)
+        return False
+
+    def _victim_rules(
+        self, job: Job, claims: bool, reclaim_only: bool
+    ) -> tuple[int | None, bool, float, float, tuple[int, int, tuple[float, ...]] | None]:
+        """The arguments of ``VictimTable.allowed`` for this job on a pool (``claims``: it may reclaim there)."""
+        pol = self.policy
+        service = None
+        if pol.preempt_by_service and not reclaim_only:
+            thresholds = pol.las_thresholds_gpu_s
+            level = int(np.searchsorted(np.asarray(thresholds), self.snap.attained_gpu_s.get(job.id, 0.0), "right"))
+            service = (int(job.priority), level, thresholds)
+        below = int(job.priority) if pol.preempt_by_priority and not reclaim_only else None
+        return below, claims, self.now, pol.min_run_s, service
+
+    def _worth_searching(self, job: Job, pool: int, reclaim_only: bool) -> bool:
+        """Could free capacity plus every victim the job may displace in the pool hold it? (Counters only.)"""
+        pol = self.policy
+        claims = pol.reclaim and self._claims(job, pool)
+        by_priority = pol.preempt_by_priority and not reclaim_only
+        by_service = pol.preempt_by_service and not reclaim_only
+        if not claims and not by_priority and not by_service:
+            return False
+        bound = int(self.cap.pool_milli[pool])
+        if by_priority or by_service:
+            classes = int(job.priority) + 1 if by_service else int(job.priority)
+            bound += sum(self.snap.preemptible_milli.get((pool, k), 0) for k in range(classes))
+        if claims:
+            bound += self.snap.borrowed_milli.get(pool, 0)
+        return bound >= job.gpu_milli_total
+
+    def _free(self, run: RunningJob) -> None:
+        """Take a (trial) victim off its GPUs."""
+        for s in run.placement.shares:
+            self.cap.give(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
+        self._release_early(run, True)
+
+    def _undo(self, mark: int, freed: list[RunningJob]) -> None:
+        self.cap.rollback(mark)
         for run in freed:
             self._release_early(run, False)
-        return False
+
+    def _commit(self, job: Job, freed: list[RunningJob], placed: tuple[Placement, PoolChoice]) -> None:
+        """The trial succeeded: keep the victims the placement needs, admit the job after the grace period."""
+        pol = self.policy
+        for run_v in self._minimize(freed, placed[0]):
+            self.victims.add(run_v.job.id)
+            self._victim_table(self.cap.pool_by_name[run_v.placement.pool].index).take(run_v.job.id)
+            self._uncount(run_v)
+            self.preemptions.append(
+                Preemption(
+                    job_id=run_v.job.id,
+                    by_job=job.id,
+                    reason=self._preemption_reason(job, run_v),
+                    grace_s=pol.grace_s,
+                )
+            )
+        self._admit(job, placed[0], placed[1], self.now + pol.grace_s)
 
     def _may_fit_without(self, job: Job, pool: int, runs: list[RunningJob]) -> bool:
         """A necessary condition (counts only, nothing changed) for the job's GPUs to fit the pool with

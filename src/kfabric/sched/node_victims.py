@@ -1,0 +1,61 @@
+"""Victims for a gang: which whole nodes to free, vectorized over a pool.
+
+A job that spans several nodes needs whole nodes, usually inside one topology domain (NVLink domain, rack,
+unit). Choosing victims one by one, cheapest first, scatters them over the pool: a 512-GPU job might need
+500 one-GPU victims on the right 64 nodes and would never get them from a bounded list of the cheapest.
+So a gang's victims are chosen by node: a node can be freed when every GPU milli in use on it belongs to
+work the job may displace; freeing it costs what those victims cost (borrowed work nearly nothing, other
+work the GPU-seconds it loses since its last checkpoint); the job takes the cheapest nodes of the domain
+where they cost least in total. Free nodes cost nothing, so a domain that is almost free wins. Whatever
+the placement does not use is given back afterwards (``PreemptionSteps._minimize``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from kfabric.model.job import MILLI_PER_GPU
+from kfabric.sched.capacity import Capacity
+from kfabric.sched.victims import VictimTable
+
+
+def cheapest_nodes(
+    cap: Capacity,
+    pool: int,
+    table: VictimTable,
+    allowed: npt.NDArray[np.bool_],
+    count: int,
+    span: int | None,
+) -> tuple[float, npt.NDArray[np.int64]] | None:
+    """The cheapest way to have ``count`` nodes of one domain of ``span`` consecutive nodes (None: the whole
+    pool) fully free, as (total cost, indices into ``table.runs`` of the victims), or None when no domain
+    has enough nodes that could be freed. Ties go to the lower domain, then the lower node."""
+    p = cap.pools[pool]
+    lo, n, g = p.first_node, p.nodes, p.gpus_per_node
+    if count > n or g <= 0:
+        return None
+    sel = allowed[table.share_run]
+    local = table.share_node[sel] - lo
+    freed = np.bincount(local, weights=table.share_milli[sel], minlength=n)
+    used = g * MILLI_PER_GPU - np.clip(cap.milli[lo : lo + n, :g], 0, None).sum(axis=1)
+    cand = np.flatnonzero(cap.up[lo : lo + n] & (freed >= used))
+    if cand.size < count:
+        return None
+    node_cost = np.bincount(local, weights=table.cost()[table.share_run[sel]], minlength=n)
+    domain = cand // span if span else np.zeros(cand.size, dtype=np.int64)
+    order = np.lexsort((cand, node_cost[cand], domain))
+    cand, domain = cand[order], domain[order]
+    cost = node_cost[cand]
+    starts = np.flatnonzero(np.r_[True, domain[1:] != domain[:-1]])
+    sizes = np.diff(np.r_[starts, cand.size])
+    starts = starts[sizes >= count]
+    if not starts.size:
+        return None
+    csum = np.r_[0.0, np.cumsum(cost)]
+    totals = csum[starts + count] - csum[starts]
+    best = int(np.argmin(totals))
+    chosen = cand[starts[best] : starts[best] + count]
+    on_chosen = np.isin(local, chosen)
+    runs = np.unique(table.share_run[sel][on_chosen])
+    return float(totals[best]), runs
