@@ -501,14 +501,13 @@ def _one_node() -> Snapshot:
 
 
 def _edit(snap: Snapshot, job_id: str, **changes: object) -> None:
-    """Change a running job's record (start time, checkpoint, borrowed) or its job (e.g. preemptible)."""
-    r = snap.running[job_id]
-    job_changes = {k: v for k, v in changes.items() if k in ("preemptible",)}
-    if job_changes:
-        r.job = replace(r.job, **job_changes)
-    for k, v in changes.items():
-        if k not in job_changes:
-            setattr(r, k, v)
+    """Change a running job's record (start time, checkpoint, borrowed) or its job (e.g. preemptible): it
+    leaves and starts again with the changes, so the snapshot's indexes follow."""
+    r = snap.finish(job_id)
+    job = replace(r.job, **{k: v for k, v in changes.items() if k == "preemptible"})
+    start = float(changes.get("start_s", r.start_s))  # type: ignore[arg-type]
+    snap.start(job, r.placement, start, bool(changes.get("borrowed", r.borrowed)), r.guaranteed)
+    snap.checkpointed(job_id, float(changes.get("last_checkpoint_s", r.last_checkpoint_s)))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ def cheapest_nodes(
     lo, n, g = p.first_node, p.nodes, p.gpus_per_node
     if count > n or g <= 0:
         return None
-    sel = allowed[table.share_run]
+    sel = allowed[table.share_run] & table.share_alive
     local = table.share_node[sel] - lo
     freed = np.bincount(local, weights=table.share_milli[sel], minlength=n)
     used = g * MILLI_PER_GPU - np.clip(cap.milli[lo : lo + n, :g], 0, None).sum(axis=1)

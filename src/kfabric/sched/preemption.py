@@ -16,6 +16,7 @@ from kfabric.sched.cycle_state import CycleState, PoolChoice
 from kfabric.sched.node_victims import cheapest_nodes
 from kfabric.sched.request import node_counts
 from kfabric.sched.snapshot import RunningJob
+from kfabric.sched.victim_index import PoolVictims
 from kfabric.sched.victims import VICTIM_CANDIDATES, VictimTable
 
 
@@ -23,9 +24,8 @@ class PreemptionSteps(CycleState):
     def _victim_table(self, pool: int) -> VictimTable:
         table = self._victim_tables.get(pool)
         if table is None:
-            table = self._victim_tables[pool] = VictimTable.build(
-                self._running_on(pool), self.now, self.snap.attained_gpu_s
-            )
+            index = self.snap.victim_index.get(pool)
+            table = self._victim_tables[pool] = VictimTable.of(index if index is not None else PoolVictims(), self.now)
         return table
 
     def _victims(self, job: Job, choices: list[PoolChoice], reclaim_only: bool = False) -> list[RunningJob]:

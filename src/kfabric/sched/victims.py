@@ -9,13 +9,14 @@ own reservation, which is guaranteed."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from kfabric.model.job import MILLI_PER_GPU
 from kfabric.sched.snapshot import RunningJob
+from kfabric.sched.victim_index import PoolVictims
 
 #: victims considered per preemption attempt (cheapest first) by jobs that fit on one node
 VICTIM_CANDIDATES = 256
@@ -25,9 +26,12 @@ NOT_BORROWED_COST = 1e15
 
 @dataclass(frozen=True, slots=True)
 class VictimTable:
-    """Preemptible running work of one pool, as columns (built at most once per pool per cycle)."""
+    """Preemptible running work of one pool as of one cycle: the pool's :class:`PoolVictims` columns (slots;
+    ``alive`` marks the ones in use) plus the time-dependent ones, computed with numpy once per pool per
+    cycle."""
 
-    runs: list[RunningJob]
+    runs: list[RunningJob | None]
+    alive: npt.NDArray[np.bool_]
     priority: npt.NDArray[np.int64]
     borrowed: npt.NDArray[np.bool_]
     guaranteed: npt.NDArray[np.bool_]
@@ -35,63 +39,40 @@ class VictimTable:
     lost: npt.NDArray[np.float64]
     #: attained service (GPU-seconds, earlier runs included) as of now
     service: npt.NDArray[np.float64]
-    #: run index per job id, and which runs this cycle already chose as victims
-    index: dict[str, int] = field(default_factory=dict)
-    taken: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    #: node shares of the runs, flattened: run index, node, GPU milli held
-    share_run: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    share_node: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    share_milli: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    #: slot per job id, and which runs this cycle already chose as victims
+    index: Mapping[str, int]
+    taken: npt.NDArray[np.bool_]
+    #: node shares of the runs: in use, run slot, node, GPU milli held
+    share_alive: npt.NDArray[np.bool_]
+    share_run: npt.NDArray[np.int64]
+    share_node: npt.NDArray[np.int64]
+    share_milli: npt.NDArray[np.float64]
 
     @classmethod
-    def build(cls, running: list[RunningJob], now_s: float, attained: Mapping[str, float]) -> VictimTable:
-        runs = [r for r in running if r.job.preemptible]
-        n = len(runs)
-        # one pass over the objects for raw columns; lost work and service computed on the columns, exactly
-        # as RunningJob.lost_work_gpu_s does one job
-        raw = np.array(
-            [
-                (
-                    int(r.job.priority),
-                    r.borrowed,
-                    r.guaranteed,
-                    r.start_s,
-                    r.last_checkpoint_s,
-                    r.job.checkpoint_interval_s or 0.0,
-                    r.milli,
-                    attained.get(r.job.id, 0.0),
-                )
-                for r in runs
-            ],
-            dtype=np.float64,
-        ).reshape(n, 8)
-        start, last, interval = raw[:, 3], raw[:, 4], raw[:, 5]
-        gpus = raw[:, 6] / MILLI_PER_GPU
+    def of(cls, pool: PoolVictims, now_s: float) -> VictimTable:
+        """The pool's columns as of ``now_s``: lost work exactly as ``RunningJob.lost_work_gpu_s`` computes it
+        for one job, and attained service including the current run."""
+        start, last, interval = pool.start_s, pool.checkpoint_s, pool.interval_s
+        gpus = pool.milli / MILLI_PER_GPU
         ran = np.maximum(0.0, now_s - start)
         has = interval > 0
         periodic = np.where(has, start + (ran // np.where(has, interval, 1.0)) * interval, start)
         since = np.maximum(last, periodic)
-        share_run: list[int] = []
-        share_node: list[int] = []
-        share_milli: list[int] = []
-        for i, r in enumerate(runs):
-            for sh in r.placement.shares:
-                share_run.append(i)
-                share_node.append(sh.node)
-                share_milli.append(len(sh.gpus) * sh.gpu_milli)
         return cls(
-            runs=runs,
-            priority=raw[:, 0].astype(np.int64),
-            borrowed=raw[:, 1] > 0,
-            guaranteed=raw[:, 2] > 0,
-            start_s=start.copy(),
+            runs=pool.runs,
+            alive=pool.alive,
+            priority=pool.priority,
+            borrowed=pool.borrowed,
+            guaranteed=pool.guaranteed,
+            start_s=start,
             lost=np.maximum(0.0, now_s - since) * gpus,
-            service=raw[:, 7] + ran * gpus,
-            index={r.job.id: i for i, r in enumerate(runs)},
-            taken=np.zeros(n, dtype=bool),
-            share_run=np.asarray(share_run, dtype=np.int64),
-            share_node=np.asarray(share_node, dtype=np.int64),
-            share_milli=np.asarray(share_milli, dtype=np.float64),
+            service=pool.attained + ran * gpus,
+            index=pool.slot_of,
+            taken=np.zeros(len(pool.runs), dtype=bool),
+            share_alive=pool.share_alive,
+            share_run=pool.share_run,
+            share_node=pool.share_node,
+            share_milli=pool.share_milli,
         )
 
     def take(self, job_id: str) -> None:
@@ -116,7 +97,7 @@ class VictimTable:
         (when ``borrowed_too``), or (``service_above = (priority, level, thresholds)``) of at most that
         priority class in a higher attained-service queue than ``level`` and not on its own reservation; all
         running for at least ``min_run_s`` and not already chosen in this cycle."""
-        allowed = np.zeros(len(self.runs), dtype=bool)
+        allowed = np.zeros(self.alive.size, dtype=bool)
         if below_priority is not None:
             allowed |= self.priority < below_priority
         if service_above is not None:
@@ -126,7 +107,7 @@ class VictimTable:
         if borrowed_too:
             allowed |= self.borrowed
         allowed &= (now_s - self.start_s) >= min_run_s
-        allowed &= ~self.taken
+        allowed &= self.alive & ~self.taken
         return allowed
 
     def candidates(
@@ -142,6 +123,9 @@ class VictimTable:
         idx = np.flatnonzero(self.allowed(below_priority, borrowed_too, now_s, min_run_s, service_above))
         if idx.size > VICTIM_CANDIDATES:
             idx = idx[np.argsort(self.cost()[idx], kind="stable")[:VICTIM_CANDIDATES]]
+        runs = [self.runs[i] for i in idx.tolist()]
         return [
-            (not self.runs[i].borrowed, float(self.lost[i]), self.runs[i].job.id, self.runs[i]) for i in idx.tolist()
+            (not r.borrowed, float(self.lost[i]), r.job.id, r)
+            for i, r in zip(idx.tolist(), runs, strict=True)
+            if r is not None
         ]

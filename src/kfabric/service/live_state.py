@@ -188,7 +188,7 @@ class LiveState:
             start = row.started_at_s or row.admitted_at_s or row.submitted_at_s
             snap.start(self._jobs[jid], placement_of_json(row.placement), start, row.borrowed, row.guaranteed)
             if row.last_checkpoint_s is not None:
-                snap.running[jid].last_checkpoint_s = row.last_checkpoint_s
+                snap.checkpointed(jid, row.last_checkpoint_s)
         for jid in sorted((j for j in want_pending if j not in queue), key=int):
             job = self._jobs[jid]
             tenant = snap.tenants.get(job.project)

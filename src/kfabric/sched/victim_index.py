@@ -1,0 +1,115 @@
+"""Preemptible running work of one pool as columns, kept up to date by the snapshot as work starts and ends.
+
+A cycle that searches for victims reads a pool's columns with numpy instead of walking thousands of running
+jobs (``sched.victims.VictimTable`` is its per-cycle view). Rows are slots: a job that ends frees its slot
+and the next job to start takes the lowest-numbered free one, so slot order is fixed by the order of starts
+and ends (deterministic). Each job's node shares are rows of a second set of columns.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from kfabric.sched.snapshot import RunningJob
+
+
+class PoolVictims:
+    """The columns of one pool: per run its class, borrowing, reservation, start, last checkpoint, checkpoint
+    interval, milli and the service it had before this run; per node share its run, node and milli."""
+
+    def __init__(self) -> None:
+        self.runs: list[RunningJob | None] = []
+        self.slot_of: dict[str, int] = {}
+        self._free: list[int] = []
+        self.alive = np.zeros(0, dtype=bool)
+        self.priority = np.zeros(0, dtype=np.int64)
+        self.borrowed = np.zeros(0, dtype=bool)
+        self.guaranteed = np.zeros(0, dtype=bool)
+        self.start_s = np.zeros(0, dtype=np.float64)
+        self.checkpoint_s = np.zeros(0, dtype=np.float64)
+        self.interval_s = np.zeros(0, dtype=np.float64)
+        self.milli = np.zeros(0, dtype=np.float64)
+        self.attained = np.zeros(0, dtype=np.float64)
+        self._shares_of: list[list[int]] = []
+        self._free_shares: list[int] = []
+        self.share_alive = np.zeros(0, dtype=bool)
+        self.share_run = np.zeros(0, dtype=np.int64)
+        self.share_node = np.zeros(0, dtype=np.int64)
+        self.share_milli = np.zeros(0, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    def add(self, run: RunningJob, attained_gpu_s: float) -> None:
+        if run.job.id in self.slot_of:
+            raise ValueError(f"job {run.job.id} is already indexed")
+        if not self._free:
+            self._grow()
+        slot = heapq.heappop(self._free)
+        self.slot_of[run.job.id] = slot
+        self.runs[slot] = run
+        self.alive[slot] = True
+        self.priority[slot] = int(run.job.priority)
+        self.borrowed[slot] = run.borrowed
+        self.guaranteed[slot] = run.guaranteed
+        self.start_s[slot] = run.start_s
+        self.checkpoint_s[slot] = run.last_checkpoint_s
+        self.interval_s[slot] = run.job.checkpoint_interval_s or 0.0
+        self.milli[slot] = run.milli
+        self.attained[slot] = attained_gpu_s
+        mine = self._shares_of[slot]
+        for sh in run.placement.shares:
+            if not self._free_shares:
+                self._grow_shares()
+            row = heapq.heappop(self._free_shares)
+            mine.append(row)
+            self.share_alive[row] = True
+            self.share_run[row] = slot
+            self.share_node[row] = sh.node
+            self.share_milli[row] = len(sh.gpus) * sh.gpu_milli
+
+    def remove(self, job_id: str) -> None:
+        slot = self.slot_of.pop(job_id)
+        self.runs[slot] = None
+        self.alive[slot] = False
+        for row in self._shares_of[slot]:
+            self.share_alive[row] = False
+            heapq.heappush(self._free_shares, row)
+        self._shares_of[slot] = []
+        heapq.heappush(self._free, slot)
+
+    def checkpointed(self, job_id: str, at_s: float) -> None:
+        self.checkpoint_s[self.slot_of[job_id]] = at_s
+
+    def _grow(self) -> None:
+        old = len(self.runs)
+        new = max(64, 2 * old)
+        for name in ("alive", "priority", "borrowed", "guaranteed", "start_s", "checkpoint_s", "interval_s"):
+            setattr(self, name, _grown(getattr(self, name), new))
+        self.milli = _grown(self.milli, new)
+        self.attained = _grown(self.attained, new)
+        self.runs.extend([None] * (new - old))
+        self._shares_of.extend([] for _ in range(new - old))
+        for slot in range(old, new):
+            heapq.heappush(self._free, slot)
+
+    def _grow_shares(self) -> None:
+        old = self.share_run.size
+        new = max(64, 2 * old)
+        self.share_alive = _grown(self.share_alive, new)
+        self.share_run = _grown(self.share_run, new)
+        self.share_node = _grown(self.share_node, new)
+        self.share_milli = _grown(self.share_milli, new)
+        for row in range(old, new):
+            heapq.heappush(self._free_shares, row)
+
+
+def _grown(a: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
+    out = np.zeros(size, dtype=a.dtype)
+    out[: a.size] = a
+    return out
