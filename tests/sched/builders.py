@@ -418,6 +418,7 @@ def check_invariants(cap: Capacity) -> None:
         assert (row[:g] <= MILLI_PER_GPU).all(), f"node {node}: GPU milli above 1000: {row[:g].tolist()}"
         assert (row[g:] == -1).all(), f"node {node}: slots beyond its GPUs changed: {row.tolist()}"
         assert int(cap.whole[node]) == int(np.count_nonzero(row[:g] == MILLI_PER_GPU)), f"node {node}: whole"
+        assert int(cap.node_milli[node]) == int(row[:g].sum()), f"node {node}: node_milli"
         assert 0 <= int(cap.cpu_free[node]) <= int(cap.cpu_total[node]), f"node {node}: cpu_free {cap.cpu_free[node]}"
         assert 0 <= int(cap.mem_free[node]) <= int(cap.mem_total[node]), f"node {node}: mem_free {cap.mem_free[node]}"
     up = cap.up

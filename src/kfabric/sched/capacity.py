@@ -4,7 +4,7 @@ Struct-of-arrays (numpy) built once from the fleet; a job start or end touches a
 change is written to an undo log, so a scheduling cycle can try things ("what if these are preempted?") and
 roll back to a mark for free. Indexes kept up to date on every change:
 
-* per node: whole free GPUs, free milli per GPU, CPU, memory, up/down;
+* per node: whole free GPUs, free milli per GPU and in all, CPU, memory, up/down;
 * per pool: nodes bucketed by whole free GPUs (ordered dicts: deterministic first-in order), with fully free
   nodes split by whether their rack is still whole, so small jobs fill broken racks first;
 * per rack and scalable unit: fully free nodes and whole free GPUs;
@@ -140,6 +140,8 @@ class Capacity:
         for info in pools:
             self.milli[info.first_node : info.first_node + info.nodes, : info.gpus_per_node] = MILLI_PER_GPU
         self.whole = self.node_gpus.copy()
+        #: free GPU milli per node (its GPUs' milli summed; up or down)
+        self.node_milli = self.node_gpus * MILLI_PER_GPU
         self.cpu_free = self.cpu_total.copy()
         self.mem_free = self.mem_total.copy()
         self.up = np.zeros(n, dtype=bool)
@@ -270,6 +272,7 @@ class Capacity:
         pi = self._pool_of[node]
         p = self.pools[pi]
         n = len(gpus)
+        self.node_milli[node] -= milli * n
         self.site_kw[p.site] += p.kw_per_gpu * milli * n / MILLI_PER_GPU
         up = self._up[node]
         if up:

@@ -20,6 +20,7 @@ from kfabric.sched.queue import PendingQueue
 from kfabric.sched.registry import PLACEMENTS
 from kfabric.sched.request import node_counts
 from kfabric.sched.rules import GrantRules
+from kfabric.sched.run_index import PoolRuns
 from kfabric.sched.snapshot import RunningJob, Snapshot
 from kfabric.sched.victims import VictimTable
 
@@ -191,9 +192,6 @@ class CycleState:
         )
 
     # ---- running work and quota bookkeeping ---------------------------------------------------------------------
-    def _running_on(self, pool: int) -> list[RunningJob]:
-        return list(self.snap.running_by_pool.get(pool, {}).values())
-
     def _claims(self, job: Job, pool: int) -> bool:
         """May the job reclaim borrowed capacity in this pool (its reservation, or its owner's pool)?"""
         p = self.cap.pools[pool]
@@ -222,15 +220,23 @@ class CycleState:
     def _profile(self, pool: int) -> Profile:
         profile = self.profiles.get(pool)
         if profile is None:
-            runs = [run for run in self._running_on(pool) if run.job.id not in self.victims]
+            t = self._victim_table(pool)
+            live = t.alive & ~t.taken  # victims chosen in this cycle release now, not at their end
+            ends, milli = t.end_s[live], t.milli[live]
             extra = self.cycle_releases.pop(pool, [])
-            ends = np.fromiter((r.expected_end_s for r in runs), dtype=np.float64, count=len(runs))
-            milli = np.fromiter((r.milli for r in runs), dtype=np.float64, count=len(runs))
             if extra:
                 ends = np.concatenate((ends, [e for e, _ in extra]))
                 milli = np.concatenate((milli, [m for _, m in extra]))
             profile = self.profiles[pool] = Profile(self.now, float(self.cap.pool_milli[pool]), ends, milli)
         return profile
+
+    def _victim_table(self, pool: int) -> VictimTable:
+        """The pool's running work as of this cycle (columns; made once per pool per cycle)."""
+        table = self._victim_tables.get(pool)
+        if table is None:
+            index = self.snap.run_index.get(pool)
+            table = self._victim_tables[pool] = VictimTable.of(index if index is not None else PoolRuns(), self.now)
+        return table
 
     # ---- helpers ---------------------------------------------------------------------------------------------
     def _rule(self, pool: int, job: Job) -> str:

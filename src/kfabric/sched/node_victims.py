@@ -38,7 +38,7 @@ def cheapest_nodes(
     sel = allowed[table.share_run] & table.share_alive
     local = table.share_node[sel] - lo
     freed = np.bincount(local, weights=table.share_milli[sel], minlength=n)
-    used = g * MILLI_PER_GPU - np.clip(cap.milli[lo : lo + n, :g], 0, None).sum(axis=1)
+    used = g * MILLI_PER_GPU - cap.node_milli[lo : lo + n]
     cand = np.flatnonzero(cap.up[lo : lo + n] & (freed >= used))
     if cand.size < count:
         return None

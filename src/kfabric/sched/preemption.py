@@ -16,18 +16,10 @@ from kfabric.sched.cycle_state import CycleState, PoolChoice
 from kfabric.sched.node_victims import cheapest_nodes
 from kfabric.sched.request import node_counts
 from kfabric.sched.snapshot import RunningJob
-from kfabric.sched.victim_index import PoolVictims
-from kfabric.sched.victims import VICTIM_CANDIDATES, VictimTable
+from kfabric.sched.victims import VICTIM_CANDIDATES
 
 
 class PreemptionSteps(CycleState):
-    def _victim_table(self, pool: int) -> VictimTable:
-        table = self._victim_tables.get(pool)
-        if table is None:
-            index = self.snap.victim_index.get(pool)
-            table = self._victim_tables[pool] = VictimTable.of(index if index is not None else PoolVictims(), self.now)
-        return table
-
     def _victims(self, job: Job, choices: list[PoolChoice], reclaim_only: bool = False) -> list[RunningJob]:
         """Preemptible running work the job may displace, cheapest first: borrowed work, then the least work
         lost since the last checkpoint. Jobs younger than the minimum run time are never chosen.

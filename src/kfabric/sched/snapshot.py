@@ -19,7 +19,7 @@ from kfabric.model.tenancy import OnExhausted
 from kfabric.sched.capacity import Capacity
 from kfabric.sched.estimator import RuntimeEstimator
 from kfabric.sched.fairshare import TenantInfo, shares
-from kfabric.sched.victim_index import PoolVictims
+from kfabric.sched.run_index import PoolRuns
 
 
 @dataclass(slots=True)
@@ -85,8 +85,8 @@ class Snapshot:
     running_by_pool: dict[int, dict[str, RunningJob]] = field(default_factory=lambda: defaultdict(dict))
     preemptible_milli: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
     borrowed_milli: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    #: preemptible running work per pool index as columns (victim search reads them with numpy)
-    victim_index: dict[int, PoolVictims] = field(default_factory=lambda: defaultdict(PoolVictims))
+    #: running work per pool index as columns (victim search and availability profiles read them with numpy)
+    run_index: dict[int, PoolRuns] = field(default_factory=lambda: defaultdict(PoolRuns))
     #: caches of things that only change with the tenants or the set of online pools (see their users)
     _shares: dict[str, float] | None = None
     eligibility_cache: dict[tuple[object, ...], object] = field(default_factory=dict)
@@ -155,8 +155,7 @@ class Snapshot:
         """A running job saved a checkpoint at ``at_s`` (preempting it now loses only the work since then)."""
         run = self.running[job_id]
         run.last_checkpoint_s = at_s
-        if run.job.preemptible:
-            self.victim_index[self.capacity.pool_by_name[run.placement.pool].index].checkpointed(job_id, at_s)
+        self.run_index[self.capacity.pool_by_name[run.placement.pool].index].checkpointed(job_id, at_s)
 
     def _count(self, run: RunningJob, sign: float) -> None:
         pool = self.capacity.pool_by_name[run.placement.pool]
@@ -164,11 +163,11 @@ class Snapshot:
             self.running_by_pool[pool.index][run.job.id] = run
         else:
             del self.running_by_pool[pool.index][run.job.id]
+        if sign > 0:
+            self.run_index[pool.index].add(run, self.attained_gpu_s.get(run.job.id, 0.0))
+        else:
+            self.run_index[pool.index].remove(run.job.id)
         if run.job.preemptible:
-            if sign > 0:
-                self.victim_index[pool.index].add(run, self.attained_gpu_s.get(run.job.id, 0.0))
-            else:
-                self.victim_index[pool.index].remove(run.job.id)
             self.preemptible_milli[(pool.index, int(run.job.priority))] += int(sign) * run.milli
             if run.borrowed:
                 self.borrowed_milli[pool.index] += int(sign) * run.milli

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from kfabric.model.job import MILLI_PER_GPU
+from kfabric.sched.run_index import PoolRuns
 from kfabric.sched.snapshot import RunningJob
-from kfabric.sched.victim_index import PoolVictims
 
 #: victims considered per preemption attempt (cheapest first) by jobs that fit on one node
 VICTIM_CANDIDATES = 256
@@ -26,12 +26,15 @@ NOT_BORROWED_COST = 1e15
 
 @dataclass(frozen=True, slots=True)
 class VictimTable:
-    """Preemptible running work of one pool as of one cycle: the pool's :class:`PoolVictims` columns (slots;
-    ``alive`` marks the ones in use) plus the time-dependent ones, computed with numpy once per pool per
-    cycle."""
+    """Running work of one pool as of one cycle: the pool's :class:`PoolRuns` columns (slots; ``alive`` marks
+    the ones in use, ``preemptible`` those that may ever be victims) plus the time-dependent ones, computed
+    with numpy once per pool per cycle."""
 
     runs: list[RunningJob | None]
     alive: npt.NDArray[np.bool_]
+    preemptible: npt.NDArray[np.bool_]
+    end_s: npt.NDArray[np.float64]
+    milli: npt.NDArray[np.float64]
     priority: npt.NDArray[np.int64]
     borrowed: npt.NDArray[np.bool_]
     guaranteed: npt.NDArray[np.bool_]
@@ -49,7 +52,7 @@ class VictimTable:
     share_milli: npt.NDArray[np.float64]
 
     @classmethod
-    def of(cls, pool: PoolVictims, now_s: float) -> VictimTable:
+    def of(cls, pool: PoolRuns, now_s: float) -> VictimTable:
         """The pool's columns as of ``now_s``: lost work exactly as ``RunningJob.lost_work_gpu_s`` computes it
         for one job, and attained service including the current run."""
         start, last, interval = pool.start_s, pool.checkpoint_s, pool.interval_s
@@ -61,6 +64,9 @@ class VictimTable:
         return cls(
             runs=pool.runs,
             alive=pool.alive,
+            preemptible=pool.preemptible,
+            end_s=pool.end_s,
+            milli=pool.milli,
             priority=pool.priority,
             borrowed=pool.borrowed,
             guaranteed=pool.guaranteed,
@@ -107,7 +113,7 @@ class VictimTable:
         if borrowed_too:
             allowed |= self.borrowed
         allowed &= (now_s - self.start_s) >= min_run_s
-        allowed &= self.alive & ~self.taken
+        allowed &= self.alive & self.preemptible & ~self.taken
         return allowed
 
     def candidates(

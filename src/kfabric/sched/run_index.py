@@ -1,9 +1,10 @@
-"""Preemptible running work of one pool as columns, kept up to date by the snapshot as work starts and ends.
+"""Running work of one pool as columns, kept up to date by the snapshot as work starts and ends.
 
-A cycle that searches for victims reads a pool's columns with numpy instead of walking thousands of running
-jobs (``sched.victims.VictimTable`` is its per-cycle view). Rows are slots: a job that ends frees its slot
-and the next job to start takes the lowest-numbered free one, so slot order is fixed by the order of starts
-and ends (deterministic). Each job's node shares are rows of a second set of columns.
+A cycle that searches for victims or builds a pool's availability profile reads the pool's columns with
+numpy instead of walking thousands of running jobs (``sched.victims.VictimTable`` is its per-cycle view).
+Rows are slots: a job that ends frees its slot and the next job to start takes the lowest-numbered free one,
+so slot order is fixed by the order of starts and ends (deterministic). Each job's node shares are rows of a
+second set of columns.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ if TYPE_CHECKING:
     from kfabric.sched.snapshot import RunningJob
 
 
-class PoolVictims:
-    """The columns of one pool: per run its class, borrowing, reservation, start, last checkpoint, checkpoint
-    interval, milli and the service it had before this run; per node share its run, node and milli."""
+class PoolRuns:
+    """The columns of one pool: per run whether it may be preempted, its class, borrowing, reservation, start,
+    expected end, last checkpoint, checkpoint interval, milli and the service it had before this run; per node
+    share its run, node and milli."""
 
     def __init__(self) -> None:
         self.runs: list[RunningJob | None] = []
         self.slot_of: dict[str, int] = {}
         self._free: list[int] = []
         self.alive = np.zeros(0, dtype=bool)
+        self.preemptible = np.zeros(0, dtype=bool)
+        self.end_s = np.zeros(0, dtype=np.float64)
         self.priority = np.zeros(0, dtype=np.int64)
         self.borrowed = np.zeros(0, dtype=bool)
         self.guaranteed = np.zeros(0, dtype=bool)
@@ -54,6 +58,8 @@ class PoolVictims:
         self.slot_of[run.job.id] = slot
         self.runs[slot] = run
         self.alive[slot] = True
+        self.preemptible[slot] = run.job.preemptible
+        self.end_s[slot] = run.expected_end_s
         self.priority[slot] = int(run.job.priority)
         self.borrowed[slot] = run.borrowed
         self.guaranteed[slot] = run.guaranteed
@@ -89,8 +95,9 @@ class PoolVictims:
     def _grow(self) -> None:
         old = len(self.runs)
         new = max(64, 2 * old)
-        for name in ("alive", "priority", "borrowed", "guaranteed", "start_s", "checkpoint_s", "interval_s"):
+        for name in ("alive", "preemptible", "priority", "borrowed", "guaranteed", "start_s", "end_s", "checkpoint_s"):
             setattr(self, name, _grown(getattr(self, name), new))
+        self.interval_s = _grown(self.interval_s, new)
         self.milli = _grown(self.milli, new)
         self.attained = _grown(self.attained, new)
         self.runs.extend([None] * (new - old))

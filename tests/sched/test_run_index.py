@@ -1,4 +1,4 @@
-"""The per-pool victim columns the snapshot keeps as work starts and ends, against the running jobs."""
+"""The per-pool columns of running work the snapshot keeps as work starts and ends, against the running jobs."""
 
 from __future__ import annotations
 
@@ -16,19 +16,27 @@ NOW = 10_000.0
 
 
 def _expected(snap: Snapshot, pool: int, now_s: float) -> dict[str, tuple[object, ...]]:
-    """Per preemptible running job of the pool: what the table must say, from the job records."""
+    """Per running job of the pool: what the table must say, from the job records."""
     out: dict[str, tuple[object, ...]] = {}
     for r in snap.running_by_pool.get(pool, {}).values():
-        if not r.job.preemptible:
-            continue
         service = snap.attained_gpu_s.get(r.job.id, 0.0) + max(0.0, now_s - r.start_s) * r.gpus
         shares = sorted((s.node, len(s.gpus) * s.gpu_milli) for s in r.placement.shares)
-        out[r.job.id] = (int(r.job.priority), r.borrowed, r.start_s, r.lost_work_gpu_s(now_s), service, shares)
+        out[r.job.id] = (
+            r.job.preemptible,
+            int(r.job.priority),
+            r.borrowed,
+            r.start_s,
+            r.expected_end_s,
+            r.milli,
+            r.lost_work_gpu_s(now_s),
+            service,
+            shares,
+        )
     return out
 
 
 def _actual(snap: Snapshot, pool: int, now_s: float) -> dict[str, tuple[object, ...]]:
-    t = VictimTable.of(snap.victim_index[pool], now_s)
+    t = VictimTable.of(snap.run_index[pool], now_s)
     out: dict[str, tuple[object, ...]] = {}
     for slot in np.flatnonzero(t.alive).tolist():
         r = t.runs[slot]
@@ -36,9 +44,12 @@ def _actual(snap: Snapshot, pool: int, now_s: float) -> dict[str, tuple[object, 
         rows = np.flatnonzero(t.share_alive & (t.share_run == slot))
         shares = sorted(zip(t.share_node[rows].tolist(), t.share_milli[rows].astype(int).tolist(), strict=True))
         out[r.job.id] = (
+            bool(t.preemptible[slot]),
             int(t.priority[slot]),
             bool(t.borrowed[slot]),
             float(t.start_s[slot]),
+            float(t.end_s[slot]),
+            int(t.milli[slot]),
             pytest.approx(float(t.lost[slot])),
             pytest.approx(float(t.service[slot])),
             shares,
@@ -78,7 +89,7 @@ def test_columns_follow_starts_ends_and_checkpoints(seed: int) -> None:
         if step % 25 == 0:
             assert _actual(snap, 0, NOW) == _expected(snap, 0, NOW)
     assert _actual(snap, 0, NOW) == _expected(snap, 0, NOW)
-    assert len(snap.victim_index[0]) == sum(1 for r in snap.running.values() if r.job.preemptible)
+    assert len(snap.run_index[0]) == len(snap.running)
 
 
 def test_a_freed_slot_is_reused_lowest_first() -> None:
@@ -88,11 +99,11 @@ def test_a_freed_slot_is_reused_lowest_first() -> None:
     snap.finish("j2")
     snap.finish("j0")
     run(snap, a_job("k").gpus(1).build(), place("p", share(0, 0)), 0.0)
-    assert snap.victim_index[0].slot_of == {"j1": 1, "j3": 3, "k": 0}
+    assert snap.run_index[0].slot_of == {"j1": 1, "j3": 3, "k": 0}
 
 
 def test_a_job_indexed_twice_is_refused() -> None:
     snap = snapshot_of(hgx_fleet(nodes=1, nodes_per_rack=1, racks_per_unit=1))
     run(snap, a_job("j").gpus(1).build(), place("p", share(0, 0)), 0.0)
     with pytest.raises(ValueError, match="already indexed"):
-        snap.victim_index[0].add(snap.running["j"], 0.0)
+        snap.run_index[0].add(snap.running["j"], 0.0)
