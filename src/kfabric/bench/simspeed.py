@@ -29,12 +29,14 @@ def national_jobs(n: int, seed: int) -> tuple[Workload, float]:
     return Workload(workload.name, jobs, workload.tenants, workload.description), days
 
 
-def run_sim_speed(jobs: int = 1_000_000, seed: int = 0, policy: str = "kfabric") -> dict[str, Any]:
+def run_sim_speed(
+    jobs: int = 1_000_000, seed: int = 0, policy: str = "kfabric", interval_s: float = 60.0
+) -> dict[str, Any]:
     scenario = load_scenario("korea-2030")
     t_gen = time.perf_counter()
     workload, _days = national_jobs(jobs, seed)
     gen_s = time.perf_counter() - t_gen
-    options = SimOptions(start=default_start(scenario), seed=seed)
+    options = SimOptions(start=default_start(scenario), seed=seed, interval_s=interval_s)
     t0 = time.perf_counter()
     run = simulate(scenario, workload, PRESETS[policy], options)
     wall = time.perf_counter() - t0
@@ -49,4 +51,5 @@ def run_sim_speed(jobs: int = 1_000_000, seed: int = 0, policy: str = "kfabric")
         "cycle_s": round(float(run.summary["cycle_s"]), 2),
         "generate_s": round(gen_s, 2),
         "policy": policy,
+        "interval_s": interval_s,
     }

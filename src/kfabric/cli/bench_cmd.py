@@ -74,6 +74,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     sim.add_argument("--jobs", type=int, default=1_000_000)
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--interval",
+        type=float,
+        default=60.0,
+        help="minimum seconds between scheduling cycles (default 60, as `kfabric simulate`; the main job uses 300)",
+    )
     sim.add_argument("--json", action="store_true", help="print JSON")
     sim.set_defaults(handler=_sim)
 
@@ -122,8 +128,10 @@ def _philly(args: argparse.Namespace) -> int:
 def _sim(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError(f"--jobs: must be >= 1, got {args.jobs}")
+    if not args.interval > 0:
+        raise UsageError(f"--interval: must be > 0 seconds, got {args.interval}")
     with Console(stderr=True).status(f"replaying {args.jobs:,} synthetic national jobs on korea-2030"):
-        result = run_sim_speed(args.jobs, seed=args.seed)
+        result = run_sim_speed(args.jobs, seed=args.seed, interval_s=args.interval)
     _print_figures("simulator speed on korea-2030", result, args.json)
     return 0
 
