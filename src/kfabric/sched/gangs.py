@@ -119,7 +119,10 @@ def _gang_placement(
     cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, nodes: list[int], counts: list[int]
 ) -> Placement:
     shares = []
+    g = p.gpus_per_node
+    whole = cap._whole
     for node, c in zip(nodes, counts, strict=True):
         cpu, mem = host_share(job, req, c)
-        shares.append(NodeShare(node, tuple(cap.free_gpus_on(node)[:c]), MILLI_PER_GPU, cpu, mem))
+        gpus = tuple(range(c)) if whole[node] == g else tuple(cap.free_gpus_on(node)[:c])  # fully free: 0..c-1
+        shares.append(NodeShare(node, gpus, MILLI_PER_GPU, cpu, mem))
     return Placement(p.name, tuple(shares))
