@@ -649,6 +649,17 @@ def test_a_gang_may_displace_more_victims_than_a_single_node_job_considers() -> 
     assert len(admitted(d)["big"]) == 40
 
 
+def test_a_shape_with_part_nodes_frees_part_nodes() -> None:
+    # 2 nodes x 4 GPUs: each node keeps its non-preemptible half, the LOW halves make room
+    snap = snapshot_of(hgx_fleet(nodes=2, nodes_per_rack=2, racks_per_unit=1))
+    for node in range(2):
+        running(snap, f"firm{node}", "p", node, (0, 1, 2, 3), 2.0, preemptible=False)
+        running(snap, f"low{node}", "p", node, (4, 5, 6, 7), 2.0, priority=LOW)
+    d = decide(snap, a_job("gang").shape(2, 4).topology(MinTopology.RACK).priority(HIGH).build())
+    assert sorted(p.job_id for p in d.preemptions) == ["low0", "low1"]
+    assert admitted(d) == {"gang": [(0, (4, 5, 6, 7)), (1, (4, 5, 6, 7))]}
+
+
 def test_a_gang_that_no_domain_can_hold_preempts_nothing() -> None:
     snap = _two_racks({})
     _edit(snap, "n0a", preemptible=False)

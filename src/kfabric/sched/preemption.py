@@ -89,12 +89,15 @@ class PreemptionSteps(CycleState):
         return False
 
     def _spans_nodes(self, job: Job, choices: list[PoolChoice]) -> bool:
-        """Does the job need several whole nodes on every pool it may use (so victims are chosen by node)?"""
+        """Does the job need several nodes, whole ones among them, on every pool it may use (so victims are
+        chosen by node)? An explicit shape with fewer GPUs per node than the nodes have keeps the search by
+        victim, which can free part of a node."""
         if job.gpus == 0 or job.fractional:
             return False
         for c in choices:
-            counts = node_counts(job, self.cap.pools[c.pool].gpus_per_node)
-            if counts is not None and len(counts) < 2:
+            g = self.cap.pools[c.pool].gpus_per_node
+            counts = node_counts(job, g)
+            if counts is not None and (len(counts) < 2 or counts[0] < g):
                 return False
         return True
 
