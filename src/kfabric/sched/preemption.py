@@ -121,7 +121,7 @@ class PreemptionSteps(CycleState):
                 MinTopology.UNIT: p.nodes_per_rack * p.racks_per_unit,
             }.get(job.min_topology)
             got = cheapest_nodes(cap, c.pool, table, allowed, len(counts), span)
-            if got is not None:
+            if got is not None and got[1].size:  # no victims: the job did not fit there as it is
                 cost, idx = got
                 runs = sorted((table.runs[i] for i in idx.tolist()), key=lambda r: (not r.borrowed, r.job.id))
                 options.append((cost, c.pool, runs))
