@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +51,8 @@ class VictimTable:
     share_run: npt.NDArray[np.int64]
     share_node: npt.NDArray[np.int64]
     share_milli: npt.NDArray[np.float64]
+    #: per-cycle results that do not depend on the job asking (computed on first use)
+    memo: dict[object, npt.NDArray[Any]]
 
     @classmethod
     def of(cls, pool: PoolRuns, now_s: float) -> VictimTable:
@@ -79,6 +82,7 @@ class VictimTable:
             share_run=pool.share_run,
             share_node=pool.share_node,
             share_milli=pool.share_milli,
+            memo={},
         )
 
     def take(self, job_id: str) -> None:
@@ -89,7 +93,10 @@ class VictimTable:
 
     def cost(self) -> npt.NDArray[np.float64]:
         """What displacing each run costs: the work it loses, borrowed work always cheaper."""
-        return np.where(self.borrowed, 0.0, NOT_BORROWED_COST) + self.lost
+        got = self.memo.get("cost")
+        if got is None:
+            got = self.memo["cost"] = np.where(self.borrowed, 0.0, NOT_BORROWED_COST) + self.lost
+        return got
 
     def allowed(
         self,
@@ -108,7 +115,9 @@ class VictimTable:
             allowed |= self.priority < below_priority
         if service_above is not None:
             priority, level, thresholds = service_above
-            levels = np.searchsorted(np.asarray(thresholds), self.service, side="right")
+            levels = self.memo.get(thresholds)
+            if levels is None:
+                levels = self.memo[thresholds] = np.searchsorted(np.asarray(thresholds), self.service, side="right")
             allowed |= (self.priority <= priority) & (levels > level) & ~self.guaranteed
         if borrowed_too:
             allowed |= self.borrowed
