@@ -20,6 +20,16 @@ def _pick_nodes(cap: Capacity, nodes: range, counts: list[int], cpu: int, mem: i
     return _pick_from(cap, np.arange(nodes.start, nodes.stop), counts, cpu, mem)
 
 
+def domain_nodes(p: PoolInfo, level: MinTopology) -> int | None:
+    """Nodes in the largest domain of the pool that a job of this minimum topology may span (None: any)."""
+    return {
+        MinTopology.NODE: 1,
+        MinTopology.NVLINK: max(p.nodes_per_domain, 1),
+        MinTopology.RACK: p.nodes_per_rack,
+        MinTopology.UNIT: p.nodes_per_rack * p.racks_per_unit,
+    }.get(level)
+
+
 def gang(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, counts: list[int]) -> Placement | None:
     """The gang on whole nodes of the smallest topology domain that holds it (see the module doc)."""
     n = len(counts)
@@ -27,12 +37,7 @@ def gang(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, counts: list[i
     cpu, mem = host_share(job, req, counts[0])
     full_needed = counts.count(g)
     # the largest domain the job may span (nodes); levels larger than it are never tried
-    limit = {
-        MinTopology.NODE: 1,
-        MinTopology.NVLINK: max(p.nodes_per_domain, 1),
-        MinTopology.RACK: p.nodes_per_rack,
-        MinTopology.UNIT: p.nodes_per_rack * p.racks_per_unit,
-    }.get(job.min_topology)
+    limit = domain_nodes(p, job.min_topology)
     if n > (p.nodes if limit is None else limit):
         return None
     levels: list[tuple[np.ndarray, np.ndarray, int]] = []  # (free full nodes, free gpus, nodes per domain)

@@ -13,6 +13,7 @@ import numpy as np
 from kfabric.model.decision import Placement, Preemption
 from kfabric.model.job import Job, MinTopology, PriorityClass
 from kfabric.sched.cycle_state import CycleState, PoolChoice
+from kfabric.sched.gangs import domain_nodes
 from kfabric.sched.node_victims import cheapest_nodes
 from kfabric.sched.request import node_counts
 from kfabric.sched.snapshot import RunningJob
@@ -114,13 +115,7 @@ class PreemptionSteps(CycleState):
             claims = pol.reclaim and self._claims(job, c.pool)
             table = self._victim_table(c.pool)
             allowed = table.allowed(*self._victim_rules(job, claims, reclaim_only))
-            span = {
-                MinTopology.NODE: 1,
-                MinTopology.NVLINK: max(p.nodes_per_domain, 1),
-                MinTopology.RACK: p.nodes_per_rack,
-                MinTopology.UNIT: p.nodes_per_rack * p.racks_per_unit,
-            }.get(job.min_topology)
-            got = cheapest_nodes(cap, c.pool, table, allowed, len(counts), span)
+            got = cheapest_nodes(cap, c.pool, table, allowed, len(counts), domain_nodes(p, job.min_topology))
             if got is not None and got[1].size:  # no victims: the job did not fit there as it is
                 cost, idx = got
                 runs = sorted((table.runs[i] for i in idx.tolist()), key=lambda r: (not r.borrowed, r.job.id))
