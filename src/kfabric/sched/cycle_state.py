@@ -44,7 +44,6 @@ class CycleState:
         self.admissions: list[Admission] = []
         self.preemptions: list[Preemption] = []
         self.reservations: list[Reservation] = []
-        self.victims: set[str] = set()
         self.own = defaultdict(float, snap.own_gpus)
         self.shared_used = defaultdict(float, snap.shared_used)
         self.borrowed = defaultdict(float, snap.borrowed_gpus)

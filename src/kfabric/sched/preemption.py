@@ -175,7 +175,6 @@ class PreemptionSteps(CycleState):
         """The trial succeeded: keep the victims the placement needs, admit the job after the grace period."""
         pol = self.policy
         for run_v in self._minimize(freed, placed[0]):
-            self.victims.add(run_v.job.id)
             self._victim_table(self.cap.pool_by_name[run_v.placement.pool].index).take(run_v.job.id)
             self._uncount(run_v)
             self.preemptions.append(
