@@ -33,7 +33,7 @@ class PreemptionSteps(CycleState):
                 continue
             claims = pol.reclaim and self._claims(job, c.pool)
             t = self._victim_table(c.pool)
-            picked.extend(t.candidates(*self._victim_rules(job, claims, reclaim_only)))
+            picked.extend(t.candidates(t.allowed(*self._victim_rules(job, claims, reclaim_only))))
         picked.sort(key=lambda x: x[:3])
         return [x[3] for x in picked[:VICTIM_CANDIDATES]]
 

@@ -125,17 +125,10 @@ class VictimTable:
         allowed &= self.alive & self.preemptible & ~self.taken
         return allowed
 
-    def candidates(
-        self,
-        below_priority: int | None,
-        borrowed_too: bool,
-        now_s: float,
-        min_run_s: float,
-        service_above: tuple[int, int, tuple[float, ...]] | None = None,
-    ) -> list[tuple[bool, float, str, RunningJob]]:
-        """Sort keys and runs of the allowed victims (see :meth:`allowed`), at most ``VICTIM_CANDIDATES`` of
-        the cheapest."""
-        idx = np.flatnonzero(self.allowed(below_priority, borrowed_too, now_s, min_run_s, service_above))
+    def candidates(self, allowed: npt.NDArray[np.bool_]) -> list[tuple[bool, float, str, RunningJob]]:
+        """Sort keys and runs of the ``allowed`` victims (a mask from :meth:`allowed`), at most
+        ``VICTIM_CANDIDATES`` of the cheapest."""
+        idx = np.flatnonzero(allowed)
         if idx.size > VICTIM_CANDIDATES:
             idx = idx[np.argsort(self.cost()[idx], kind="stable")[:VICTIM_CANDIDATES]]
         runs = [self.runs[i] for i in idx.tolist()]
