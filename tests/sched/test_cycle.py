@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
@@ -32,6 +33,7 @@ from kfabric.model.decision import Decision, Preemption, Reservation
 from kfabric.model.reasons import PendingReason, ReasonCode
 from kfabric.model.sovereignty import clearance_rule
 from kfabric.model.tenancy import OnExhausted
+from kfabric.sched import preemption
 from kfabric.sched.cycle import cycle
 from kfabric.sched.policy import Policy
 from kfabric.sched.snapshot import GrantState, Snapshot
@@ -667,6 +669,104 @@ def test_a_gang_that_no_domain_can_hold_preempts_nothing() -> None:
     d = decide(snap, a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH).build())
     assert d.preemptions == () and d.admissions == ()
     assert codes(d) == {"gang": ReasonCode.RESERVATION}  # it waits for the running work to end instead
+
+
+def _blocked_racks() -> Snapshot:
+    """:func:`_two_racks` where no rack can be emptied now: one non-preemptible job on each."""
+    snap = _two_racks({})
+    _edit(snap, "n0a", preemptible=False)
+    _edit(snap, "n3b", preemptible=False)
+    return snap
+
+
+def _rack_0_blocked(rack_1_age_h: float = 2.0) -> Snapshot:
+    """Rack 0 blocked by a non-preemptible job; rack 1's work started ``rack_1_age_h`` hours ago."""
+    snap = _two_racks({2: rack_1_age_h, 3: rack_1_age_h})
+    _edit(snap, "n0a", preemptible=False)
+    return snap
+
+
+def _young_rack_1() -> Snapshot:
+    return _rack_0_blocked(5 / 60)  # under the minimum run time
+
+
+SERVICE = FIFO.with_(preempt_by_priority=False, preempt_by_service=True, las_thresholds_gpu_s=(40_000.0,))
+
+
+def _node_2_down() -> Snapshot:
+    snap = _blocked_racks()
+    _edit(snap, "n3b", preemptible=True)
+    snap.capacity.set_up(2, False)
+    return snap
+
+
+@pytest.mark.parametrize(
+    ("setup", "change", "later_s", "policy", "admits"),
+    [
+        (_blocked_racks, lambda s: None, 60.0, FIFO, False),  # nothing changed: the remembered miss answers
+        (_blocked_racks, lambda s: s.finish("n3b"), 60.0, FIFO, True),  # the blocker ended
+        (_young_rack_1, lambda s: None, 60.0, FIFO, False),  # still under the minimum run time
+        (_young_rack_1, lambda s: None, 300.0, FIFO, True),  # old enough now
+        (_node_2_down, lambda s: None, 60.0, FIFO, False),
+        (_node_2_down, lambda s: s.capacity.set_up(2, True), 60.0, FIFO, True),  # the node came back
+        (_rack_0_blocked, lambda s: None, 60.0, SERVICE, False),  # rack 1's jobs: 29,040 GPU-s each
+        (_rack_0_blocked, lambda s: None, 3_000.0, SERVICE, True),  # 40,800 GPU-s: past the threshold
+    ],
+    ids=["unchanged", "blocker-ended", "still-young", "matured", "node-down", "node-up", "low-service", "served"],
+)
+def test_a_remembered_gang_miss_answers_as_a_fresh_search_would(
+    setup: Callable[[], Snapshot],
+    change: Callable[[Snapshot], object],
+    later_s: float,
+    policy: Policy,
+    admits: bool,
+) -> None:
+    job = a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH if policy is FIFO else NORMAL).build()
+    snap = setup()
+    first = decide(snap, job, policy=policy)
+    assert first.admissions == () and snap.victim_misses  # the failed search is remembered
+    change(snap)
+    fresh = copy.deepcopy(snap)
+    fresh.victim_misses.clear()
+    got = decide(snap, job, policy=policy, now=NOW + later_s)
+    assert decision_key(got) == decision_key(decide(fresh, job, policy=policy, now=NOW + later_s))
+    assert bool(got.admissions) == admits
+
+
+def test_work_placed_in_the_cycle_of_a_miss_counts_once_it_may_be_displaced() -> None:
+    # rack 0 is blocked; on rack 1 a LOW filler takes free node 2 just before the gang's search fails; the
+    # simulator keeps the cycle's changes (keep=True), so nothing is released when the filler starts
+    snap = snapshot_of(hgx_fleet(nodes=4, nodes_per_rack=2, racks_per_unit=1))
+    running(snap, "firm", "p", 0, EIGHT, 2.0, preemptible=False)
+    running(snap, "low1", "p", 1, EIGHT, 2.0, priority=LOW)
+    running(snap, "low3", "p", 3, EIGHT, 2.0, priority=LOW)
+    filler = a_job("filler").gpus(8).priority(LOW).submitted(NOW - 7_200.0).build()
+    gang = a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH).submitted(NOW - 60.0).build()
+    outcomes = []
+    for now, jobs in ((NOW, (filler, gang)), (NOW + 60.0, (gang,)), (NOW + 700.0, (gang,))):
+        fresh = copy.deepcopy(snap)
+        fresh.victim_misses.clear()
+        d = cycle(snap, queue_of(snap, *jobs), FIFO, now, keep=True)
+        assert decision_key(d) == decision_key(cycle(fresh, queue_of(fresh, *jobs), FIFO, now, keep=True))
+        for pre in d.preemptions:
+            snap.finish(pre.job_id, give=False)
+        for adm in d.admissions:
+            job = next(j for j in jobs if j.id == adm.job_id)
+            snap.start(job, adm.placement, now, adm.borrowed, adm.guaranteed, take=False)
+        outcomes.append(sorted(a.job_id for a in d.admissions))
+    assert outcomes == [["filler"], [], ["gang"]]  # the filler may be displaced after the minimum run time
+
+
+def test_an_unchanged_pool_is_not_searched_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    snap = _blocked_racks()
+    job = a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH).build()
+    decide(snap, job)
+
+    def searched(*args: object) -> None:
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(preemption, "cheapest_nodes", searched)
+    assert decide(snap, job, now=NOW + 3_600.0).admissions == ()
 
 
 # ---- quota: reservations, the national pool, borrowing, reclaim -------------------------------------------------

@@ -166,6 +166,9 @@ class Capacity:
         self.fresh: list[dict[int, None]] = [{} for _ in pools]
         self._log: list[tuple[int, int, tuple[int, ...], int, int, int]] = []
         self.logging = False
+        #: per pool, how often capacity there was released for good (work ended, a node came up): while the
+        #: count stands, nothing in the pool became free (trials undone by a rollback do not count)
+        self.released: list[int] = [0] * len(pools)
         # bucket order is part of the state (best fit takes the first node in a bucket), so a rollback puts
         # every dict back in its order: a dict's keys are saved on its first change after each mark
         self._orders: list[tuple[int, dict[int, None], list[int]]] = []
@@ -200,6 +203,7 @@ class Capacity:
             self.logging = False
             if op == _TAKE:
                 self._apply(node, gpus, -milli, -cpu, -mem)
+                self.released[self._pool_of[node]] += 1
             elif op == _GIVE:
                 self._apply(node, gpus, milli, cpu, mem)
             else:
@@ -217,6 +221,9 @@ class Capacity:
 
     def forget(self) -> None:
         """Make every logged change permanent."""
+        for op, node, *_ in self._log:
+            if op == _GIVE:
+                self.released[self._pool_of[node]] += 1
         self._log.clear()
         self._orders.clear()
         self._order_saved.clear()
@@ -230,6 +237,8 @@ class Capacity:
         self._apply(node, gpus, -milli, -cpu, -mem)
         if self.logging:
             self._log.append((_GIVE, node, gpus, milli, cpu, mem))
+        else:
+            self.released[self._pool_of[node]] += 1
 
     def set_up(self, node: int, up: bool) -> None:
         if self._up[node] == up:
@@ -245,6 +254,7 @@ class Capacity:
         self.pool_up_milli[pi] += sign * g * MILLI_PER_GPU
         if up:
             self._count(node, +1, self._whole[node])
+            self.released[pi] += 1
         if self.logging:
             self._log.append((_UP if up else _DOWN, node, (), 0, 0, 0))
 

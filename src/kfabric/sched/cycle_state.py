@@ -59,6 +59,8 @@ class CycleState:
         )
         self.any_reservation = False
         self._victim_tables: dict[int, VictimTable] = {}
+        #: pools where this cycle chose victims (capacity there is freed before the cycle ends)
+        self.victims_chosen: set[int] = set()
         self.preemption_tries = policy.max_preemption_attempts
         self.task_types: tuple[tuple[int, int, float], ...] = ()
         self.unreserved = self._unreserved()

@@ -59,3 +59,26 @@ def cheapest_nodes(
     on_chosen = np.isin(local, chosen)
     runs = np.unique(table.share_run[sel][on_chosen])
     return float(totals[best]), runs
+
+
+def next_freeable(
+    cap: Capacity, pool: int, table: VictimTable, when: npt.NDArray[np.float64], now_s: float, new_from_s: float
+) -> float:
+    """The earliest time after ``now_s`` at which a node of the pool that cannot be freed now could be, if
+    nothing ends there and no node comes up: when every run on it may be displaced (``when``: per run, from
+    ``VictimTable.allowed_from``; work placed in this cycle, not in the table yet, from ``new_from_s``);
+    ``inf`` when none ever could. Work that starts later only adds to what a node holds, so until then
+    :func:`cheapest_nodes` under the same rules finds no more nodes than now."""
+    p = cap.pools[pool]
+    lo, n, g = p.first_node, p.nodes, p.gpus_per_node
+    alive = table.share_alive
+    sel = alive & np.isfinite(when[table.share_run])
+    local = table.share_node[sel] - lo
+    freed = np.bincount(local, weights=table.share_milli[sel], minlength=n)
+    used = g * MILLI_PER_GPU - cap.node_milli[lo : lo + n]
+    new = used - np.bincount(table.share_node[alive] - lo, weights=table.share_milli[alive], minlength=n)
+    latest = np.full(n, -np.inf)
+    np.maximum.at(latest, local, when[table.share_run[sel]])
+    latest = np.where(new > 0, np.maximum(latest, new_from_s), latest)
+    later = cap.up[lo : lo + n] & (freed + np.maximum(new, 0) >= used) & (latest > now_s)
+    return float(latest[later].min()) if later.any() else float("inf")

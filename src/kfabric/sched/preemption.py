@@ -14,10 +14,13 @@ from kfabric.model.decision import Placement, Preemption
 from kfabric.model.job import Job, MinTopology, PriorityClass
 from kfabric.sched.cycle_state import CycleState, PoolChoice
 from kfabric.sched.gangs import domain_nodes
-from kfabric.sched.node_victims import cheapest_nodes
+from kfabric.sched.node_victims import cheapest_nodes, next_freeable
 from kfabric.sched.request import node_counts
 from kfabric.sched.snapshot import RunningJob
-from kfabric.sched.victims import VICTIM_CANDIDATES
+from kfabric.sched.victims import VICTIM_CANDIDATES, VictimTable
+
+#: failed gang victim searches remembered (``Snapshot.victim_misses``) before the memo is emptied
+MISS_LIMIT = 10_000
 
 
 class PreemptionSteps(CycleState):
@@ -113,10 +116,16 @@ class PreemptionSteps(CycleState):
             if counts is None or not self._worth_searching(job, c.pool, reclaim_only):
                 continue
             claims = pol.reclaim and self._claims(job, c.pool)
+            rules = self._victim_rules(job, claims, reclaim_only)
+            span = domain_nodes(p, job.min_topology)
+            miss = (c.pool, rules[:2], rules[3:], len(counts), span)
+            if self._known_miss(miss):
+                continue
             table = self._victim_table(c.pool)
-            allowed = table.allowed(*self._victim_rules(job, claims, reclaim_only))
-            got = cheapest_nodes(cap, c.pool, table, allowed, len(counts), domain_nodes(p, job.min_topology))
-            if got is not None and got[1].size:  # no victims: the job did not fit there as it is
+            got = cheapest_nodes(cap, c.pool, table, table.allowed(*rules), len(counts), span)
+            if got is None:
+                self._remember_miss(miss, table, rules)
+            elif got[1].size:  # no victims: the job did not fit there as it is
                 cost, idx = got
                 runs = sorted((table.runs[i] for i in idx.tolist()), key=lambda r: (not r.borrowed, r.job.id))
                 options.append((cost, c.pool, runs))
@@ -130,6 +139,38 @@ class PreemptionSteps(CycleState):
                 return True
             self._undo(mark, runs)
         return False
+
+    def _known_miss(self, key: tuple[object, ...]) -> bool:
+        """Did the same gang victim search fail on the pool with nothing freed there since, and no node there
+        able to become freeable yet? Then it fails again (``Snapshot.victim_misses``)."""
+        got = self.snap.victim_misses.get(key)
+        if got is None:
+            return False
+        pool = key[0]
+        assert isinstance(pool, int)
+        if pool in self.victims_chosen or got[0] != self.cap.released[pool] or self.now >= got[1]:
+            del self.snap.victim_misses[key]
+            return False
+        return True
+
+    def _remember_miss(
+        self,
+        key: tuple[object, ...],
+        table: VictimTable,
+        rules: tuple[int | None, bool, float, float, tuple[int, int, tuple[float, ...]] | None],
+    ) -> None:
+        pool = key[0]
+        assert isinstance(pool, int)
+        if pool in self.victims_chosen:
+            return
+        misses = self.snap.victim_misses
+        if len(misses) > MISS_LIMIT:
+            misses.clear()
+        # work placed in this cycle may be displaced once it has run the minimum run time, not before
+        when = table.allowed_from(*rules)
+        until = next_freeable(self.cap, pool, table, when, self.now, self.now + self.policy.min_run_s)
+        if until > self.now:
+            misses[key] = (self.cap.released[pool], until)
 
     def _victim_rules(
         self, job: Job, claims: bool, reclaim_only: bool
@@ -175,6 +216,7 @@ class PreemptionSteps(CycleState):
         """The trial succeeded: keep the victims the placement needs, admit the job after the grace period."""
         pol = self.policy
         for run_v in self._minimize(freed, placed[0]):
+            self.victims_chosen.add(self.cap.pool_by_name[run_v.placement.pool].index)
             self._victim_table(self.cap.pool_by_name[run_v.placement.pool].index).take(run_v.job.id)
             self._uncount(run_v)
             self.preemptions.append(

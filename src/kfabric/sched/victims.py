@@ -110,20 +110,64 @@ class VictimTable:
         (when ``borrowed_too``), or (``service_above = (priority, level, thresholds)``) of at most that
         priority class in a higher attained-service queue than ``level`` and not on its own reservation; all
         running for at least ``min_run_s`` and not already chosen in this cycle."""
-        allowed = np.zeros(self.alive.size, dtype=bool)
-        if below_priority is not None:
-            allowed |= self.priority < below_priority
-        if service_above is not None:
-            priority, level, thresholds = service_above
-            levels = self.memo.get(thresholds)
-            if levels is None:
-                levels = self.memo[thresholds] = np.searchsorted(np.asarray(thresholds), self.service, side="right")
-            allowed |= (self.priority <= priority) & (levels > level) & ~self.guaranteed
-        if borrowed_too:
-            allowed |= self.borrowed
+        by_rule, service_at = self._rule_masks(below_priority, borrowed_too, service_above)
+        allowed = by_rule.copy()
+        if service_at is not None:
+            allowed |= service_at[0] & (self._levels(service_at[2]) > service_at[1])
         allowed &= (now_s - self.start_s) >= min_run_s
         allowed &= self.alive & self.preemptible & ~self.taken
         return allowed
+
+    def allowed_from(
+        self,
+        below_priority: int | None,
+        borrowed_too: bool,
+        now_s: float,
+        min_run_s: float,
+        service_above: tuple[int, int, tuple[float, ...]] | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """When each run may be displaced under the rules of :meth:`allowed` if it keeps running: ``-inf``
+        when it may be now, ``inf`` when it never may be (chosen in this cycle counts as may be); else the
+        time it reaches the minimum run time or, under ``service_above``, the higher attained-service queue
+        (its service grows by its GPUs per second)."""
+        by_rule, service_at = self._rule_masks(below_priority, borrowed_too, service_above)
+        when = np.where(by_rule, -np.inf, np.inf)
+        if service_at is not None:
+            mask, level, thresholds = service_at
+            if level < len(thresholds):
+                gpus = self.milli / MILLI_PER_GPU
+                reached = self._levels(thresholds) > level
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    later = np.where(gpus > 0, now_s + (thresholds[level] - self.service) / gpus, np.inf)
+                when = np.minimum(when, np.where(mask, np.where(reached, -np.inf, later), np.inf))
+        young = (now_s - self.start_s) < min_run_s
+        when = np.where(young, np.maximum(when, self.start_s + min_run_s), when)
+        return np.where(self.alive & self.preemptible, when, np.inf)
+
+    def _rule_masks(
+        self,
+        below_priority: int | None,
+        borrowed_too: bool,
+        service_above: tuple[int, int, tuple[float, ...]] | None,
+    ) -> tuple[npt.NDArray[np.bool_], tuple[npt.NDArray[np.bool_], int, tuple[float, ...]] | None]:
+        """Runs the rules allow regardless of age and service, and (mask, level, thresholds) of those the
+        service rule allows once their attained service passes the job's queue."""
+        by_rule = np.zeros(self.alive.size, dtype=bool)
+        if below_priority is not None:
+            by_rule |= self.priority < below_priority
+        if borrowed_too:
+            by_rule |= self.borrowed
+        if service_above is None:
+            return by_rule, None
+        priority, level, thresholds = service_above
+        return by_rule, ((self.priority <= priority) & ~self.guaranteed, level, thresholds)
+
+    def _levels(self, thresholds: tuple[float, ...]) -> npt.NDArray[np.int64]:
+        """Each run's attained-service queue under ``thresholds`` (once per cycle)."""
+        levels = self.memo.get(thresholds)
+        if levels is None:
+            levels = self.memo[thresholds] = np.searchsorted(np.asarray(thresholds), self.service, side="right")
+        return levels
 
     def candidates(self, allowed: npt.NDArray[np.bool_]) -> list[tuple[bool, float, str, RunningJob]]:
         """Sort keys and runs of the ``allowed`` victims (a mask from :meth:`allowed`), at most
