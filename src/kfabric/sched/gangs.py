@@ -106,17 +106,32 @@ def _domain_free(cap: Capacity, p: PoolInfo) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pick_from(cap: Capacity, idx: np.ndarray, counts: list[int], cpu: int, mem: int) -> list[int] | None:
-    """Best-fit each node count (largest first) among node indices ``idx``; None unless all are found."""
+    """Best-fit each node count (largest first) among node indices ``idx``; None unless all are found.
+
+    Picking one count at a time takes the node with the least slack (the lowest position on ties) and
+    removes it; for ``k`` equal counts in a row that is the first ``k`` nodes in (slack, position) order,
+    so each run of equal counts is one stable sort."""
     whole = cap.whole[idx].copy()
     whole[~(cap.up[idx] & (cap.cpu_free[idx] >= cpu) & (cap.mem_free[idx] >= mem))] = -1
     chosen: list[int] = []
-    for c in counts:
+    i = 0
+    while i < len(counts):
+        c = counts[i]
+        k = 1
+        while i + k < len(counts) and counts[i + k] == c:
+            k += 1
         slack = np.where(whole >= c, whole - c, 1 << 20)
-        i = int(np.argmin(slack))
-        if slack[i] >= 1 << 20:
+        if k == 1:
+            picked = np.array([int(np.argmin(slack))])
+        elif c == int(whole.max(initial=-1)):
+            picked = np.flatnonzero(slack == 0)[:k]  # none has less slack: the first k that fit exactly
+        else:
+            picked = np.argsort(slack, kind="stable")[:k]
+        if picked.size < k or slack[picked[-1]] >= 1 << 20:
             return None
-        chosen.append(int(idx[i]))
-        whole[i] = -1
+        chosen.extend(idx[picked].tolist())
+        whole[picked] = -1
+        i += k
     return chosen
 
 
@@ -126,8 +141,10 @@ def _gang_placement(
     shares = []
     g = p.gpus_per_node
     whole = cap._whole
+    hosts = {c: host_share(job, req, c) for c in set(counts)}
+    firsts = {c: tuple(range(c)) for c in hosts}
     for node, c in zip(nodes, counts, strict=True):
-        cpu, mem = host_share(job, req, c)
-        gpus = tuple(range(c)) if whole[node] == g else tuple(cap.free_gpus_on(node)[:c])  # fully free: 0..c-1
+        cpu, mem = hosts[c]
+        gpus = firsts[c] if whole[node] == g else tuple(cap.free_gpus_on(node)[:c])  # fully free: 0..c-1
         shares.append(NodeShare(node, gpus, MILLI_PER_GPU, cpu, mem))
     return Placement(p.name, tuple(shares))
