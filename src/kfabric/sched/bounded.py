@@ -53,16 +53,20 @@ def share_nodes(cap: Capacity, pool: int, ask: Ask, per_bucket: int, scan: int) 
     and memory hold it; then the :func:`bucket_nodes` representatives with a whole free GPU."""
     p = cap.pools[pool]
     g = p.gpus_per_node
-    milli = cap.milli[p.first_node : p.first_node + p.nodes, :g]
-    slots = np.flatnonzero((milli >= ask.milli) & (milli < MILLI_PER_GPU))
     nodes: list[int] = []
-    if slots.size:
-        local = slots // g
-        node = local + p.first_node
-        host = cap.up[node] & (cap.cpu_free[node] >= ask.cpu) & (cap.mem_free[node] >= ask.mem)
-        slots, local = slots[host], local[host]
-        _, first = np.unique(milli[local, slots % g], return_index=True)
-        nodes = (local[np.sort(first)] + p.first_node).tolist()
+    shared = cap.shared[pool]
+    if shared:
+        rows = np.fromiter(shared, dtype=np.int64, count=len(shared))
+        rows.sort()
+        milli = cap.milli[rows, :g]
+        slots = np.flatnonzero((milli >= ask.milli) & (milli < MILLI_PER_GPU))
+        if slots.size:
+            local = slots // g
+            node = rows[local]
+            host = cap.up[node] & (cap.cpu_free[node] >= ask.cpu) & (cap.mem_free[node] >= ask.mem)
+            slots, local = slots[host], local[host]
+            _, first = np.unique(milli[local, slots % g], return_index=True)
+            nodes = rows[local[np.sort(first)]].tolist()
     return list(dict.fromkeys(nodes + bucket_nodes(cap, pool, ask, per_bucket, scan)))
 
 

@@ -164,6 +164,8 @@ class Capacity:
         self._up: list[bool] = [False] * n
         self.buckets: list[list[dict[int, None]]] = [[{} for _ in range(q.gpus_per_node + 1)] for q in pools]
         self.fresh: list[dict[int, None]] = [{} for _ in pools]
+        #: per pool: nodes with GPUs that are partly in use (some but not all of their milli free), and how many
+        self.shared: list[dict[int, int]] = [{} for _ in pools]
         self._log: list[tuple[int, int, tuple[int, ...], int, int, int]] = []
         self.logging = False
         #: per pool, how often capacity there was released for good (work ended, a node came up): while the
@@ -268,6 +270,7 @@ class Capacity:
         row = self._milli_rows[node]
         arr = self.milli[node]
         delta_whole = 0
+        shared = 0
         for g in gpus:
             old = row[g]
             new = old - milli
@@ -277,9 +280,20 @@ class Capacity:
                 delta_whole -= 1
             elif new == MILLI_PER_GPU:
                 delta_whole += 1
+            if 0 < old < MILLI_PER_GPU:
+                shared -= 1
+            if 0 < new < MILLI_PER_GPU:
+                shared += 1
         self.cpu_free[node] -= cpu
         self.mem_free[node] -= mem
         pi = self._pool_of[node]
+        if shared:
+            on = self.shared[pi]
+            left = on.get(node, 0) + shared
+            if left:
+                on[node] = left
+            else:
+                del on[node]
         p = self.pools[pi]
         n = len(gpus)
         self.node_milli[node] -= milli * n
