@@ -159,6 +159,8 @@ class PreemptionSteps(CycleState):
         table: VictimTable,
         rules: tuple[int | None, bool, float, float, tuple[int, int, tuple[float, ...]] | None],
     ) -> None:
+        """Remember a failed gang victim search with what would let it succeed: a release on the pool, or the
+        first time a node there could become freeable (none if this cycle chose victims on the pool)."""
         pool = key[0]
         assert isinstance(pool, int)
         if pool in self.victims_chosen:
