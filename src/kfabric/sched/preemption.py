@@ -19,6 +19,8 @@ from kfabric.sched.request import node_counts
 from kfabric.sched.snapshot import RunningJob
 from kfabric.sched.victims import VICTIM_CANDIDATES, VictimTable
 
+#: the arguments of ``VictimTable.allowed`` / ``allowed_from``: below priority, borrowed too, now, min run, service
+VictimRules = tuple[int | None, bool, float, float, tuple[int, int, tuple[float, ...]] | None]
 #: failed gang victim searches remembered (``Snapshot.victim_misses``) before the memo is emptied
 MISS_LIMIT = 10_000
 
@@ -119,12 +121,12 @@ class PreemptionSteps(CycleState):
             rules = self._victim_rules(job, claims, reclaim_only)
             span = domain_nodes(p, job.min_topology)
             miss = (c.pool, rules[:2], rules[3:], len(counts), span)
-            if self._known_miss(miss):
+            if self._known_miss(c.pool, miss):
                 continue
             table = self._victim_table(c.pool)
             got = cheapest_nodes(cap, c.pool, table, table.allowed(*rules), len(counts), span)
             if got is None:
-                self._remember_miss(miss, table, rules)
+                self._remember_miss(c.pool, miss, table, rules)
             elif got[1].size:  # no victims: the job did not fit there as it is
                 cost, idx = got
                 runs = sorted((table.runs[i] for i in idx.tolist()), key=lambda r: (not r.borrowed, r.job.id))
@@ -140,14 +142,12 @@ class PreemptionSteps(CycleState):
             self._undo(mark, runs)
         return False
 
-    def _known_miss(self, key: tuple[object, ...]) -> bool:
+    def _known_miss(self, pool: int, key: tuple[object, ...]) -> bool:
         """Did the same gang victim search fail on the pool with nothing freed there since, and no node there
         able to become freeable yet? Then it fails again (``Snapshot.victim_misses``)."""
         got = self.snap.victim_misses.get(key)
         if got is None:
             return False
-        pool = key[0]
-        assert isinstance(pool, int)
         if pool in self.victims_chosen or got[0] != self.cap.released[pool] or self.now >= got[1]:
             del self.snap.victim_misses[key]
             return False
@@ -155,14 +155,13 @@ class PreemptionSteps(CycleState):
 
     def _remember_miss(
         self,
+        pool: int,
         key: tuple[object, ...],
         table: VictimTable,
-        rules: tuple[int | None, bool, float, float, tuple[int, int, tuple[float, ...]] | None],
+        rules: VictimRules,
     ) -> None:
         """Remember a failed gang victim search with what would let it succeed: a release on the pool, or the
         first time a node there could become freeable (none if this cycle chose victims on the pool)."""
-        pool = key[0]
-        assert isinstance(pool, int)
         if pool in self.victims_chosen:
             return
         misses = self.snap.victim_misses
@@ -171,12 +170,9 @@ class PreemptionSteps(CycleState):
         # work placed in this cycle may be displaced once it has run the minimum run time, not before
         when = table.allowed_from(*rules)
         until = next_freeable(self.cap, pool, table, when, self.now, self.now + self.policy.min_run_s)
-        if until > self.now:
-            misses[key] = (self.cap.released[pool], until)
+        misses[key] = (self.cap.released[pool], until)  # until > now: a node freeable now is not "later"
 
-    def _victim_rules(
-        self, job: Job, claims: bool, reclaim_only: bool
-    ) -> tuple[int | None, bool, float, float, tuple[int, int, tuple[float, ...]] | None]:
+    def _victim_rules(self, job: Job, claims: bool, reclaim_only: bool) -> VictimRules:
         """The arguments of ``VictimTable.allowed`` for this job on a pool (``claims``: it may reclaim there)."""
         pol = self.policy
         service = None
@@ -218,8 +214,9 @@ class PreemptionSteps(CycleState):
         """The trial succeeded: keep the victims the placement needs, admit the job after the grace period."""
         pol = self.policy
         for run_v in self._minimize(freed, placed[0]):
-            self.victims_chosen.add(self.cap.pool_by_name[run_v.placement.pool].index)
-            self._victim_table(self.cap.pool_by_name[run_v.placement.pool].index).take(run_v.job.id)
+            pool = self.cap.pool_by_name[run_v.placement.pool].index
+            self.victims_chosen.add(pool)
+            self._victim_table(pool).take(run_v.job.id)
             self._uncount(run_v)
             self.preemptions.append(
                 Preemption(
