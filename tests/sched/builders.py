@@ -442,9 +442,11 @@ def check_invariants(cap: Capacity) -> None:
         assert int(cap.pool_milli[p.index]) == int(milli[up[sl]].sum()), f"pool {p.name}: pool_milli"
         assert int(cap.pool_up_milli[p.index]) == int(up[sl].sum()) * p.gpus_per_node * MILLI_PER_GPU
         kw[p.site] += float((MILLI_PER_GPU - milli).sum()) * p.kw_per_gpu / MILLI_PER_GPU
-        # nodes with partly used GPUs, and how many, up or down
-        partly = ((milli > 0) & (milli < MILLI_PER_GPU)).sum(axis=1)
-        expected_shared = {p.first_node + int(i): int(partly[i]) for i in np.flatnonzero(partly)}
+        # partly used GPUs by free milli: the nodes with such GPUs and how many, up or down
+        expected_shared: dict[int, dict[int, int]] = {}
+        for i, g in zip(*np.nonzero((milli > 0) & (milli < MILLI_PER_GPU)), strict=True):
+            at = expected_shared.setdefault(int(milli[i, g]), {})
+            at[p.first_node + int(i)] = at.get(p.first_node + int(i), 0) + 1
         assert cap.shared[p.index] == expected_shared, f"pool {p.name}: shared GPUs index"
         # buckets: every up node in exactly one place, by whole free GPUs; fully free nodes of whole racks fresh
         where: dict[int, str] = {}

@@ -19,8 +19,6 @@ from __future__ import annotations
 from itertools import islice
 from math import floor
 
-import numpy as np
-
 from kfabric.model.job import MILLI_PER_GPU
 from kfabric.sched.capacity import Capacity
 from kfabric.sched.fragmentation import frag_tables
@@ -49,24 +47,23 @@ def bucket_nodes(cap: Capacity, pool: int, ask: Ask, per_bucket: int, scan: int)
 
 
 def share_nodes(cap: Capacity, pool: int, ask: Ask, per_bucket: int, scan: int) -> list[int]:
-    """For each amount of free milli on an already shared GPU that holds the share, the first node whose CPU
-    and memory hold it; then the :func:`bucket_nodes` representatives with a whole free GPU."""
-    p = cap.pools[pool]
-    g = p.gpus_per_node
+    """For each amount of free milli on an already shared GPU that holds the share, the lowest node with such a
+    GPU whose CPU and memory hold it; then the :func:`bucket_nodes` representatives with a whole free GPU."""
+    up, cpu_free, mem_free = cap.up, cap.cpu_free, cap.mem_free
     nodes: list[int] = []
-    shared = cap.shared[pool]
-    if shared:
-        rows = np.fromiter(shared, dtype=np.int64, count=len(shared))
-        rows.sort()
-        milli = cap.milli[rows, :g]
-        slots = np.flatnonzero((milli >= ask.milli) & (milli < MILLI_PER_GPU))
-        if slots.size:
-            local = slots // g
-            node = rows[local]
-            host = cap.up[node] & (cap.cpu_free[node] >= ask.cpu) & (cap.mem_free[node] >= ask.mem)
-            slots, local = slots[host], local[host]
-            _, first = np.unique(milli[local, slots % g], return_index=True)
-            nodes = rows[local[np.sort(first)]].tolist()
+    for free, on in cap.shared[pool].items():
+        if free < ask.milli:
+            continue
+        # nearly always the lowest node holds the host share; otherwise walk them in order
+        low = min(on)
+        if up[low] and cpu_free[low] >= ask.cpu and mem_free[low] >= ask.mem:
+            nodes.append(low)
+            continue
+        for node in sorted(on):
+            if up[node] and cpu_free[node] >= ask.cpu and mem_free[node] >= ask.mem:
+                nodes.append(node)
+                break
+    nodes.sort()
     return list(dict.fromkeys(nodes + bucket_nodes(cap, pool, ask, per_bucket, scan)))
 
 

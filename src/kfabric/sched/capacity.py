@@ -164,8 +164,9 @@ class Capacity:
         self._up: list[bool] = [False] * n
         self.buckets: list[list[dict[int, None]]] = [[{} for _ in range(q.gpus_per_node + 1)] for q in pools]
         self.fresh: list[dict[int, None]] = [{} for _ in pools]
-        #: per pool: nodes with GPUs that are partly in use (some but not all of their milli free), and how many
-        self.shared: list[dict[int, int]] = [{} for _ in pools]
+        #: per pool, GPUs that are partly in use (some but not all of their milli free), by free milli: for each
+        #: amount, the nodes with such GPUs and how many (up or down)
+        self.shared: list[dict[int, dict[int, int]]] = [{} for _ in pools]
         self._log: list[tuple[int, int, tuple[int, ...], int, int, int]] = []
         self.logging = False
         #: per pool, how often capacity there was released for good (work ended, a node came up): while the
@@ -269,8 +270,8 @@ class Capacity:
         buckets and rack/unit counters change only when the node's count of whole free GPUs changes."""
         row = self._milli_rows[node]
         arr = self.milli[node]
+        pi = self._pool_of[node]
         delta_whole = 0
-        shared = 0
         for g in gpus:
             old = row[g]
             new = old - milli
@@ -281,19 +282,18 @@ class Capacity:
             elif new == MILLI_PER_GPU:
                 delta_whole += 1
             if 0 < old < MILLI_PER_GPU:
-                shared -= 1
+                at = self.shared[pi][old]
+                if at[node] == 1:
+                    del at[node]
+                    if not at:
+                        del self.shared[pi][old]
+                else:
+                    at[node] -= 1
             if 0 < new < MILLI_PER_GPU:
-                shared += 1
+                at = self.shared[pi].setdefault(new, {})
+                at[node] = at.get(node, 0) + 1
         self.cpu_free[node] -= cpu
         self.mem_free[node] -= mem
-        pi = self._pool_of[node]
-        if shared:
-            on = self.shared[pi]
-            left = on.get(node, 0) + shared
-            if left:
-                on[node] = left
-            else:
-                del on[node]
         p = self.pools[pi]
         n = len(gpus)
         self.node_milli[node] -= milli * n
