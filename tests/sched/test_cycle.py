@@ -693,6 +693,14 @@ def _young_rack_1() -> Snapshot:
 SERVICE = FIFO.with_(preempt_by_priority=False, preempt_by_service=True, las_thresholds_gpu_s=(40_000.0,))
 
 
+def _every_node_blocked() -> Snapshot:
+    """:func:`_two_racks` with a non-preemptible job on every node: each rack is two nodes short."""
+    snap = _two_racks({})
+    for node in range(4):
+        _edit(snap, f"n{node}a", preemptible=False)
+    return snap
+
+
 def _node_2_down() -> Snapshot:
     snap = _blocked_racks()
     _edit(snap, "n3b", preemptible=True)
@@ -711,8 +719,13 @@ def _node_2_down() -> Snapshot:
         (_node_2_down, lambda s: s.capacity.set_up(2, True), 60.0, FIFO, True),  # the node came back
         (_rack_0_blocked, lambda s: None, 60.0, SERVICE, False),  # rack 1's jobs: 29,040 GPU-s each
         (_rack_0_blocked, lambda s: None, 3_000.0, SERVICE, True),  # 40,800 GPU-s: past the threshold
+        (_every_node_blocked, lambda s: s.finish("n0a"), 60.0, FIFO, False),  # rack 0 still one node short
+        (_every_node_blocked, lambda s: (s.finish("n0a"), s.finish("n1a")), 60.0, FIFO, True),
     ],
-    ids=["unchanged", "blocker-ended", "still-young", "matured", "node-down", "node-up", "low-service", "served"],
+    ids=[
+        *("unchanged", "blocker-ended", "still-young", "matured", "node-down", "node-up", "low-service", "served"),
+        *("one-of-two-ended", "two-of-two-ended"),
+    ],
 )
 def test_a_remembered_gang_miss_answers_as_a_fresh_search_would(
     setup: Callable[[], Snapshot],
@@ -767,6 +780,19 @@ def test_an_unchanged_pool_is_not_searched_again(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(preemption, "cheapest_nodes", searched)
     assert decide(snap, job, now=NOW + 3_600.0).admissions == ()
+
+
+def test_a_search_two_nodes_short_is_not_repeated_after_one_node_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    snap = _every_node_blocked()
+    job = a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH).build()
+    decide(snap, job)
+    snap.finish("n2a")  # node 2 can be freed now; rack 1 still lacks node 3
+
+    def searched(*args: object) -> None:
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(preemption, "cheapest_nodes", searched)
+    assert decide(snap, job, now=NOW + 60.0).admissions == ()
 
 
 # ---- quota: reservations, the national pool, borrowing, reclaim -------------------------------------------------

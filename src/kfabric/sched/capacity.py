@@ -169,8 +169,9 @@ class Capacity:
         self.shared: list[dict[int, dict[int, int]]] = [{} for _ in pools]
         self._log: list[tuple[int, int, tuple[int, ...], int, int, int]] = []
         self.logging = False
-        #: per pool, how often capacity there was released for good (work ended, a node came up): while the
-        #: count stands, nothing in the pool became free (trials undone by a rollback do not count)
+        #: per pool, how often capacity there was released for good (work ended, a node came up), one count per
+        #: node changed: while the count stands, nothing in the pool became free, and n counts changed at most n
+        #: nodes (trials undone by a rollback do not count)
         self.released: list[int] = [0] * len(pools)
         # bucket order is part of the state (best fit takes the first node in a bucket), so a rollback puts
         # every dict back in its order: a dict's keys are saved on its first change after each mark

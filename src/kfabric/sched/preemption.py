@@ -125,8 +125,8 @@ class PreemptionSteps(CycleState):
                 continue
             table = self._victim_table(c.pool)
             got = cheapest_nodes(cap, c.pool, table, table.allowed(*rules), len(counts), span)
-            if got is None:
-                self._remember_miss(c.pool, miss, table, rules)
+            if isinstance(got, int):
+                self._remember_miss(c.pool, miss, table, rules, got)
             elif got[1].size:  # no victims: the job did not fit there as it is
                 cost, idx = got
                 runs = sorted((table.runs[i] for i in idx.tolist()), key=lambda r: (not r.borrowed, r.job.id))
@@ -143,12 +143,13 @@ class PreemptionSteps(CycleState):
         return False
 
     def _known_miss(self, pool: int, key: tuple[object, ...]) -> bool:
-        """Did the same gang victim search fail on the pool with nothing freed there since, and no node there
-        able to become freeable yet? Then it fails again (``Snapshot.victim_misses``)."""
+        """Did the same gang victim search fail on the pool, with too few nodes changed there since to make
+        enough of them freeable, and no node there able to become freeable by age yet? Then it fails again
+        (``Snapshot.victim_misses``)."""
         got = self.snap.victim_misses.get(key)
         if got is None:
             return False
-        if pool in self.victims_chosen or got[0] != self.cap.released[pool] or self.now >= got[1]:
+        if pool in self.victims_chosen or self.cap.released[pool] >= got[0] or self.now >= got[1]:
             del self.snap.victim_misses[key]
             return False
         return True
@@ -159,9 +160,11 @@ class PreemptionSteps(CycleState):
         key: tuple[object, ...],
         table: VictimTable,
         rules: VictimRules,
+        short: int,
     ) -> None:
-        """Remember a failed gang victim search with what would let it succeed: a release on the pool, or the
-        first time a node there could become freeable (none if this cycle chose victims on the pool)."""
+        """Remember a failed gang victim search with what could let it succeed: ``short`` releases on the pool
+        (each frees capacity on one node: at most one more freeable node), or the first time a node there could
+        become freeable by age or service (none if this cycle chose victims on the pool)."""
         if pool in self.victims_chosen:
             return
         misses = self.snap.victim_misses
@@ -170,7 +173,7 @@ class PreemptionSteps(CycleState):
         # work placed in this cycle may be displaced once it has run the minimum run time, not before
         when = table.allowed_from(*rules)
         until = next_freeable(self.cap, pool, table, when, self.now, self.now + self.policy.min_run_s)
-        misses[key] = (self.cap.released[pool], until)  # until > now: a node freeable now is not "later"
+        misses[key] = (self.cap.released[pool] + short, until)  # until > now: a node freeable now is not "later"
 
     def _victim_rules(self, job: Job, claims: bool, reclaim_only: bool) -> VictimRules:
         """The arguments of ``VictimTable.allowed`` for this job on a pool (``claims``: it may reclaim there)."""

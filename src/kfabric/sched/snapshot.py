@@ -91,7 +91,8 @@ class Snapshot:
     _shares: dict[str, float] | None = None
     eligibility_cache: dict[tuple[object, ...], object] = field(default_factory=dict)
     #: gang victim searches that found too few nodes to free: (pool, rules, nodes, span) -> (the pool's
-    #: ``Capacity.released`` count then, the time a node could first become freeable); see ``sched.preemption``
+    #: ``Capacity.released`` count at which enough nodes may have changed, the time a node could first become
+    #: freeable); see ``sched.preemption``
     victim_misses: dict[tuple[object, ...], tuple[int, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
