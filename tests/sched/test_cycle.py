@@ -795,6 +795,17 @@ def test_a_search_two_nodes_short_is_not_repeated_after_one_node_changed(monkeyp
     assert decide(snap, job, now=NOW + 60.0).admissions == ()
 
 
+def test_a_miss_answers_for_larger_gangs_under_the_same_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    snap = _every_node_blocked()  # no node of the pool can be freed
+    decide(snap, a_job("two").gpus(16).priority(HIGH).build())
+
+    def searched(*args: object) -> None:
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(preemption, "cheapest_nodes", searched)
+    assert decide(snap, a_job("three").gpus(24).priority(HIGH).build(), now=NOW + 60.0).admissions == ()
+
+
 # ---- quota: reservations, the national pool, borrowing, reclaim -------------------------------------------------
 def _reserved_pool(b2_started_h_ago: float = 1.0) -> Snapshot:
     """A shared 16-GPU pool; project a reserves 8. Project b runs 8 GPUs from the national pool (node 0) and 8

@@ -19,9 +19,6 @@ from kfabric.model.job import MILLI_PER_GPU
 from kfabric.sched.capacity import Capacity
 from kfabric.sched.victims import VictimTable
 
-#: nodes short when the pool could never hold the gang
-NEVER = 1 << 40
-
 
 def cheapest_nodes(
     cap: Capacity,
@@ -33,20 +30,22 @@ def cheapest_nodes(
 ) -> tuple[float, npt.NDArray[np.int64]] | int:
     """The cheapest way to have ``count`` nodes of one domain of ``span`` consecutive nodes (None: the whole
     pool) fully free, as (total cost, indices into ``table.runs`` of the victims); ties go to the lower domain,
-    then the lower node. When no domain has enough nodes that could be freed: how many nodes the domain
-    closest to it lacks (a change on one node makes at most one more node freeable, so the search fails
-    again until at least that many nodes changed)."""
+    then the lower node. When no domain has enough nodes that could be freed: the most that one domain has (a
+    change on one node makes at most one more node freeable, so a search for more fails until enough nodes
+    changed)."""
     p = cap.pools[pool]
     lo, n, g = p.first_node, p.nodes, p.gpus_per_node
-    if count > n or g <= 0:
-        return NEVER
+    if g <= 0:
+        return 0
+    if count > n:
+        return n
     sel = allowed[table.share_run] & table.share_alive
     local = table.share_node[sel] - lo
     freed = np.bincount(local, weights=table.share_milli[sel], minlength=n)
     used = g * MILLI_PER_GPU - cap.node_milli[lo : lo + n]
     cand = np.flatnonzero(cap.up[lo : lo + n] & (freed >= used))
     if cand.size < count:
-        return count - cand.size if not span else count - int(np.bincount(cand // span).max(initial=0))
+        return cand.size if not span else int(np.bincount(cand // span).max(initial=0))
     node_cost = np.bincount(local, weights=table.cost()[table.share_run[sel]], minlength=n)
     domain = cand // span if span else np.zeros(cand.size, dtype=np.int64)
     order = np.lexsort((cand, node_cost[cand], domain))
@@ -55,7 +54,7 @@ def cheapest_nodes(
     starts = np.flatnonzero(np.r_[True, domain[1:] != domain[:-1]])
     sizes = np.diff(np.r_[starts, cand.size])
     if not (sizes >= count).any():
-        return count - int(sizes.max())
+        return int(sizes.max())
     starts = starts[sizes >= count]
     csum = np.r_[0.0, np.cumsum(cost)]
     totals = csum[starts + count] - csum[starts]

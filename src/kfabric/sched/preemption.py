@@ -120,8 +120,8 @@ class PreemptionSteps(CycleState):
             claims = pol.reclaim and self._claims(job, c.pool)
             rules = self._victim_rules(job, claims, reclaim_only)
             span = domain_nodes(p, job.min_topology)
-            miss = (c.pool, rules[:2], rules[3:], len(counts), span)
-            if self._known_miss(c.pool, miss):
+            miss = (c.pool, rules[:2], rules[3:], span)
+            if self._known_miss(c.pool, miss, len(counts)):
                 continue
             table = self._victim_table(c.pool)
             got = cheapest_nodes(cap, c.pool, table, table.allowed(*rules), len(counts), span)
@@ -142,17 +142,19 @@ class PreemptionSteps(CycleState):
             self._undo(mark, runs)
         return False
 
-    def _known_miss(self, pool: int, key: tuple[object, ...]) -> bool:
-        """Did the same gang victim search fail on the pool, with too few nodes changed there since to make
-        enough of them freeable, and no node there able to become freeable by age yet? Then it fails again
+    def _known_miss(self, pool: int, key: tuple[object, ...], count: int) -> bool:
+        """Did a gang victim search under the same rules fail on the pool, finding fewer than ``count``
+        freeable nodes in any one domain even with every node changed there since becoming freeable, and can no
+        node there become freeable by age yet? Then a search for ``count`` nodes fails now
         (``Snapshot.victim_misses``)."""
         got = self.snap.victim_misses.get(key)
         if got is None:
             return False
-        if pool in self.victims_chosen or self.cap.released[pool] >= got[0] or self.now >= got[1]:
+        released, most, until = got
+        if pool in self.victims_chosen or self.now >= until:
             del self.snap.victim_misses[key]
             return False
-        return True
+        return count > most + self.cap.released[pool] - released
 
     def _remember_miss(
         self,
@@ -160,11 +162,11 @@ class PreemptionSteps(CycleState):
         key: tuple[object, ...],
         table: VictimTable,
         rules: VictimRules,
-        short: int,
+        most: int,
     ) -> None:
-        """Remember a failed gang victim search with what could let it succeed: ``short`` releases on the pool
-        (each frees capacity on one node: at most one more freeable node), or the first time a node there could
-        become freeable by age or service (none if this cycle chose victims on the pool)."""
+        """Remember a failed gang victim search: the most freeable nodes one domain had (each release on the
+        pool frees capacity on one node: at most one more), and the first time a node there could become
+        freeable by age or service (nothing is remembered if this cycle chose victims on the pool)."""
         if pool in self.victims_chosen:
             return
         misses = self.snap.victim_misses
@@ -173,7 +175,7 @@ class PreemptionSteps(CycleState):
         # work placed in this cycle may be displaced once it has run the minimum run time, not before
         when = table.allowed_from(*rules)
         until = next_freeable(self.cap, pool, table, when, self.now, self.now + self.policy.min_run_s)
-        misses[key] = (self.cap.released[pool] + short, until)  # until > now: a node freeable now is not "later"
+        misses[key] = (self.cap.released[pool], most, until)  # until > now: a node freeable now is not "later"
 
     def _victim_rules(self, job: Job, claims: bool, reclaim_only: bool) -> VictimRules:
         """The arguments of ``VictimTable.allowed`` for this job on a pool (``claims``: it may reclaim there)."""

@@ -90,10 +90,10 @@ class Snapshot:
     #: caches of things that only change with the tenants or the set of online pools (see their users)
     _shares: dict[str, float] | None = None
     eligibility_cache: dict[tuple[object, ...], object] = field(default_factory=dict)
-    #: gang victim searches that found too few nodes to free: (pool, rules, nodes, span) -> (the pool's
-    #: ``Capacity.released`` count at which enough nodes may have changed, the time a node could first become
-    #: freeable); see ``sched.preemption``
-    victim_misses: dict[tuple[object, ...], tuple[int, float]] = field(default_factory=dict)
+    #: gang victim searches that found too few nodes to free: (pool, rules, span) -> (the pool's
+    #: ``Capacity.released`` count then, the most freeable nodes in one domain, the time a node could first
+    #: become freeable by age); see ``sched.preemption``
+    victim_misses: dict[tuple[object, ...], tuple[int, int, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         by_project: dict[str, list[GrantState]] = defaultdict(list)
