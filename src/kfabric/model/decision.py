@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kfabric.model.reasons import PendingReason
 
 
-@dataclass(frozen=True, slots=True)
-class NodeShare:
-    """The GPUs a job gets on one node: node index in the fleet, GPU indices on the node, milli per GPU."""
+class NodeShare(NamedTuple):
+    """The GPUs a job gets on one node: node index in the fleet, GPU indices on the node, milli per GPU (a
+    named tuple: a gang makes one per node, and a tuple is made three times faster than a frozen dataclass)."""
 
     node: int
     gpus: tuple[int, ...]

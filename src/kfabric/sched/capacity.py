@@ -270,33 +270,42 @@ class Capacity:
         """Take ``milli`` from each of ``gpus`` on ``node`` (negative gives back). Aggregates move by deltas;
         buckets and rack/unit counters change only when the node's count of whole free GPUs changes."""
         row = self._milli_rows[node]
-        arr = self.milli[node]
         pi = self._pool_of[node]
-        delta_whole = 0
-        for g in gpus:
-            old = row[g]
-            new = old - milli
-            row[g] = new
-            arr[g] = new
-            if old == MILLI_PER_GPU:
-                delta_whole -= 1
-            elif new == MILLI_PER_GPU:
-                delta_whole += 1
-            if 0 < old < MILLI_PER_GPU:
-                at = self.shared[pi][old]
-                if at[node] == 1:
-                    del at[node]
-                    if not at:
-                        del self.shared[pi][old]
-                else:
-                    at[node] -= 1
-            if 0 < new < MILLI_PER_GPU:
-                at = self.shared[pi].setdefault(new, {})
-                at[node] = at.get(node, 0) + 1
-        self.cpu_free[node] -= cpu
-        self.mem_free[node] -= mem
         p = self.pools[pi]
         n = len(gpus)
+        if n == p.gpus_per_node and (
+            self._whole[node] == n if milli == MILLI_PER_GPU else milli == -MILLI_PER_GPU and not any(row[:n])
+        ):
+            # a whole node taken or given back (most of a gang's shares): every GPU goes from free to used or back
+            value = 0 if milli > 0 else MILLI_PER_GPU
+            row[:n] = [value] * n
+            self.milli[node, :n] = value
+            delta_whole = -n if milli > 0 else n
+        else:
+            arr = self.milli[node]
+            delta_whole = 0
+            for g in gpus:
+                old = row[g]
+                new = old - milli
+                row[g] = new
+                arr[g] = new
+                if old == MILLI_PER_GPU:
+                    delta_whole -= 1
+                elif new == MILLI_PER_GPU:
+                    delta_whole += 1
+                if 0 < old < MILLI_PER_GPU:
+                    at = self.shared[pi][old]
+                    if at[node] == 1:
+                        del at[node]
+                        if not at:
+                            del self.shared[pi][old]
+                    else:
+                        at[node] -= 1
+                if 0 < new < MILLI_PER_GPU:
+                    at = self.shared[pi].setdefault(new, {})
+                    at[node] = at.get(node, 0) + 1
+        self.cpu_free[node] -= cpu
+        self.mem_free[node] -= mem
         self.node_milli[node] -= milli * n
         self.site_kw[p.site] += p.kw_per_gpu * milli * n / MILLI_PER_GPU
         up = self._up[node]

@@ -138,13 +138,14 @@ def _pick_from(cap: Capacity, idx: np.ndarray, counts: list[int], cpu: int, mem:
 def _gang_placement(
     cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, nodes: list[int], counts: list[int]
 ) -> Placement:
-    shares = []
     g = p.gpus_per_node
+    full = counts.count(g)  # counts are largest first: whole nodes (fully free when picked), then the rest
+    cpu, mem = host_share(job, req, g)
+    every = tuple(range(g))
+    shares = [NodeShare(node, every, MILLI_PER_GPU, cpu, mem) for node in nodes[:full]]
     whole = cap._whole
-    hosts = {c: host_share(job, req, c) for c in set(counts)}
-    firsts = {c: tuple(range(c)) for c in hosts}
-    for node, c in zip(nodes, counts, strict=True):
-        cpu, mem = hosts[c]
-        gpus = firsts[c] if whole[node] == g else tuple(cap.free_gpus_on(node)[:c])  # fully free: 0..c-1
+    for node, c in zip(nodes[full:], counts[full:], strict=True):
+        cpu, mem = host_share(job, req, c)
+        gpus = tuple(range(c)) if whole[node] == g else tuple(cap.free_gpus_on(node)[:c])  # fully free: 0..c-1
         shares.append(NodeShare(node, gpus, MILLI_PER_GPU, cpu, mem))
     return Placement(p.name, tuple(shares))

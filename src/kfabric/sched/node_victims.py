@@ -44,25 +44,26 @@ def cheapest_nodes(
     freed = np.bincount(local, weights=table.share_milli[sel], minlength=n)
     used = g * MILLI_PER_GPU - cap.node_milli[lo : lo + n]
     cand = np.flatnonzero(cap.up[lo : lo + n] & (freed >= used))
-    if cand.size < count:
-        return cand.size if not span else int(np.bincount(cand // span).max(initial=0))
+    # candidates per domain, in domain order (cand ascends, so its domains do too)
+    sizes = np.bincount(cand // span) if span else np.array([cand.size])
+    most = int(sizes.max(initial=0))
+    if most < count:
+        return most
+    starts = np.cumsum(sizes) - sizes
     node_cost = np.bincount(local, weights=table.cost()[table.share_run[sel]], minlength=n)
-    domain = cand // span if span else np.zeros(cand.size, dtype=np.int64)
-    order = np.lexsort((cand, node_cost[cand], domain))
-    cand, domain = cand[order], domain[order]
-    cost = node_cost[cand]
-    starts = np.flatnonzero(np.r_[True, domain[1:] != domain[:-1]])
-    sizes = np.diff(np.r_[starts, cand.size])
-    if not (sizes >= count).any():
-        return int(sizes.max())
+    # cheapest first within each domain, the lower node on ties (both sorts are stable)
+    order = np.lexsort((node_cost[cand], cand // span)) if span else np.argsort(node_cost[cand], kind="stable")
+    cand = cand[order]
     starts = starts[sizes >= count]
-    csum = np.r_[0.0, np.cumsum(cost)]
+    csum = np.zeros(cand.size + 1)
+    np.cumsum(node_cost[cand], out=csum[1:])
     totals = csum[starts + count] - csum[starts]
     best = int(np.argmin(totals))
-    chosen = cand[starts[best] : starts[best] + count]
-    on_chosen = np.isin(local, chosen)
-    runs = np.unique(table.share_run[sel][on_chosen])
-    return float(totals[best]), runs
+    chosen = np.zeros(n, dtype=bool)
+    chosen[cand[starts[best] : starts[best] + count]] = True
+    hit = np.zeros(len(table.runs), dtype=bool)
+    hit[table.share_run[sel][chosen[local]]] = True
+    return float(totals[best]), np.flatnonzero(hit)
 
 
 def next_freeable(

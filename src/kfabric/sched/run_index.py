@@ -68,23 +68,33 @@ class PoolRuns:
         self.interval_s[slot] = run.job.checkpoint_interval_s or 0.0
         self.milli[slot] = run.milli
         self.attained[slot] = attained_gpu_s
-        mine = self._shares_of[slot]
-        for sh in run.placement.shares:
-            if not self._free_shares:
-                self._grow_shares()
-            row = heapq.heappop(self._free_shares)
-            mine.append(row)
+        shares = run.placement.shares
+        while len(self._free_shares) < len(shares):
+            self._grow_shares()
+        free = self._free_shares
+        rows = self._shares_of[slot] = [heapq.heappop(free) for _ in shares]
+        if len(rows) == 1:
+            row, (sh,) = rows[0], shares
             self.share_alive[row] = True
             self.share_run[row] = slot
             self.share_node[row] = sh.node
             self.share_milli[row] = len(sh.gpus) * sh.gpu_milli
+        else:  # a gang: one write per column
+            self.share_alive[rows] = True
+            self.share_run[rows] = slot
+            self.share_node[rows] = [sh.node for sh in shares]
+            self.share_milli[rows] = [len(sh.gpus) * sh.gpu_milli for sh in shares]
 
     def remove(self, job_id: str) -> None:
         slot = self.slot_of.pop(job_id)
         self.runs[slot] = None
         self.alive[slot] = False
-        for row in self._shares_of[slot]:
-            self.share_alive[row] = False
+        rows = self._shares_of[slot]
+        if len(rows) == 1:
+            self.share_alive[rows[0]] = False
+        else:
+            self.share_alive[rows] = False
+        for row in rows:
             heapq.heappush(self._free_shares, row)
         self._shares_of[slot] = []
         heapq.heappush(self._free, slot)
