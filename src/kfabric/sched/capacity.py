@@ -334,17 +334,19 @@ class Capacity:
         pi = self._pool_of[node]
         p = self.pools[pi]
         rack, unit = self._rack_of[node], self._unit_of[node]
-        full = whole == p.gpus_per_node
-        self.rack_gpus[rack] += sign * whole
-        self.unit_gpus[unit] += sign * whole
-        buckets = self.buckets[pi]
-        if not full:
-            self._save_order(buckets[whole])
+        if whole:
+            self.rack_gpus[rack] += sign * whole
+            self.unit_gpus[unit] += sign * whole
+        if whole != p.gpus_per_node:
+            bucket = self.buckets[pi][whole]
+            if self.logging:
+                self._save_order(bucket)
             if sign > 0:
-                buckets[whole][node] = None
+                bucket[node] = None
             else:
-                del buckets[whole][node]
+                del bucket[node]
             return
+        buckets = self.buckets[pi]
         size = self._rack_size[rack]
         rack_was_whole = self._rack_full[rack] == size
         self._rack_full[rack] += sign
@@ -352,7 +354,8 @@ class Capacity:
         self.unit_full[unit] += sign
         rack_is_whole = self._rack_full[rack] == size
         target = self.fresh[pi] if (rack_is_whole if sign > 0 else rack_was_whole) else buckets[whole]
-        self._save_order(target)
+        if self.logging:
+            self._save_order(target)
         if sign > 0:
             target[node] = None
         else:
