@@ -9,6 +9,7 @@ import pytest
 from builders import a_job, hgx_fleet, place, run, share, snapshot_of
 
 from kfabric.model import PriorityClass
+from kfabric.sched.run_index import FANCY_MIN
 from kfabric.sched.snapshot import Snapshot
 from kfabric.sched.victims import VictimTable
 
@@ -107,3 +108,17 @@ def test_a_job_indexed_twice_is_refused() -> None:
     run(snap, a_job("j").gpus(1).build(), place("p", share(0, 0)), 0.0)
     with pytest.raises(ValueError, match="already indexed"):
         snap.run_index[0].add(snap.running["j"], 0.0)
+
+
+@pytest.mark.parametrize("nodes", [2, FANCY_MIN - 1, FANCY_MIN, 48])
+def test_a_gang_of_any_size_is_indexed_node_by_node(nodes: int) -> None:
+    # below FANCY_MIN shares a run's rows are written one by one, from it with one write per column
+    snap = snapshot_of(hgx_fleet(nodes=48, nodes_per_rack=4, racks_per_unit=12))
+    run(snap, a_job("small").gpus(2).build(), place("p", share(47, 6, 7)), NOW - 100.0)
+    gang = a_job("gang").gpus(8 * nodes).build()
+    run(snap, gang, place("p", *(share(n, *range(8)) for n in range(nodes))), NOW - 50.0)
+    assert _actual(snap, 0, NOW) == _expected(snap, 0, NOW)
+    snap.finish("gang")
+    assert _actual(snap, 0, NOW) == _expected(snap, 0, NOW)
+    run(snap, a_job("again").gpus(8 * nodes).build(), place("p", *(share(n, *range(8)) for n in range(nodes))), NOW)
+    assert _actual(snap, 0, NOW) == _expected(snap, 0, NOW)

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from kfabric.sched.snapshot import RunningJob
 
 
+#: node shares from which a run's rows are written with one fancy-indexed write per column (below it, one
+#: scalar write per row is cheaper: measured break-even ~40 rows)
+FANCY_MIN = 40
+
+
 class PoolRuns:
     """The columns of one pool: per run whether it may be preempted, its class, borrowing, reservation, start,
     expected end, last checkpoint, checkpoint interval, milli and the service it had before this run; per node
@@ -73,13 +78,13 @@ class PoolRuns:
             self._grow_shares()
         free = self._free_shares
         rows = self._shares_of[slot] = [heapq.heappop(free) for _ in shares]
-        if len(rows) == 1:
-            row, (sh,) = rows[0], shares
-            self.share_alive[row] = True
-            self.share_run[row] = slot
-            self.share_node[row] = sh.node
-            self.share_milli[row] = len(sh.gpus) * sh.gpu_milli
-        else:  # a gang: one write per column
+        if len(rows) < FANCY_MIN:
+            for row, sh in zip(rows, shares, strict=True):
+                self.share_alive[row] = True
+                self.share_run[row] = slot
+                self.share_node[row] = sh.node
+                self.share_milli[row] = len(sh.gpus) * sh.gpu_milli
+        else:  # a large gang: one write per column
             self.share_alive[rows] = True
             self.share_run[rows] = slot
             self.share_node[rows] = [sh.node for sh in shares]
@@ -90,8 +95,9 @@ class PoolRuns:
         self.runs[slot] = None
         self.alive[slot] = False
         rows = self._shares_of[slot]
-        if len(rows) == 1:
-            self.share_alive[rows[0]] = False
+        if len(rows) < FANCY_MIN:
+            for row in rows:
+                self.share_alive[row] = False
         else:
             self.share_alive[rows] = False
         for row in rows:
