@@ -15,3 +15,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -c "import kfabric" # fail loudly if the install did not work
   touch "$stamp"
 fi
+# the compiled build of the scheduling core and simulator (mypyc; ~1.5 min after each change to them): optional,
+# the Python sources are used when it cannot be made (no C compiler) or is older than the sources
+if [ "${KFABRIC_NATIVE:-auto}" != "0" ] && [ "$(.venv/bin/python -m kfabric.native_build status)" != "fresh" ]; then
+  echo "kfabric: compiling the scheduling core and simulator with mypyc (about 1.5 minutes)..." >&2
+  .venv/bin/python -m kfabric.native_build build ||
+    echo "kfabric: compiled build not made (see above): the Python sources are used, about 12 % slower" >&2
+fi

@@ -9,4 +9,14 @@ echo "== ruff check" && ruff check src tests benchmarks
 echo "== ruff format --check" && ruff format --check src tests benchmarks
 echo "== mypy" && mypy
 echo "== import contracts" && lint-imports --no-cache
-echo "== pytest" && pytest "$@"
+echo "== pytest (Python sources)" && pytest "$@"
+# the compiled build (when bootstrap could make it) must decide exactly as the sources do: the core's and the
+# simulator's tests again, golden summaries included, on the extension modules
+native=$(python -m kfabric.native_build status)
+if [ "${KFABRIC_REQUIRE_NATIVE:-0}" = "1" ] && [ "$native" != "fresh" ]; then
+  echo "error: the compiled build is $native (KFABRIC_REQUIRE_NATIVE=1): see the mypyc output above" >&2
+  exit 1
+fi
+if [ "$native" = "fresh" ] && [ $# -eq 0 ]; then
+  echo "== pytest (compiled build: tests/sched tests/sim)" && KFABRIC_NATIVE=1 pytest tests/sched tests/sim
+fi

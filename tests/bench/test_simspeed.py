@@ -17,6 +17,7 @@ def test_json_reports_the_jobs_it_replayed(capsys: pytest.CaptureFixture[str], i
     assert data["jobs"] == 400 and data["interval_s"] == float(interval)
     assert data["jobs_per_min"] == pytest.approx(400 / data["wall_s"] * 60.0, rel=0.05)  # wall_s is rounded
     assert data["cycles"] >= 1
+    assert data["build"] == "python"  # the suite's first pass runs the sources (tests/conftest.py)
 
 
 @pytest.mark.parametrize(

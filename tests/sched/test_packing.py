@@ -305,6 +305,7 @@ def test_plain_python_kfabric_equals_numpy_kfabric(cap: Capacity, workload: Work
     assert bounded.kfabric_few(cap, nodes.tolist(), ask, workload) == single.kfabric(cap, nodes, ask, workload)
 
 
+@pytest.mark.python_only
 @pytest.mark.parametrize("name", sorted(PLACEMENTS))
 def test_a_large_fleet_scores_representatives_pool_by_pool(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     fleet = a_fleet().pool("a", gpus_per_node=4, nodes=6, racks_per_unit=1).pool("b", gpus_per_node=4, nodes=2)

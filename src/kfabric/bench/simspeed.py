@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from kfabric.native import loaded
 from kfabric.scenarios.loader import load_scenario
 from kfabric.sched.presets import PRESETS
 from kfabric.sim.engine import SimOptions
@@ -52,4 +53,6 @@ def run_sim_speed(
         "generate_s": round(gen_s, 2),
         "policy": policy,
         "interval_s": interval_s,
+        # "native": the mypyc-compiled core and simulator ran (scripts/bootstrap.sh builds them); "python": sources
+        "build": loaded(),
     }

@@ -178,6 +178,8 @@ class Capacity:
         self._orders: list[tuple[int, dict[int, None], list[int]]] = []
         self._order_epoch = 0
         self._order_saved: dict[int, int] = {}
+        #: tables derived from the fleet alone, built on first use by the modules that need them (``single.static``)
+        self.derived: object | None = None
 
     # ---- queries -------------------------------------------------------------------------------------------
     def node_full(self, node: int) -> bool:

@@ -20,7 +20,6 @@ to the lowest GPU slot, so the same inputs give the same placement.
 
 from __future__ import annotations
 
-import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -84,21 +83,14 @@ class Static:
     memo_workloads: dict[int, Workload]
 
 
-_STATIC: weakref.WeakKeyDictionary[Capacity, Static] = weakref.WeakKeyDictionary()
-_LAST: list[tuple[weakref.ref[Capacity], Static]] = []
-
-
 def static(cap: Capacity) -> Static:
     """The capacity's :class:`Static`, built on first use (fleets do not change under an index)."""
-    if _LAST and _LAST[0][0]() is cap:
-        return _LAST[0][1]
-    found = _STATIC.get(cap)
-    if found is None:
+    found = cap.derived
+    if not isinstance(found, Static):
         names = tuple(sorted({p.model for p in cap.pools}))
         index = {m: i for i, m in enumerate(names)}
         pool_model = np.array([index[p.model] for p in cap.pools] or [0], dtype=np.int64)
-        found = _STATIC[cap] = Static(names, pool_model[cap.node_pool], {}, {}, {})
-    _LAST[:] = [(weakref.ref(cap), found)]
+        found = cap.derived = Static(names, pool_model[cap.node_pool], {}, {}, {})
     return found
 
 

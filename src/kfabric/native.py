@@ -1,0 +1,132 @@
+"""Optional compiled build of the scheduling core and the simulator (mypyc), and the guard that keeps it honest.
+
+The Python sources are the reference and always work on their own. ``python -m kfabric.native_build``
+compiles the packages in :data:`COMPILED` with mypyc into extension modules next to the sources (``*.so``,
+ignored by git) and records a digest of the sources they came from. Python prefers an extension module to a
+``.py`` file of the same name, so a fresh build is what ``import kfabric.sched`` loads.
+
+:func:`guard` runs when ``kfabric`` is imported. It loads the ``.py`` sources instead of the build when:
+
+* ``KFABRIC_NATIVE=0`` (the test suite's default: tests that swap module attributes need the sources), or
+* the build is stale: a source changed since it was compiled (an edit is never hidden by an old build).
+
+``KFABRIC_NATIVE=1`` insists on the build: a missing or stale build is an error, not a silent fallback.
+The scheduling decisions are the same either way (the golden tests run on both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+#: the packages compiled (every module in them): the scheduling core and the simulator's event loop
+COMPILED = ("kfabric.sched", "kfabric.sim")
+#: packages the compiled code was type-checked against (their constants and types are built in): part of the digest
+DEPENDS = ("kfabric.model",)
+PACKAGE_DIR = Path(__file__).resolve().parent
+DIGEST_FILE = PACKAGE_DIR / "native.digest"
+ENV = "KFABRIC_NATIVE"
+
+
+class NativeError(RuntimeError):
+    """The compiled build was asked for but cannot be used (or could not be made)."""
+
+
+def sources(packages: Sequence[str] = COMPILED) -> list[Path]:
+    """The ``.py`` files of ``packages`` (by default: those compiled), in a stable order."""
+    found: list[Path] = []
+    for package in packages:
+        found.extend(sorted((PACKAGE_DIR.parent / package.replace(".", "/")).glob("*.py")))
+    return found
+
+
+def source_digest() -> str:
+    """SHA-256 over the compiled sources' names and contents, and the interpreter's extension suffix."""
+    h = hashlib.sha256(_suffix().encode())
+    for path in sources((*COMPILED, *DEPENDS)):
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _suffix() -> str:
+    return str(sysconfig.get_config_var("EXT_SUFFIX") or ".so")
+
+
+def built_files() -> list[Path]:
+    """Extension modules of a build in the source tree (the packages' modules and mypyc's shared library)."""
+    suffix = _suffix()
+    found = [p for package in COMPILED for p in (PACKAGE_DIR.parent / package.replace(".", "/")).glob("*" + suffix)]
+    found.extend(PACKAGE_DIR.parent.glob("*__mypyc" + suffix))
+    return sorted(found)
+
+
+def state() -> str:
+    """``"fresh"`` (a build of the current sources), ``"stale"`` (a build of other sources) or ``"none"``."""
+    if not built_files():
+        return "none"
+    try:
+        recorded = DIGEST_FILE.read_text().strip()
+    except OSError:
+        return "stale"
+    return "fresh" if recorded == source_digest() else "stale"
+
+
+class _SourcesFirst(importlib.abc.MetaPathFinder):
+    """Finds the compiled packages' modules as ``.py`` sources, ahead of any extension module."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if not any(fullname == p or fullname.startswith(p + ".") for p in COMPILED):
+            return None
+        leaf = fullname.rpartition(".")[2]
+        for entry in path or ():
+            package = os.path.join(entry, leaf)
+            init = os.path.join(package, "__init__.py")
+            if os.path.isfile(init):
+                return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[package])
+            module = package + ".py"
+            if os.path.isfile(module):
+                return importlib.util.spec_from_file_location(fullname, module)
+        return None
+
+
+def guard() -> str:
+    """Decide, once per process, whether the compiled build or the sources are imported; returns which
+    (``"native"`` or ``"python"``)."""
+    want = os.environ.get(ENV, "auto").strip().lower()
+    if want not in ("0", "1", "auto", ""):
+        sys.exit(f"kfabric: {ENV}={want!r} is not understood: use 1 (compiled build), 0 (Python sources) or auto")
+    if any(isinstance(f, _SourcesFirst) for f in sys.meta_path):
+        return "python"
+    now = state() if want != "0" else "none"
+    if want == "1" and now != "fresh":
+        sys.exit(
+            f"kfabric: {ENV}=1 but the compiled build is {'missing' if now == 'none' else 'stale'}: "
+            "run `.venv/bin/python -m kfabric.native_build`, or unset KFABRIC_NATIVE to use the Python sources"
+        )
+    if now == "fresh":
+        return "native"
+    sys.meta_path.insert(0, _SourcesFirst())
+    return "python"
+
+
+def loaded() -> str:
+    """Which kind of module ``kfabric.sched.cycle`` is in this process: ``"native"`` or ``"python"``."""
+    import kfabric.sched.cycle as probe
+
+    return "python" if str(probe.__file__).endswith(".py") else "native"
+
+
+def clean() -> None:
+    for path in built_files():
+        path.unlink()
+    DIGEST_FILE.unlink(missing_ok=True)
