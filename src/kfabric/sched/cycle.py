@@ -62,6 +62,44 @@ def cycle(snapshot: Snapshot, pending: PendingQueue, policy: Policy, now_s: floa
         cap.logging = was_logging
 
 
+class _Outcomes:
+    """One cycle's pending reasons, numbered in first-seen order, and the job classes that failed (with the
+    reason their members get). A plain object, not closures over ``_Cycle.run``'s locals: compiled (mypyc),
+    such closures and their environment would form a reference cycle that keeps every cycle's objects alive
+    until the garbage collector runs."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.reasons: list[PendingReason] = []
+        self.ids: dict[PendingReason, int] = {}
+        self.failed = np.zeros(n_classes, dtype=bool)
+        self.class_reason = np.full(n_classes, -1, dtype=np.int64)
+        self.n_failed = 0
+
+    def index_of(self, reason: PendingReason) -> int:
+        idx = self.ids.get(reason)
+        if idx is None:
+            idx = self.ids[reason] = len(self.reasons)
+            self.reasons.append(reason)
+        return idx
+
+    def fail_class(self, k: int, reason: PendingReason) -> None:
+        if self.failed[k]:
+            return
+        self.failed[k] = True
+        self.class_reason[k] = self.index_of(_class_reason(reason))
+        self.n_failed += 1
+
+
+def _class_reason(reason: PendingReason) -> PendingReason:
+    """Jobs of a failed class behind a reservation wait for it; the reason they get says so."""
+    if reason.code == ReasonCode.RESERVATION:
+        return PendingReason(
+            ReasonCode.PRIORITY,
+            "waiting behind higher-priority jobs of the same shape that hold reservations on the capacity",
+        )
+    return reason
+
+
 class _Cycle(PreemptionSteps):
     # ---- 1. order ------------------------------------------------------------------------------------------
     def _keys(self) -> np.ndarray:
@@ -99,34 +137,17 @@ class _Cycle(PreemptionSteps):
             self.task_types = self._task_types(klass)
         n_classes = len(q.class_keys)
         live_classes = int(np.count_nonzero(np.bincount(klass, minlength=n_classes))) if rows.size else 0
-        failed = np.zeros(n_classes, dtype=bool)
-        class_reason = np.full(n_classes, -1, dtype=np.int64)
+        out = _Outcomes(n_classes)
+        failed = out.failed
         # per position: -2 not examined, -1 admitted, >= 0 index into reasons
         outcome_of = np.full(len(rows), -2, dtype=np.int64)
-        reasons: list[PendingReason] = []
-        reason_ids: dict[PendingReason, int] = {}
         eligibility: dict[int, Eligibility] = {}
         rows_list: list[int] = rows.tolist()
-        n_failed = examined = 0
+        examined = 0
         bound = self.policy.bf_max_job_test
         # a job whose project holds a reservation may reclaim what its class-mates may not: never skipped
         holder = self._holder_rows(rows)
         holders_left = int(holder.sum())
-
-        def index_of(reason: PendingReason) -> int:
-            idx = reason_ids.get(reason)
-            if idx is None:
-                idx = reason_ids[reason] = len(reasons)
-                reasons.append(reason)
-            return idx
-
-        def fail_class(k: int, reason: PendingReason) -> None:
-            nonlocal n_failed
-            if failed[k]:
-                return
-            failed[k] = True
-            class_reason[k] = index_of(self._class_reason(reason))
-            n_failed += 1
 
         # per class: the shortest time limit that failed only because it would delay a reservation
         longest_fit: dict[int, tuple[float, int]] = {}
@@ -135,7 +156,7 @@ class _Cycle(PreemptionSteps):
         limits = q.arrays()["time_limit_s"][rows]
         # walk the queue in chunks, looking only at positions whose class has not failed yet
         for chunk_start in range(0, len(rows), _CHUNK):
-            if (n_failed >= live_classes and not holders_left) or examined >= bound:
+            if (out.n_failed >= live_classes and not holders_left) or examined >= bound:
                 break
             chunk = slice(chunk_start, chunk_start + _CHUNK)
             todo = np.flatnonzero((~failed[klass[chunk]] & (limits[chunk] < cut[klass[chunk]])) | holder[chunk])
@@ -145,7 +166,7 @@ class _Cycle(PreemptionSteps):
                 mine = bool(holder[pos])
                 if failed[k] and not mine:
                     continue
-                if (n_failed >= live_classes and not holders_left) or examined >= bound:
+                if (out.n_failed >= live_classes and not holders_left) or examined >= bound:
                     break
                 holders_left -= mine
                 job = jobs[rows_list[pos]]
@@ -161,17 +182,17 @@ class _Cycle(PreemptionSteps):
                     affiliation = str(q.class_keys[k][-1])
                     elig = eligibility[k] = self._eligibility(q.class_keys[k], job, affiliation)
                 if elig.reason is not None:
-                    outcome_of[pos] = index_of(elig.reason)
-                    fail_class(k, elig.reason)
+                    outcome_of[pos] = out.index_of(elig.reason)
+                    out.fail_class(k, elig.reason)
                     continue
                 outcome = self._schedule(job, elig.pools)
                 if outcome is None:
                     outcome_of[pos] = -1
                     continue
                 reason, class_failed = outcome
-                outcome_of[pos] = index_of(reason)
+                outcome_of[pos] = out.index_of(reason)
                 if class_failed:
-                    fail_class(k, reason)
+                    out.fail_class(k, reason)
                 elif self._profile_bound and not self._other_bound and not mine:
                     previous = longest_fit.get(k)
                     if previous is None or job.time_limit_s < previous[0]:
@@ -179,7 +200,7 @@ class _Cycle(PreemptionSteps):
                         cut[k] = job.time_limit_s
                         cut_reason[k] = outcome_of[pos]
         # everything not examined: its class's reason, or the per-cycle bound
-        limit = index_of(
+        limit = out.index_of(
             PendingReason(
                 ReasonCode.CYCLE_LIMIT,
                 "not examined in this cycle (the scheduler's per-cycle bound); retried next cycle",
@@ -188,13 +209,14 @@ class _Cycle(PreemptionSteps):
         unexamined = outcome_of == -2
         ks = klass[unexamined]
         too_long_here = limits[unexamined] >= cut[ks]
-        outcome_of[unexamined] = np.where(failed[ks], class_reason[ks], np.where(too_long_here, cut_reason[ks], limit))
+        of_class = out.class_reason[ks]
+        outcome_of[unexamined] = np.where(failed[ks], of_class, np.where(too_long_here, cut_reason[ks], limit))
         waiting = np.flatnonzero(outcome_of >= 0)
         return Decision(
             admissions=tuple(self.admissions),
             preemptions=tuple(self.preemptions),
             reservations=tuple(self.reservations),
-            pending=PendingReasons(q.ids, rows[waiting], outcome_of[waiting], reasons),
+            pending=PendingReasons(q.ids, rows[waiting], outcome_of[waiting], out.reasons),
         )
 
     def _eligibility(self, key: object, job: Job, affiliation: str) -> Eligibility:
@@ -208,16 +230,6 @@ class _Cycle(PreemptionSteps):
             cache.clear()
         elig = cache[(key, online)] = eligible_pools(self.cap, job, affiliation)
         return elig
-
-    @staticmethod
-    def _class_reason(reason: PendingReason) -> PendingReason:
-        """Jobs of a failed class behind a reservation wait for it; the reason they get says so."""
-        if reason.code == ReasonCode.RESERVATION:
-            return PendingReason(
-                ReasonCode.PRIORITY,
-                "waiting behind higher-priority jobs of the same shape that hold reservations on the capacity",
-            )
-        return reason
 
     # ---- 2-5. one job ----------------------------------------------------------------------------------------
     def _schedule(self, job: Job, pools: tuple[int, ...]) -> tuple[PendingReason, bool] | None:
