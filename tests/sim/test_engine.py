@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -79,6 +80,19 @@ def test_same_inputs_and_seed_give_the_same_run() -> None:
     a = run("kfabric", workload)
     b = run("kfabric", workload)
     assert a == b
+
+
+@pytest.mark.parametrize("frozen_before", [False, True], ids=["nothing-frozen", "caller-froze"])
+def test_a_run_gives_the_garbage_collector_back_as_it_found_it(frozen_before: bool) -> None:
+    workload = toy(8)
+    if frozen_before:
+        gc.freeze()
+    before = (gc.get_threshold(), gc.get_freeze_count())
+    try:
+        run("kfabric", workload)
+        assert (gc.get_threshold(), gc.get_freeze_count() > 0) == (before[0], frozen_before)
+    finally:
+        gc.unfreeze()
 
 
 def test_node_failures_requeue_work_and_count_lost_gpu_hours() -> None:

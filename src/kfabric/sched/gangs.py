@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from kfabric.model.decision import NodeShare, Placement
+from kfabric.model.decision import Placement
 from kfabric.model.job import MILLI_PER_GPU, Job, MinTopology
 from kfabric.sched.capacity import Capacity, PoolInfo
-from kfabric.sched.request import PlaceRequest, host_share
+from kfabric.sched.request import PlaceRequest, host_share, share
 
 
 def _pick_nodes(cap: Capacity, nodes: range, counts: list[int], cpu: int, mem: int) -> list[int] | None:
@@ -142,10 +142,10 @@ def _gang_placement(
     full = counts.count(g)  # counts are largest first: whole nodes (fully free when picked), then the rest
     cpu, mem = host_share(job, req, g)
     every = tuple(range(g))
-    shares = [NodeShare(node, every, MILLI_PER_GPU, cpu, mem) for node in nodes[:full]]
+    shares = [share(node, every, MILLI_PER_GPU, cpu, mem) for node in nodes[:full]]
     whole = cap._whole
     for node, c in zip(nodes[full:], counts[full:], strict=True):
         cpu, mem = host_share(job, req, c)
         gpus = tuple(range(c)) if whole[node] == g else tuple(cap.free_gpus_on(node)[:c])  # fully free: 0..c-1
-        shares.append(NodeShare(node, gpus, MILLI_PER_GPU, cpu, mem))
+        shares.append(share(node, gpus, MILLI_PER_GPU, cpu, mem))
     return Placement(p.name, tuple(shares))

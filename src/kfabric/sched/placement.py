@@ -24,12 +24,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kfabric.model.decision import NodeShare, Placement
+from kfabric.model.decision import Placement
 from kfabric.model.job import MILLI_PER_GPU, Job, MinTopology
 from kfabric.sched import bounded, single
 from kfabric.sched.capacity import Capacity, PoolInfo
 from kfabric.sched.gangs import gang
-from kfabric.sched.request import PlacementFn, PlaceRequest, host_share, node_counts
+from kfabric.sched.request import PlacementFn, PlaceRequest, host_share, node_counts, share
 from kfabric.sched.single import Ask, Choice
 from kfabric.sched.workload import Workload, from_task_types, own_shape
 
@@ -83,7 +83,7 @@ def _whole_first_fit(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, k:
     if hits.size == 0:
         return None
     node = p.first_node + int(hits[0])
-    return Placement(p.name, (NodeShare(node, tuple(cap.free_gpus_on(node)[:k]), MILLI_PER_GPU, cpu, mem),))
+    return Placement(p.name, (share(node, tuple(cap.free_gpus_on(node)[:k]), MILLI_PER_GPU, cpu, mem),))
 
 
 def _fraction_first(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest) -> Placement | None:
@@ -95,7 +95,7 @@ def _fraction_first(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest) -> 
     if hits.size == 0:
         return None
     node_local, gpu = divmod(int(hits[0]), p.gpus_per_node)
-    return Placement(p.name, (NodeShare(p.first_node + node_local, (gpu,), job.gpu_milli, cpu, mem),))
+    return Placement(p.name, (share(p.first_node + node_local, (gpu,), job.gpu_milli, cpu, mem),))
 
 
 def _cpu_only(cap: Capacity, p: PoolInfo, job: Job) -> Placement | None:
@@ -106,7 +106,7 @@ def _cpu_only(cap: Capacity, p: PoolInfo, job: Job) -> Placement | None:
         return None
     # best fit on CPU: the node left with the least free CPU
     i = int(hits[np.argmin(cap.cpu_free[sl][hits])])
-    return Placement(p.name, (NodeShare(p.first_node + i, (), 0, job.cpu_milli, job.memory_mib),))
+    return Placement(p.name, (share(p.first_node + i, (), 0, job.cpu_milli, job.memory_mib),))
 
 
 def _in_node_domain(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, k: int, best: bool) -> Placement | None:
@@ -124,7 +124,7 @@ def _in_node_domain(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, k: 
     flat = int(np.argmin(np.where(ok, count, 1 << 20))) if best else int(np.flatnonzero(ok.ravel())[0])
     node_local, domain = divmod(flat, p.gpus_per_node // d)
     gpus = tuple(domain * d + int(g) for g in np.flatnonzero(free[node_local, domain])[:k])
-    return Placement(p.name, (NodeShare(p.first_node + node_local, gpus, MILLI_PER_GPU, cpu, mem),))
+    return Placement(p.name, (share(p.first_node + node_local, gpus, MILLI_PER_GPU, cpu, mem),))
 
 
 # ---- policies -----------------------------------------------------------------------------------------------
@@ -190,8 +190,8 @@ def _score(cap: Capacity, pools: list[int], req: PlaceRequest, scorer: Scorer) -
 
 
 def _one(cap: Capacity, node: int, gpus: tuple[int, ...], ask: Ask) -> Placement:
-    share = NodeShare(node, gpus, ask.milli if ask.gpus else 0, ask.cpu, ask.mem)
-    return Placement(cap.pools[int(cap.node_pool[node])].name, (share,))
+    one = share(node, gpus, ask.milli if ask.gpus else 0, ask.cpu, ask.mem)
+    return Placement(cap.pools[int(cap.node_pool[node])].name, (one,))
 
 
 def _policy(scorer: Scorer | None, reorder: bool) -> PlacementFn:

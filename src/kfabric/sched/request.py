@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kfabric.model.decision import Placement
+from kfabric.model.decision import NodeShare, Placement
 from kfabric.model.job import Job
 from kfabric.sched.capacity import Capacity
 from kfabric.sched.workload import Workload
@@ -50,3 +50,12 @@ def host_share(job: Job, req: PlaceRequest, gpus: int) -> tuple[int, int]:
     cpu = job.cpu_milli * gpus // n_gpus if job.cpu_milli else req.cpu_milli_per_gpu * gpus
     mem = job.memory_mib * gpus // n_gpus if job.memory_mib else req.memory_mib_per_gpu * gpus
     return cpu, mem
+
+
+_new_tuple = tuple.__new__
+
+
+def share(node: int, gpus: tuple[int, ...], gpu_milli: int, cpu_milli: int, memory_mib: int) -> NodeShare:
+    """``NodeShare(node, gpus, gpu_milli, cpu_milli, memory_mib)`` without the named tuple's constructor, which
+    is Python code (a gang makes one share per node: ~2x faster here, far more from compiled code)."""
+    return _new_tuple(NodeShare, (node, gpus, gpu_milli, cpu_milli, memory_mib))
