@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -97,6 +98,20 @@ def test_fractional_take_leaves_a_shared_gpu_not_whole() -> None:
     assert cap.pool_milli.tolist() == [31_750]
     assert cap.site_kw.tolist() == pytest.approx([1.25 * 0.25])
     check_invariants(cap)
+
+
+@pytest.mark.python_only
+def test_a_copied_capacity_changes_its_own_arrays_only() -> None:
+    # the element views the hot path writes through are rebuilt over the copy's arrays, not the original's
+    cap = online(hgx_fleet())
+    before = capacity_state(cap)
+    twin = copy.deepcopy(cap)
+    twin.take(2, (0, 1, 2, 3, 4, 5, 6, 7), 1000, 8_000, 1_024)
+    twin.take(1, (4,), 250, 1_000, 1_024)
+    assert capacity_state(cap) == before
+    assert twin.whole[2] == 0 and twin.milli[1, 4] == 750 and twin.cpu_free[2] == cap.cpu_free[2] - 8_000
+    check_invariants(cap)
+    check_invariants(twin)
 
 
 def test_give_after_take_restores_values_and_makes_the_rack_whole_again() -> None:

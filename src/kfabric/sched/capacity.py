@@ -66,6 +66,40 @@ class SiteInfo:
     cap_kw: float
 
 
+class _Views:
+    """Memoryviews over the arrays that :meth:`Capacity._apply` changes one element at a time: an element read
+    or written through a memoryview is a plain Python int or float, 2-3x faster than numpy's item access
+    (measured: ``a[i] -= x`` 174 ns on an int64 array, 81 ns on its memoryview). Same memory, same values;
+    a copy (``copy.deepcopy``) is rebuilt over the copied arrays."""
+
+    def __init__(self, *arrays: npt.NDArray[np.int64] | npt.NDArray[np.float64]) -> None:
+        self.arrays = arrays
+        cpu, mem, node_milli, site_kw, pool_milli, whole, rack_gpus, unit_gpus, rack_full, unit_full, milli = arrays
+        self.cpu = _ints(cpu)
+        self.mem = _ints(mem)
+        self.node_milli = _ints(node_milli)
+        self.site_kw = site_kw.data.cast("B").cast("d")
+        self.pool_milli = _ints(pool_milli)
+        self.whole = _ints(whole)
+        self.rack_gpus = _ints(rack_gpus)
+        self.unit_gpus = _ints(unit_gpus)
+        self.rack_full = _ints(rack_full)
+        self.unit_full = _ints(unit_full)
+        #: the GPU milli matrix, row after row (``width`` GPUs per row)
+        self.milli = _ints(milli.reshape(-1))
+        self.width = int(milli.shape[1])
+
+    def __reduce__(self) -> tuple[type[_Views], tuple[npt.NDArray[np.int64] | npt.NDArray[np.float64], ...]]:
+        return (_Views, self.arrays)
+
+
+def _ints(a: npt.NDArray[np.int64] | npt.NDArray[np.float64]) -> memoryview:
+    """A writable 1-D int64 memoryview over ``a``'s own memory (never a copy)."""
+    if a.dtype != np.int64 or a.ndim != 1 or not a.flags.c_contiguous:
+        raise ValueError(f"capacity view: expected a contiguous 1-D int64 array, got {a.dtype} {a.shape}")
+    return a.data.cast("B").cast("q")
+
+
 class Capacity:
     """Mutable capacity state with an undo log. Not thread-safe; one cycle at a time."""
 
@@ -159,6 +193,19 @@ class Capacity:
         self._unit_of: list[int] = self.node_unit.tolist()
         self._rack_size: list[int] = self.rack_size.tolist()
         self._rack_full: list[int] = [0] * rack
+        self._views = _Views(
+            self.cpu_free,
+            self.mem_free,
+            self.node_milli,
+            self.site_kw,
+            self.pool_milli,
+            self.whole,
+            self.rack_gpus,
+            self.unit_gpus,
+            self.rack_full,
+            self.unit_full,
+            self.milli,
+        )
         self._milli_rows: list[list[int]] = self.milli.tolist()
         self._whole: list[int] = self.whole.tolist()
         self._up: list[bool] = [False] * n
@@ -274,6 +321,8 @@ class Capacity:
         row = self._milli_rows[node]
         pi = self._pool_of[node]
         p = self.pools[pi]
+        v = self._views
+        base = node * v.width
         n = len(gpus)
         if n == p.gpus_per_node and (
             self._whole[node] == n if milli == MILLI_PER_GPU else milli == -MILLI_PER_GPU and not any(row[:n])
@@ -281,16 +330,16 @@ class Capacity:
             # a whole node taken or given back (most of a gang's shares): every GPU goes from free to used or back
             value = 0 if milli > 0 else MILLI_PER_GPU
             row[:n] = [value] * n
-            self.milli[node, :n] = value
+            for g in range(n):
+                v.milli[base + g] = value
             delta_whole = -n if milli > 0 else n
         else:
-            arr = self.milli[node]
             delta_whole = 0
             for g in gpus:
                 old = row[g]
                 new = old - milli
                 row[g] = new
-                arr[g] = new
+                v.milli[base + g] = new
                 if old == MILLI_PER_GPU:
                     delta_whole -= 1
                 elif new == MILLI_PER_GPU:
@@ -306,20 +355,20 @@ class Capacity:
                 if 0 < new < MILLI_PER_GPU:
                     at = self.shared[pi].setdefault(new, {})
                     at[node] = at.get(node, 0) + 1
-        self.cpu_free[node] -= cpu
-        self.mem_free[node] -= mem
-        self.node_milli[node] -= milli * n
-        self.site_kw[p.site] += p.kw_per_gpu * milli * n / MILLI_PER_GPU
+        v.cpu[node] -= cpu
+        v.mem[node] -= mem
+        v.node_milli[node] -= milli * n
+        v.site_kw[p.site] += p.kw_per_gpu * milli * n / MILLI_PER_GPU
         up = self._up[node]
         if up:
-            self.pool_milli[pi] -= milli * n
+            v.pool_milli[pi] -= milli * n
         if delta_whole == 0:
             return
         whole_old = self._whole[node]
         if up:
             self._count(node, -1, whole_old)
         whole_new = whole_old + delta_whole
-        self.whole[node] = whole_new
+        v.whole[node] = whole_new
         self._whole[node] = whole_new
         if up:
             self._count(node, +1, whole_new)
@@ -336,9 +385,10 @@ class Capacity:
         pi = self._pool_of[node]
         p = self.pools[pi]
         rack, unit = self._rack_of[node], self._unit_of[node]
+        v = self._views
         if whole:
-            self.rack_gpus[rack] += sign * whole
-            self.unit_gpus[unit] += sign * whole
+            v.rack_gpus[rack] += sign * whole
+            v.unit_gpus[unit] += sign * whole
         if whole != p.gpus_per_node:
             bucket = self.buckets[pi][whole]
             if self.logging:
@@ -352,8 +402,8 @@ class Capacity:
         size = self._rack_size[rack]
         rack_was_whole = self._rack_full[rack] == size
         self._rack_full[rack] += sign
-        self.rack_full[rack] += sign
-        self.unit_full[unit] += sign
+        v.rack_full[rack] += sign
+        v.unit_full[unit] += sign
         rack_is_whole = self._rack_full[rack] == size
         target = self.fresh[pi] if (rack_is_whole if sign > 0 else rack_was_whole) else buckets[whole]
         if self.logging:

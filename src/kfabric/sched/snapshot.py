@@ -22,20 +22,36 @@ from kfabric.sched.fairshare import TenantInfo, shares
 from kfabric.sched.run_index import PoolRuns
 
 
-@dataclass(slots=True)
 class RunningJob:
-    job: Job
-    placement: Placement
-    start_s: float
-    expected_end_s: float
-    last_checkpoint_s: float
-    borrowed: bool
-    guaranteed: bool = False
-    #: GPU milli held (cached from the placement: the hot loops read it)
-    milli: int = 0
+    """A job on its GPUs. A plain class, not a dataclass: compiled (mypyc), a dataclass's ``__init__`` stays
+    Python code, and one is made per start. Compared by identity (there is one per running job)."""
 
-    def __post_init__(self) -> None:
-        self.milli = self.placement.gpu_milli_total
+    def __init__(
+        self,
+        job: Job,
+        placement: Placement,
+        start_s: float,
+        expected_end_s: float,
+        last_checkpoint_s: float,
+        borrowed: bool,
+        guaranteed: bool = False,
+    ) -> None:
+        self.job = job
+        self.placement = placement
+        self.start_s = start_s
+        self.expected_end_s = expected_end_s
+        self.last_checkpoint_s = last_checkpoint_s
+        self.borrowed = borrowed
+        self.guaranteed = guaranteed
+        #: GPU milli held (``placement.gpu_milli_total``, cached: the hot loops read it)
+        self.milli = placement_milli(placement)
+
+    def __repr__(self) -> str:
+        return (
+            f"RunningJob(job={self.job.id!r}, pool={self.placement.pool!r}, milli={self.milli}, "
+            f"start_s={self.start_s}, expected_end_s={self.expected_end_s}, borrowed={self.borrowed}, "
+            f"guaranteed={self.guaranteed})"
+        )
 
     @property
     def gpus(self) -> float:
@@ -49,6 +65,14 @@ class RunningJob:
         periodic = self.start_s + (ran // interval) * interval if interval else self.start_s
         since = max(self.last_checkpoint_s, periodic)
         return max(0.0, now_s - since) * self.gpus
+
+
+def placement_milli(placement: Placement) -> int:
+    """GPU milli a placement holds: ``Placement.gpu_milli_total``, here in the compiled core."""
+    total = 0
+    for share in placement.shares:
+        total += len(share.gpus) * share.gpu_milli
+    return total
 
 
 @dataclass(frozen=True, slots=True)

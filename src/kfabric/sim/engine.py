@@ -27,7 +27,7 @@ from kfabric.sched.cycle import cycle
 from kfabric.sched.fairshare import TenantInfo, shares
 from kfabric.sched.policy import Policy
 from kfabric.sched.queue import PendingQueue
-from kfabric.sched.snapshot import GrantState, Snapshot
+from kfabric.sched.snapshot import GrantState, Snapshot, placement_milli
 from kfabric.sim.metrics import JobRecord
 from kfabric.sim.workload import SimJob, Workload
 
@@ -357,7 +357,7 @@ class Simulator:
         lv.timeout = need > limit
         lv.token += 1
         self._push(adm.start_at_s + min(need, limit), _END, (adm.job_id, lv.token))
-        milli = adm.placement.gpu_milli_total
+        milli = placement_milli(adm.placement)
         self.allocated_milli += milli
         pool = self.snap.capacity.pool_by_name[adm.placement.pool]
         self.su_rate[job.project] += milli / 1000.0 * pool.su_weight
