@@ -20,5 +20,5 @@ fi
 if [ "${KFABRIC_NATIVE:-auto}" != "0" ] && [ "$(.venv/bin/python -m kfabric.native_build status)" != "fresh" ]; then
   echo "kfabric: compiling the scheduling core and simulator with mypyc (about 1.5 minutes)..." >&2
   .venv/bin/python -m kfabric.native_build build ||
-    echo "kfabric: compiled build not made (see above): the Python sources are used, about 12 % slower" >&2
+    echo "kfabric: compiled build not made (see above): the Python sources are used (slower, same decisions)" >&2
 fi

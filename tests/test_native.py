@@ -97,3 +97,22 @@ def test_a_fresh_build_is_preferred_to_the_sources(tmp_path: Path) -> None:
     got = _probe(root, None)
     # the stand-in is not a loadable extension module: the import system tried it, which is the point
     assert got.returncode == 1 and "cycle" in got.stderr and "ImportError" in got.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "out", "err"),
+    [
+        (["status"], 0, "none|stale|fresh", ""),
+        (["bogus"], 2, "", "usage: python -m kfabric.native_build [build [--force] | clean | status] (got 'bogus')"),
+    ],
+    ids=["status", "unknown-command"],
+)
+def test_the_build_command_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], code: int, out: str, err: str
+) -> None:
+    from kfabric.native_build import main
+
+    assert main(argv) == code
+    got = capsys.readouterr()
+    assert (got.out.strip() in out.split("|")) if out else got.out == ""
+    assert err in got.err

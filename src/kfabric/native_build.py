@@ -1,5 +1,5 @@
-"""``python -m kfabric.native_build [--force] | clean | status``: make, remove or check the compiled build of
-the scheduling core and the simulator (see :mod:`kfabric.native`)."""
+"""``python -m kfabric.native_build [build [--force] | clean | status]``: make (the default), remove or check
+the compiled build of the scheduling core and the simulator (see :mod:`kfabric.native`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from kfabric.native import (
     COMPILED,
     DIGEST_FILE,
     PACKAGE_DIR,
-    NativeError,
     _suffix,
     built_files,
     clean,
@@ -23,6 +22,11 @@ from kfabric.native import (
     sources,
     state,
 )
+
+
+class NativeError(RuntimeError):
+    """The compiled build could not be made."""
+
 
 _SETUP = """
 import sys
@@ -79,7 +83,7 @@ def build(jobs: int | None = None, quiet: bool = True) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    command = args[0] if args else "status"
+    command = args[0] if args else "build"
     if command == "build":
         if state() == "fresh" and "--force" not in args:
             print("kfabric: compiled build is up to date", file=sys.stderr)
@@ -96,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "status":
         print(state())
         return 0
-    print(f"usage: python -m kfabric.native build [--force] | clean | status (got {command!r})", file=sys.stderr)
+    usage = "usage: python -m kfabric.native_build [build [--force] | clean | status]"
+    print(f"{usage} (got {command!r})", file=sys.stderr)
     return 2
 
 
