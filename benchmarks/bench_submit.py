@@ -218,7 +218,7 @@ def submit_load(server: Server, n: int, concurrency: int, prefix: str, client: s
 
 
 def _count_jobs(server: Server) -> int:
-    r = httpx.get(f"{server.base}/metrics", timeout=30)
+    r = httpx.get(f"{server.base}/metrics", headers={"Authorization": f"Bearer {server.token}"}, timeout=30)
     r.raise_for_status()
     total = 0.0
     for line in r.text.splitlines():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 # the suite tests the Python sources (some tests swap module attributes); the compiled build is tested by a
 # second pass with KFABRIC_NATIVE=1 (scripts/test.sh); this must come before anything imports kfabric
 os.environ.setdefault("KFABRIC_NATIVE", "0")
+# one audit key file for the whole run (servers and stores opened by tests sign their audit entries with it)
+os.environ.setdefault("KFABRIC_AUDIT_KEY_FILE", str(Path(tempfile.mkdtemp(prefix="kfabric-audit-")) / "audit.key"))
 sys.path.insert(0, str(Path(__file__).parent))  # `from pg_server import ...` from any test folder
 
 from pg_server import PgServer, find_pg_bin
@@ -55,3 +58,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("python_only"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def job_account() -> Iterator[str]:
+    """The POSIX account test jobs run as (``posix_accounts.JOB_ACCOUNT``): created with useradd when root, deleted
+    at the end of the session; the current account otherwise."""
+    from posix_accounts import IS_ROOT, JOB_ACCOUNT, create_account, delete_account
+
+    if not IS_ROOT:
+        yield JOB_ACCOUNT
+        return
+    create_account(JOB_ACCOUNT)
+    try:
+        yield JOB_ACCOUNT
+    finally:
+        delete_account(JOB_ACCOUNT)
+
+
+@pytest.fixture
+def job_dir(job_account: str) -> Iterator[Path]:
+    """A fresh directory that test jobs (running as ``job_account``) may read and write."""
+    import shutil
+
+    from posix_accounts import account_dir
+
+    where = account_dir(job_account)
+    yield where
+    shutil.rmtree(where, ignore_errors=True)

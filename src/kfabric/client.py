@@ -184,11 +184,50 @@ class Client:
         return cast(dict[str, Any], self._json("POST", "/v1/projects", {"name": name, "organization": organization}))
 
     def create_user(
-        self, name: str, role: str, organization: str | None = None, projects: Iterable[str] = (), owner: str = ""
+        self,
+        name: str,
+        role: str,
+        organization: str | None = None,
+        projects: Iterable[str] = (),
+        owner: str = "",
+        posix_user: str = "",
     ) -> dict[str, Any]:
-        """Create a user; the answer holds its API token, which the server never shows again."""
+        """Create a user; the answer holds its API token, which the server never shows again. ``posix_user``: the
+        POSIX account its jobs run as (without one its jobs are refused until :meth:`set_posix_user`)."""
         body = {"name": name, "role": role, "organization": organization, "projects": list(projects), "owner": owner}
+        if posix_user:
+            body["posix_user"] = posix_user
         return cast(dict[str, Any], self._json("POST", "/v1/users", body))
+
+    def set_posix_user(self, name: str, posix_user: str) -> dict[str, Any]:
+        """Map user ``name`` to the POSIX account its jobs run as ("" removes the mapping)."""
+        path = f"/v1/users/{quote(name, safe='')}"
+        return cast(dict[str, Any], self._json("PATCH", path, {"posix_user": posix_user}))
+
+    # ---- API tokens --------------------------------------------------------------------------------------
+
+    def create_token(
+        self,
+        name: str = "",
+        user: str | None = None,
+        expires_in_s: float | None = None,
+        expires_at_s: float | None = None,
+    ) -> dict[str, Any]:
+        """A new token for the caller (or ``user``); the answer's ``token`` is the secret, never shown again."""
+        body = {"name": name, "user": user, "expires_in_s": expires_in_s, "expires_at_s": expires_at_s}
+        return cast(dict[str, Any], self._json("POST", "/v1/tokens", body))
+
+    def tokens(self, user: str | None = None, include_inactive: bool = False) -> list[dict[str, Any]]:
+        """The caller's (or ``user``'s) tokens without their secrets; revoked and expired ones too when asked."""
+        return self._paged("/v1/tokens", {"user": user, "all": include_inactive or None})
+
+    def revoke_token(self, ref: str | int) -> dict[str, Any]:
+        """Revoke a token by id or prefix (``kf_`` and 7 characters)."""
+        return cast(dict[str, Any], self._json("POST", f"/v1/tokens/{quote(str(ref), safe='')}/revoke"))
+
+    def rotate_token(self, ref: str | int) -> dict[str, Any]:
+        """Replace a token by a new secret with the same name and lifetime; the old one is revoked."""
+        return cast(dict[str, Any], self._json("POST", f"/v1/tokens/{quote(str(ref), safe='')}/rotate"))
 
     # ---- programs, applications, grants ------------------------------------------------------------------
 
@@ -259,6 +298,11 @@ class Client:
                 "weight": weight}  # fmt: skip
         return cast(dict[str, Any], self._json("POST", "/v1/grants", body))
 
+    def top_up(self, grant: str, su_hours: float, note: str) -> dict[str, Any]:
+        """Add ``su_hours`` of credit to grant ``grant`` (its name; operators), saying why in ``note``."""
+        body = {"su_hours": su_hours, "note": note}
+        return cast(dict[str, Any], self._json("POST", f"/v1/grants/{quote(grant, safe='')}/topup", body))
+
     # ---- jobs --------------------------------------------------------------------------------------------
 
     def submit(self, project: str, client_key: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -298,10 +342,21 @@ class Client:
             return self._send("GET", "/v1/usage", params=params).text
         return cast(list[dict[str, Any]], self._json("GET", "/v1/usage", params=params))
 
-    def audit(self) -> list[dict[str, Any]]:
-        """Every audit entry the caller may read, oldest first."""
-        return self._paged("/v1/audit", {})
+    def audit(self, job: int | None = None, action: str | None = None) -> list[dict[str, Any]]:
+        """Every audit entry the caller may read, oldest first (only those about ``job``, or of ``action``)."""
+        params: dict[str, Any] = {}
+        if job is not None:
+            params["job"] = job
+        if action is not None:
+            params["action"] = action
+        return self._paged("/v1/audit", params)
 
-    def audit_verify(self) -> dict[str, Any]:
-        """Recompute the hash chain (operators); a broken chain is an :class:`ApiError` with status 409."""
-        return cast(dict[str, Any], self._json("GET", "/v1/audit/verify"))
+    def audit_verify(self, against: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Recompute the keyed hash chain (operators), and with ``against`` (an exported head) check that the log
+        still holds it; a broken chain is an :class:`ApiError` with status 409."""
+        params = {"against_entries": against["entries"], "against_hash": against["hash"]} if against else None
+        return cast(dict[str, Any], self._json("GET", "/v1/audit/verify", params=params))
+
+    def audit_head(self) -> dict[str, Any]:
+        """The chain head to keep outside the store (operators)."""
+        return cast(dict[str, Any], self._json("GET", "/v1/audit/head"))

@@ -15,7 +15,8 @@ from sqlalchemy import delete, func, select, text
 from kfabric.store import tables as t
 
 JOB = {"project": "vision-lab", "time_limit_s": 600.0}
-APPLICATION = {"program": "lab-grants", "project": "vision-lab", "gpu_model_class": "H100", "gpus": 2, "months": 3}
+APPLICATION = {"program": "lab-grants", "project": "vision-lab", "gpu_model_class": "H100", "gpus": 2, "months": 3,
+               "justification": "vision models"}  # fmt: skip
 GRANT = {"program": "lab-grants", "project": "vision-lab", "start_s": NOW, "end_s": NOW + 30 * DAY}
 CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
          422: "invalid"}  # fmt: skip
@@ -183,9 +184,13 @@ def test_idempotent_submit(shared_world: World) -> None:
     assert again.status_code == 200, again.text
     assert again.json()["id"] == first.json()["id"]
     assert again.json() == first.json()
-    # the key belongs to the project: a colleague's retry (even with other fields) is the same submission
+    # the key belongs to the project: a colleague's identical retry is the same submission ...
+    same = api.post("/v1/jobs", colleague, JOB | {"client_key": key, "name": "once"})
+    assert (same.status_code, same.json()["id"]) == (200, first.json()["id"])
+    # ... and the same key with another body is a conflict that names the key and the job (never the first job)
     other = api.post("/v1/jobs", colleague, JOB | {"client_key": key, "name": "different", "gpus": 4})
-    assert (other.status_code, other.json()["id"]) == (200, first.json()["id"])
+    assert other.status_code == 409, other.text
+    assert key in other.json()["error"]["where"] and str(first.json()["id"]) in other.json()["error"]["message"]
     assert api.writes() == before, "a repeated submission wrote something"
     # the same key in another project is another submission
     theirs = api.post("/v1/jobs", w.token("member", "tinyml"), {**JOB, "project": "tinyml-llm", "client_key": key})
@@ -212,9 +217,12 @@ def test_idempotent_submit_under_concurrency(api: Api) -> None:
 # ---- the audit chain ----------------------------------------------------------------------------------------------
 
 
-def _audit_len(api: Api) -> int:
+def _audit_len(api: Api, actor: str | None = None) -> int:
+    q = select(func.count()).select_from(t.AuditEntry)
+    if actor is not None:
+        q = q.where(t.AuditEntry.actor == actor)
     with api.rt.sessions() as s:
-        return int(s.scalar(select(func.count()).select_from(t.AuditEntry)) or 0)
+        return int(s.scalar(q) or 0)
 
 
 def _burst(w: World) -> int:
@@ -252,14 +260,16 @@ def _burst(w: World) -> int:
 
 def test_audit_verifies_after_a_burst(world: World) -> None:
     api = world.api
-    before = _audit_len(api)
+    before, decided_before = _audit_len(api), _audit_len(api, actor="controller")
     accepted = _burst(world)
     n = _audit_len(api)
-    # every accepted mutation is audited once; the approval twice (application.approve and its grant.create)
-    assert n == before + accepted + 1
+    decisions = _audit_len(api, actor="controller") - decided_before
+    # every accepted mutation is audited once; the approval twice (application.approve and its grant.create);
+    # the controller adds its own decisions (admissions, starts, ends)
+    assert n - decisions == before + accepted + 1
     r = api.get("/v1/audit/verify", api.operator)
     assert r.status_code == 200, r.text
-    assert r.json() == {"entries": n, "ok": True}
+    assert (r.json()["ok"], r.json()["entries"]) == (True, n)
     entries = api.get("/v1/audit", api.operator, params={"limit": 10_000}).json()
     assert len(entries) == n
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(entries))
@@ -304,6 +314,7 @@ def test_audit_tampering_is_named(world: World) -> None:
         with api.rt.sessions.begin() as s:  # undo it
             s.execute(delete(t.AuditEntry).where(t.AuditEntry.id == row["id"]))
             s.add(t.AuditEntry(**row))
-        assert api.get("/v1/audit/verify", api.operator).json() == {"entries": len(rows), "ok": True}, how
+        again = api.get("/v1/audit/verify", api.operator).json()
+        assert (again["ok"], again["entries"]) == (True, len(rows)), how
     # tenants cannot even ask
     assert api.get("/v1/audit/verify", world.token("org-admin", "snu-vision")).status_code == 403

@@ -17,7 +17,7 @@ def test_metrics_count_jobs_by_state_and_gpus_in_use(api: Api) -> None:
         body = {"project": "vision-lab", "gpus": 8, "time_limit_s": 3600.0, "runtime_estimate_s": 3000.0}
         assert api.post("/v1/jobs", api.operator, body).status_code == 201
     api.tick(times=3)
-    text = api.client.get("/metrics").text
+    text = api.get("/metrics", api.operator).text  # behind a token (tests/security/test_metrics_auth.py)
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert float(lines['kfabric_jobs{state="running"}']) == 2.0
     assert float(lines["kfabric_gpus_allocated"]) == 16.0

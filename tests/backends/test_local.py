@@ -1,6 +1,7 @@
 """The local backend: real process groups on this machine, driven through the Backend protocol.
 
-Every test waits by polling with a short sleep up to a deadline of a few seconds; none sleeps long.
+Every test waits by polling with a short sleep up to a deadline of a few seconds; none sleeps long. Jobs run as the
+throwaway account ``JOB_ACCOUNT`` (the ``job_account`` fixture; tests/security/test_job_identity.py attacks it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from kfabric.backends.base import Backend, BackendUnavailable, LaunchSpec, NodeGpus, RunReport, RunState
 from kfabric.backends.local import CANCEL_ESCALATE_S, LAUNCH_GRACE_S, LocalBackend, detect_gpus
 from kfabric.backends.local_runner import exit_code_of, group_members, proc_available
+from posix_accounts import JOB_ACCOUNT
 
 needs_proc = pytest.mark.skipif(not proc_available(), reason="needs /proc to list a process group")
 
@@ -35,7 +37,10 @@ def spec(
     env: tuple[tuple[str, str], ...] = (),
     workdir: str = "",
 ) -> LaunchSpec:
-    return LaunchSpec(job_id, attempt, job_id, command, (NodeGpus(node, gpus),), time_limit_s, env, workdir)
+    nodes = (NodeGpus(node, gpus),)
+    return LaunchSpec(
+        job_id, attempt, job_id, command, nodes, time_limit_s, env, workdir, user="tester", posix_user=JOB_ACCOUNT
+    )
 
 
 def find(backend: LocalBackend, job_id: str, attempt: int = 0) -> RunReport | None:
@@ -87,7 +92,7 @@ def group_gone(backend: LocalBackend, pgid: int) -> bool:
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
+def state_dir(tmp_path: Path, job_account: str) -> Iterator[Path]:
     state = tmp_path / "state"
     yield state
     # whatever a failed test left running: kill it, so no test leaks processes
@@ -149,21 +154,26 @@ def test_cuda_visible_devices_is_the_assignment(backend: LocalBackend, gpus: tup
     assert Path(done.outputs["stdout"]).read_text() == f"[{visible}]\n"
 
 
-@pytest.mark.parametrize(
-    ("workdir", "state", "stdout"),
-    [("HERE", RunState.SUCCEEDED, "HERE\n"), ("", RunState.SUCCEEDED, "ATTEMPT\n"), ("MISSING", RunState.FAILED, "")],
-    ids=["given", "default-attempt-dir", "missing"],
-)
-def test_workdir(backend: LocalBackend, tmp_path: Path, workdir: str, state: RunState, stdout: str) -> None:
-    names = {"HERE": str(tmp_path), "MISSING": str(tmp_path / "missing"), "": ""}
-    backend.launch(spec("j", "pwd", workdir=names[workdir]))
+@pytest.mark.parametrize("workdir", ["HERE", ""], ids=["given", "default-home"])
+def test_workdir(backend: LocalBackend, job_dir: Path, workdir: str) -> None:
+    backend.launch(spec("j", "pwd", workdir=str(job_dir) if workdir else ""))
     done = wait_final(backend, "j")
-    assert done.state is state, done.message
-    expected = stdout.replace("HERE", str(tmp_path)).replace("ATTEMPT", str(backend.attempt_dir("j", 0)))
-    if state is RunState.FAILED:
-        assert "could not start" in done.message
-    else:
-        assert Path(done.outputs["stdout"]).read_text() == expected
+    assert done.state is RunState.SUCCEEDED, done.message
+    expected = str(job_dir) if workdir else os.path.expanduser(f"~{JOB_ACCOUNT}")
+    assert Path(done.outputs["stdout"]).read_text() == expected + "\n"
+
+
+@pytest.mark.parametrize(
+    ("workdir", "match"),
+    [("MISSING", "not a directory"), ("relative", "not an absolute path")],
+    ids=["missing", "relative"],
+)
+def test_a_workdir_the_account_cannot_use_is_refused(
+    backend: LocalBackend, job_dir: Path, workdir: str, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        backend.launch(spec("j", "pwd", workdir=str(job_dir / "missing") if workdir == "MISSING" else workdir))
+    assert backend.poll() == []
 
 
 @pytest.mark.parametrize(
@@ -244,8 +254,8 @@ def test_a_cancel_past_its_grace_is_forced_by_poll(state_dir: Path) -> None:
         wait_until(lambda: group_members(pgid, live_only=True) == [], timeout_s=3.0, what="the group to die")
 
 
-def test_launch_twice_runs_once(backend: LocalBackend, state_dir: Path, tmp_path: Path) -> None:
-    log = tmp_path / "runs.log"
+def test_launch_twice_runs_once(backend: LocalBackend, state_dir: Path, job_dir: Path) -> None:
+    log = job_dir / "runs.log"
     job = spec("j", f"echo run >> {log}")
     backend.launch(job)
     backend.launch(job)
@@ -269,8 +279,8 @@ def test_terminate_unknown_or_finished_is_a_no_op(backend: LocalBackend) -> None
     assert not (backend.attempt_dir("j", 0) / "cancel").exists()
 
 
-def test_a_restarted_controller_sees_the_job_and_its_result(state_dir: Path, tmp_path: Path) -> None:
-    go = tmp_path / "go"
+def test_a_restarted_controller_sees_the_job_and_its_result(state_dir: Path, job_dir: Path) -> None:
+    go = job_dir / "go"
     first = LocalBackend(state_dir, gpus=4)
     first.launch(spec("j", f"echo start; while [ ! -f {go} ]; do sleep 0.05; done; echo done"))
     runner_pid(first, "j")
@@ -347,7 +357,7 @@ def test_launch_rejects_what_it_cannot_run(backend: LocalBackend, job: LaunchSpe
     assert backend.poll() == []
 
 
-def test_an_unusable_state_dir_is_unavailable(tmp_path: Path) -> None:
+def test_an_unusable_state_dir_is_unavailable(tmp_path: Path, job_account: str) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     backend = LocalBackend(blocker, gpus=0)

@@ -24,6 +24,7 @@ from kfabric.scenarios.local import local_scenario_text
 from kfabric.scenarios.policies import load_policy
 from kfabric.service.loop import ControllerLoop
 from kfabric.service.runtime import open_runtime
+from posix_accounts import map_users
 
 FINAL = ("succeeded", "failed", "cancelled", "timeout")
 
@@ -41,7 +42,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, job_account: str) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("kfabric-serve")
     rt = open_runtime(
         f"sqlite:///{tmp}/kfabric.db",
@@ -51,6 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         fleet_document=local_scenario_text(4),
     )
     assert rt.bootstrap_token
+    map_users(rt.sessions, job_account)  # the operator's jobs run as the test account (never as root)
     port = _free_port()
     web = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=web.run, name="kfabric-test-api", daemon=True)
@@ -71,13 +73,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture
-def env(server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Server:
+def env(server: Server, monkeypatch: pytest.MonkeyPatch, job_dir: Path) -> Server:
     """The CLI's environment points at the server as its operator; the working directory is empty."""
     monkeypatch.setenv("KFABRIC_URL", server.url)
     monkeypatch.setenv("KFABRIC_TOKEN", server.token)
     monkeypatch.delenv("KFABRIC_TOKEN_FILE", raising=False)
     monkeypatch.delenv("KFABRIC_STATE_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(job_dir)  # a directory the job's account may work in
     return server
 
 
@@ -147,9 +149,9 @@ def test_submit_wrap_queue_and_finish_with_exit_code(env: Server, capsys: pytest
 
 
 def test_script_directives_are_defaults_the_command_line_overrides(
-    env: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    env: Server, capsys: pytest.CaptureFixture[str], job_dir: Path
 ) -> None:
-    script = tmp_path / "train.sh"
+    script = job_dir / "train.sh"
     script.write_text(
         "#!/bin/bash\n"
         "# an ordinary comment\n"
@@ -159,19 +161,19 @@ def test_script_directives_are_defaults_the_command_line_overrides(
         'echo "$GREETING $WHO $CUDA_VISIBLE_DEVICES" > out.txt\n'
         "#KFABRIC --gpus 99\n"  # after the first command: not a directive
     )
-    job = cli_json(capsys, "submit", str(script), "--name", "override", "--env", "EXTRA=1", "--chdir", str(tmp_path))
+    job = cli_json(capsys, "submit", str(script), "--name", "override", "--env", "EXTRA=1", "--chdir", str(job_dir))
     spec = job["spec"]
     assert (job["project"], job["name"], job["gpus"], job["time_limit_s"]) == ("default", "override", 2, 120.0)
     assert spec["command"] == f"bash {script}"
     assert spec["env"] == {"GREETING": "hi", "WHO": "two words", "EXTRA": "1"}
     assert wait_for(capsys, job["id"], FINAL)["state"] == "succeeded"
-    greeting, who1, who2, gpus = (tmp_path / "out.txt").read_text().split()
+    greeting, who1, who2, gpus = (job_dir / "out.txt").read_text().split()
     assert (greeting, who1, who2) == ("hi", "two", "words") and len(gpus.split(",")) == 2
 
-    (tmp_path / "bad.sh").write_text("#KFABRIC --project default --time soon\ntrue\n")
+    (job_dir / "bad.sh").write_text("#KFABRIC --project default --time soon\ntrue\n")
     code, _, err = cli(capsys, "submit", "bad.sh")
     assert code == 2
-    assert f"--time (from {tmp_path / 'bad.sh'}:1): 'soon' is not a time" in err
+    assert f"--time (from {job_dir / 'bad.sh'}:1): 'soon' is not a time" in err
 
 
 def test_cancel_running_and_pending_jobs(env: Server, capsys: pytest.CaptureFixture[str]) -> None:
@@ -183,18 +185,24 @@ def test_cancel_running_and_pending_jobs(env: Server, capsys: pytest.CaptureFixt
     assert out.startswith(f"Cancelling job {running}")
     assert wait_for(capsys, running, FINAL)["state"] == "cancelled"
 
-    _, out, _ = cli(capsys, "submit", "-A", "default", "-t", "5", "--gpus", "8", "--wrap", "true")  # never fits 4
+    code, _, err = cli(capsys, "submit", "-A", "default", "-t", "5", "--gpus", "8", "--wrap", "true")
+    assert code == 2 and "largest request that can run is 4 GPUs" in err  # never fits 4: refused at submit
+    _, out, _ = cli(capsys, "submit", "-A", "default", "-t", "5", "--gpus", "4", "--wrap", "sleep 30")
+    blocker = submitted_id(out)
+    wait_for(capsys, blocker, ("running",))
+    _, out, _ = cli(capsys, "submit", "-A", "default", "-t", "5", "--gpus", "4", "--wrap", "true")
     pending = submitted_id(out)
     job = wait_for(capsys, pending, ("pending",), scheduled=True)
     code, out, _ = cli(capsys, "queue", "--state", "pending")
-    assert "PENDING" in out and "topology" in out  # the reason code and its sentence
+    assert "PENDING" in out and "resources" in out  # the reason code and its sentence
     code, out, err = cli(capsys, "cancel", "999999", str(pending), str(running))
     assert code == 2
     assert out == f"Cancelled job {pending}\n"  # tried after the failing id
     assert "job 999999 not found" in err and f"job {running}: is already cancelled" in err
     assert "Traceback" not in err
     assert cli_json(capsys, "job", "show", str(pending))["state"] == "cancelled"
-    assert job["reason_code"] == "topology"
+    assert job["reason_code"] == "resources"
+    assert cli(capsys, "cancel", str(blocker))[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -326,9 +334,10 @@ def test_apply_review_decide_round_trip(env: Server, capsys: pytest.CaptureFixtu
 
 def test_client_submit_is_idempotent_with_a_client_key(env: Server) -> None:
     with Client(env.url, env.token) as client:
-        first = client.submit("default", client_key="k-1", time_limit_s=60, command="true", gpus=0)
-        again = client.submit("default", client_key="k-1", time_limit_s=60, command="true", gpus=0)
-        other = client.submit("default", time_limit_s=60, command="true", gpus=0)
+        # one GPU each: the local program allows no CPU-only work (rule allow_cpu_only)
+        first = client.submit("default", client_key="k-1", time_limit_s=60, command="true", gpus=1)
+        again = client.submit("default", client_key="k-1", time_limit_s=60, command="true", gpus=1)
+        other = client.submit("default", time_limit_s=60, command="true", gpus=1)
         assert first["id"] == again["id"] != other["id"]
         with pytest.raises(ApiError) as err:
             client.job(10**9)

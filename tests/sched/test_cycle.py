@@ -339,9 +339,9 @@ def test_grant_rules(grants: list[GrantState], job: Job, expected: PendingReason
     "grants",
     [
         [],
-        [a_grant("g-a").credit(10).build()],
-        [a_grant("g-a").credit(10).max_job_h(24).build()],
-        [a_grant("g-old").credit(10).between(0, NOW).build(), a_grant("g-new").credit(10).between(10, 2 * NOW).build()],
+        [a_grant("g-a").credit(24).build()],  # exactly its time limit (24 h) at 1 GPU x 1 SU
+        [a_grant("g-a").credit(24).max_job_h(24).build()],
+        [a_grant("g-old").credit(10).between(0, NOW).build(), a_grant("g-new").credit(24).between(10, 2 * NOW).build()],
     ],
     ids=["no-grants-at-all", "credit-left", "within-max-duration", "latest-grant"],
 )
@@ -852,7 +852,7 @@ def test_no_reclaim(job: Job, policy: Policy, b2_age_h: float) -> None:
 
 
 def test_reserved_national_and_borrowed_capacity_across_cycles() -> None:
-    grants = [a_grant("g-a").project("a").reserved("H100", 8).build(), a_grant("g-b").project("b").credit(1).build()]
+    grants = [a_grant("g-a").project("a").reserved("H100", 8).build(), a_grant("g-b").project("b").credit(1e6).build()]
     snap = snapshot_of(hgx_fleet(nodes=4), tenants=[tenant("a"), tenant("b")], grants=grants)
     # 32 GPUs, 8 reserved by a: the national pool is 24
     q = queue_of(snap, a_job("a1").project("a").gpus(8).build())

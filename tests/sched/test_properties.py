@@ -357,7 +357,7 @@ def test_a_reservation_is_always_obtainable_by_reclaim(world: tuple[int, int, li
     fleet = a_fleet().pool("p", nodes=nodes, nodes_per_rack=1, racks_per_unit=1).build()
     grants = [
         a_grant("g-a").project("a").reserved("H100", reserved).build(),
-        a_grant("g-b").project("b").credit(1).build(),
+        a_grant("g-b").project("b").credit(1e6).build(),
     ]
     snap = snapshot_of(fleet, tenants=[tenant("a"), tenant("b")], grants=grants)
     # the borrowers fill what they can, through the scheduler (which decides what is borrowed), then keep

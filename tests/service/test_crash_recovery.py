@@ -42,6 +42,7 @@ from kfabric.service.auth import authenticate
 from kfabric.service.controller import Controller
 from kfabric.service.runtime import open_runtime
 from kfabric.store import tables as t
+from posix_accounts import map_users
 
 THREADS = 4
 PER_THREAD = 50
@@ -226,9 +227,11 @@ class Submitter:
 
 
 @pytest.mark.integration
-def test_server_killed_during_submissions_and_while_jobs_run(db_url: str, tmp_path: Path) -> None:
+def test_server_killed_during_submissions_and_while_jobs_run(
+    db_url: str, tmp_path: Path, job_account: str, job_dir: Path
+) -> None:
     state_dir = tmp_path / "state"
-    runs_log = tmp_path / "runs.log"
+    runs_log = job_dir / "runs.log"  # jobs run as job_account: where it may write
     logs = tmp_path / "logs"
     logs.mkdir()
     server = Server(db_url, state_dir, logs)
@@ -236,6 +239,8 @@ def test_server_killed_during_submissions_and_while_jobs_run(db_url: str, tmp_pa
     try:
         server.start()
         token = server.token()
+        with httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {token}"}) as op:
+            op.patch("/v1/users/admin", json={"posix_user": job_account}).raise_for_status()
 
         # ---- 1. SIGKILL in the middle of a burst of submissions ---------------------------------------------
         sub = Submitter(server, token, f"{record}; sleep 0.2", deadline_s=60)
@@ -319,9 +324,11 @@ def _tick_until(controller: Controller, done: Any, timeout_s: float, what: str) 
 
 
 @pytest.mark.parametrize("stop", ["cancel", "preempt"])
-def test_restart_adopts_an_attempt_launched_but_not_recorded(db_url: str, tmp_path: Path, stop: str) -> None:
+def test_restart_adopts_an_attempt_launched_but_not_recorded(
+    db_url: str, tmp_path: Path, stop: str, job_account: str, job_dir: Path
+) -> None:
     local = tmp_path / "local"
-    runs_log = tmp_path / "runs.log"
+    runs_log = job_dir / "runs.log"
     policy = load_policy("kfabric")
     rt = open_runtime(
         db_url,
@@ -331,6 +338,7 @@ def test_restart_adopts_an_attempt_launched_but_not_recorded(db_url: str, tmp_pa
         fleet_document=local_scenario_text(GPUS),
     )
     try:
+        map_users(rt.sessions, job_account)
         with rt.sessions() as s:
             actor = authenticate(s, rt.bootstrap_token)
         command = f'echo "$KFABRIC_JOB_ID $KFABRIC_ATTEMPT" >> {shlex.quote(str(runs_log))}; sleep 2'

@@ -55,6 +55,7 @@ class World:
         return self.actor("op")
 
     def program(self, name: str = "round", **rules: Any) -> t.Program:
+        rules = {"min_reviews": 0, **rules}  # these rounds decide without review unless a test says otherwise
         return programs.create_program(self.sessions, self.op, name, "a round", "msit", 1.0, rules, NOW)
 
     def apply(self, project: str, gpus: int = 8, model: str = "H200", months: int = 6, program: str = "round") -> int:
@@ -215,10 +216,10 @@ def test_months_are_capped_by_max_duration(w: World, max_days: int, months: int,
     w.program(max_duration_days=max_days)
     admin = w.actor("admin-uni")
     if said is None:
-        assert programs.apply(w.sessions, admin, "round", "p-uni", "H200", 8, months, "", NOW).months == months
+        assert programs.apply(w.sessions, admin, "round", "p-uni", "H200", 8, months, "why", NOW).months == months
         return
     with pytest.raises(ValidationError) as e:
-        programs.apply(w.sessions, admin, "round", "p-uni", "H200", 8, months, "", NOW)
+        programs.apply(w.sessions, admin, "round", "p-uni", "H200", 8, months, "why", NOW)
     assert e.value.where == "application.months"
     assert said in str(e.value)
 
@@ -242,7 +243,7 @@ def test_per_project_cap_at_application(w: World, model: str, gpus: int, ok: boo
 def test_an_application_asks_for_something(w: World, gpus: int, months: int) -> None:
     w.program()
     with pytest.raises(ValidationError):
-        programs.apply(w.sessions, w.op, "round", "p-uni", "H200", gpus, months, "", NOW)
+        programs.apply(w.sessions, w.op, "round", "p-uni", "H200", gpus, months, "why", NOW)
 
 
 # ---- the caps at grant time ----------------------------------------------------------------------------------
@@ -301,7 +302,7 @@ def test_concurrent_decisions_cannot_both_pass_the_cap(w: World) -> None:
         outcomes = sorted(pool.map(decide, app_ids))
     assert outcomes == ["conflict", "conflict", "conflict", "granted"]
     with w.sessions() as s:
-        assert audit.verify_chain(s) > 0
+        assert audit.verify_chain(s).entries > 0
 
 
 def test_per_project_cap_applies_to_direct_grants(w: World) -> None:
@@ -519,10 +520,10 @@ def test_tenants_see_only_their_organizations_applications_and_grants(w: World) 
 def test_who_may_apply_for_what(w: World, who: str, project: str, error: type[Exception]) -> None:
     w.program()
     with pytest.raises(error):
-        programs.apply(w.sessions, w.actor(who), "round", project, "H200", 8, 6, "", NOW)
+        programs.apply(w.sessions, w.actor(who), "round", project, "H200", 8, 6, "why", NOW)
     with pytest.raises(NotFound):
-        programs.apply(w.sessions, w.actor("admin-uni"), "no-such-program", "p-uni", "H200", 8, 6, "", NOW)
-    assert programs.apply(w.sessions, w.op, "round", "p-uni", "H200", 8, 6, "", NOW).status == "submitted"
+        programs.apply(w.sessions, w.actor("admin-uni"), "no-such-program", "p-uni", "H200", 8, 6, "why", NOW)
+    assert programs.apply(w.sessions, w.op, "round", "p-uni", "H200", 8, 6, "why", NOW).status == "submitted"
 
 
 # ---- under-use -----------------------------------------------------------------------------------------------
@@ -667,4 +668,4 @@ def test_every_mutation_is_audited_and_the_chain_holds(w: World) -> None:
         assert len(w.audit_actions()) == before  # a failed use case rolls back whole
     entries = len(w.audit_actions())
     with w.sessions() as s:
-        assert audit.verify_chain(s) == entries == 11
+        assert audit.verify_chain(s).entries == entries == 11

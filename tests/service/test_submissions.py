@@ -40,7 +40,7 @@ class Store:
 
     def verify(self) -> int:
         with self.sessions() as s:
-            return audit.verify_chain(s)
+            return audit.verify_chain(s).entries
 
 
 @pytest.fixture

@@ -2,21 +2,63 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import func, select, text
 
 from kfabric.api import errors
+from kfabric.api.deps import Caller
 from kfabric.api.fast_submit import FastSubmit
-from kfabric.api.routers import audit, fleet, jobs, programs, tenancy, usage
+from kfabric.api.limits import Limits, RequestLimits
+from kfabric.api.routers import audit, fleet, jobs, programs, tenancy, tokens, usage
+from kfabric.model.errors import PermissionDenied
+from kfabric.service.actors import Role
 from kfabric.service.runtime import Runtime
 from kfabric.store import tables as t
 
+#: roles whose tokens may read ``/metrics`` (fleet-wide counts) unless the server runs with ``--metrics-open``
+METRICS_ROLES = (Role.OPERATOR, Role.PROVIDER)
 
-def create_app(rt: Runtime, fast_submit: bool = True) -> FastAPI:
-    """The application; ``fast_submit=False`` leaves ``POST /v1/jobs`` to FastAPI alone (tests compare the two)."""
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "ErrorBody",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "where", "fix"],
+            "properties": {
+                "code": {"type": "string", "description": "machine-readable: invalid, not_found, conflict, ..."},
+                "message": {"type": "string", "description": "what is wrong"},
+                "where": {"type": "string", "description": "the field, object or header concerned"},
+                "fix": {"type": "string", "description": "how to fix it"},
+            },
+        }
+    },
+}
+#: status codes any operation may answer (request limits, request validation) and those of authenticated ones
+ANY_OPERATION = {
+    408: "the body (or the headers) did not arrive in time; the connection is closed",
+    413: "the body is larger than the server's limit (kfabric serve --max-body); the connection is closed",
+    422: "invalid request: a field, a parameter, JSON nested too deep, or a value the domain refuses",
+}
+WITH_BODY = {400: "the body is not JSON text (e.g. not UTF-8)"}
+AUTHENTICATED = {
+    401: "no valid token: send Authorization: Bearer kf_...",
+    403: "the token's role may not do this",
+    404: "no such object, or one the caller may not see",
+    409: "the request clashes with the object's state, or a name or client key already used",
+}
+
+
+def create_app(
+    rt: Runtime, fast_submit: bool = True, limits: Limits | None = None, metrics_open: bool = False
+) -> FastAPI:
+    """The application; ``fast_submit=False`` leaves ``POST /v1/jobs`` to FastAPI alone (tests compare the two).
+    ``limits`` bound every request body (api/limits.py); ``metrics_open`` serves ``/metrics`` without a token."""
     app = FastAPI(
         title="kfabric",
         version="1",
@@ -24,10 +66,27 @@ def create_app(rt: Runtime, fast_submit: bool = True) -> FastAPI:
     )
     app.state.runtime = rt
     errors.install(app)
-    for r in (fleet.router, tenancy.router, programs.router, jobs.router, usage.router, audit.router):
+    for r in (fleet.router, tenancy.router, tokens.router, programs.router, jobs.router, usage.router, audit.router):
         app.include_router(r)
     if fast_submit:
         app.add_middleware(FastSubmit, runtime=rt)  # POST /v1/jobs without FastAPI's per-request machinery
+    app.add_middleware(RequestLimits, limits=limits or Limits())  # added last: runs first, before any auth
+    _ops_routes(app, rt, metrics_open)
+    _document_errors(app)
+    return app
+
+
+async def metrics_reader(c: Caller) -> None:
+    """Only operators and providers read ``/metrics`` (a missing or unknown token: 401)."""
+    if c.actor.role not in METRICS_ROLES:
+        raise PermissionDenied(
+            "read /metrics",
+            f"needs the operator or provider role; you are {c.actor.role.value}",
+            "use an operator's or a provider's token (or the operator starts kfabric serve --metrics-open)",
+        )
+
+
+def _ops_routes(app: FastAPI, rt: Runtime, metrics_open: bool) -> None:
     registry = CollectorRegistry()
     jobs_gauge = Gauge("kfabric_jobs", "jobs by state", ["state"], registry=registry)
     pending_gauge = Gauge("kfabric_pending_queue", "jobs in the scheduler's queue", registry=registry)
@@ -41,7 +100,9 @@ def create_app(rt: Runtime, fast_submit: bool = True) -> FastAPI:
         last = rt.controller.last_tick
         return {"ok": True, "last_tick_s": last.now_s if last else None}
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    guard = [] if metrics_open else [Depends(metrics_reader)]
+
+    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=guard)
     def metrics() -> Response:
         with rt.sessions() as s:
             for state, n in s.execute(select(t.Job.state, func.count()).group_by(t.Job.state)):
@@ -53,4 +114,40 @@ def create_app(rt: Runtime, fast_submit: bool = True) -> FastAPI:
         gpus_gauge.set(rt.controller.allocated_gpus())
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+
+def _document_errors(app: FastAPI) -> None:
+    """Every operation of the OpenAPI document lists the error answers it can give, with the error body's
+    schema: the request limits' and validation's everywhere, 400 where a body is parsed, and 401/403/404/409 where
+    a token is needed
+    (the operation has a security requirement). FastAPI's own 422 schema (its validation list) is replaced:
+    errors.py answers every 422 with the error body."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas["ErrorBody"] = ERROR_SCHEMA
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                _add_error_answers(operation)
+        for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body, now referenced by none
+            if f'"#/components/schemas/{unused}"' not in json.dumps(document):
+                schemas.pop(unused, None)
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_error_answers(operation: dict[str, Any]) -> None:
+    answers = dict(ANY_OPERATION)
+    if "requestBody" in operation:
+        answers |= WITH_BODY
+    if operation.get("security"):
+        answers |= AUTHENTICATED
+    responses = operation.setdefault("responses", {})
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for status, description in sorted(answers.items()):
+        responses[str(status)] = {"description": description, "content": content}

@@ -10,6 +10,10 @@ Anything else (no or unknown token, another content type, invalid JSON or fields
 with its body replayed, to the FastAPI application unchanged: errors are exactly the route's, and the route
 stays in the OpenAPI document. Once the batch is queued the fast path answers domain errors (an unknown project,
 a client-key conflict) with the application's error body; other exceptions go to its 500 handler.
+
+Size, deadline and JSON nesting depth of the body are enforced before this middleware, by
+:class:`kfabric.api.limits.RequestLimits` (the outermost one): what reaches the parser here is at most
+``--max-body`` bytes nested at most 64 levels; a ``RecursionError`` (no limits in front) still gets a 422.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kfabric.api.deps import cached_actor
 from kfabric.api.errors import domain_response
-from kfabric.api.routers.jobs import submission_answer
+from kfabric.api.limits import Limits, send_error, too_deep
+from kfabric.api.routers.jobs import admission, submission_answer
 from kfabric.api.schemas import JobCreate
 from kfabric.model.errors import KfabricError
 from kfabric.service import jobs
@@ -73,9 +78,14 @@ class FastSubmit:
         try:
             data: Any = json.loads(body)
             request = JobCreate.model_validate(data)  # python mode, as FastAPI validates a JSON body
-            sub = jobs.prepare(actor, request.project, request.spec(), self.rt.clock(), request.client_key)
+            sub = jobs.prepare(
+                actor, request.project, request.spec(), self.rt.clock(), request.client_key, admission(self.rt)
+            )
         except (ValueError, pydantic.ValidationError, KfabricError):
             return False  # the route answers it, with its own error
+        except RecursionError:  # nested too deep for the parser; RequestLimits refuses such bodies before us
+            await send_error(send, too_deep(Limits().max_json_depth), close=False)
+            return True
         try:
             response = await submission_answer(self.rt, actor, request.project, sub)
         except KfabricError as exc:

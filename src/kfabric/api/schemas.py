@@ -94,6 +94,8 @@ class JobPublic(BaseModel):
     nodes: list[NodePublic]
     cancel_requested: bool
     spec: dict[str, Any]
+    #: what the submitter should know about how the job was admitted (only in the answer to a submission)
+    notes: list[str] = []
 
 
 class JobEventPublic(BaseModel):
@@ -115,12 +117,23 @@ class ProjectCreate(Strict):
     organization: Name
 
 
+#: a POSIX account name (checked by ``service/posix.py``, whose errors say what a valid one is)
+PosixName = Annotated[str, Field(max_length=64), AfterValidator(_no_nul)]
+
+
 class UserCreate(Strict):
     name: Name
     role: ShortText
     organization: Name | None = None
     projects: Annotated[list[Name], Field(max_length=256)] = []
     owner: ShortText = ""
+    #: the POSIX account the user's jobs run as ("" = none yet: its jobs are refused until one is set)
+    posix_user: PosixName = ""
+
+
+class UserUpdate(Strict):
+    #: the POSIX account the user's jobs run as; "" removes the mapping
+    posix_user: PosixName
 
 
 class UserCreated(BaseModel):
@@ -128,6 +141,7 @@ class UserCreated(BaseModel):
     name: str
     role: str
     token: str
+    posix_user: str = ""
 
 
 class ProgramCreate(Strict):

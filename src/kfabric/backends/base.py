@@ -63,6 +63,10 @@ class LaunchSpec:
     runtime_s: float | None = None
     #: the kfabric project (Slurm maps it to an account)
     project: str = ""
+    #: the kfabric user who submitted the job (named in refusals)
+    user: str = ""
+    #: the POSIX account the job runs as (``users.posix_user``; ``backends/identity.py``); "" = none mapped
+    posix_user: str = ""
 
     @property
     def key(self) -> str:

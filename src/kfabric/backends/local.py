@@ -4,7 +4,8 @@ State lives in files under ``state_dir/jobs/JOB_ID.ATTEMPT/`` so that a restarte
 :class:`LocalBackend` on the same ``state_dir``) finds every attempt, running or finished:
 
 =============  ============================================================================================
-``spec.json``  what to run (the :class:`~kfabric.backends.base.LaunchSpec`, the GPU indices, the kill grace)
+``spec.json``  what to run (the :class:`~kfabric.backends.base.LaunchSpec`, the GPU indices, the kill grace, the
+               account it runs as and its whole environment)
 ``pid``        the runner's pid, which is also the job's process group id (``none``: claimed, never started)
 ``started``    when the runner started the job (seconds since the epoch)
 ``cancel``     a cancel was asked for, with its grace
@@ -18,6 +19,13 @@ The attempt directory is created with :func:`os.mkdir`, which fails when it exis
 writes ``result.json``, so jobs keep running, and end on time, while the controller is down.
 
 The runner records its start time with the wall clock; ``clock`` (default :func:`time.time`) must agree with it.
+
+Identity (``backends/identity.py``): the job runs as the POSIX account mapped to its user (uid, gid and every group
+of the account) when the server is root, as the server's own account otherwise; a user without a usable account
+is refused at launch (a ``ValueError`` naming the fix). The job gets a clean environment (:func:`job_env`), starts in
+its declared workdir or its account's home (entered as the account), and cannot read the attempt directories:
+``jobs/`` and each attempt directory are 0700 and every file in them 0600, owned by the server's account; the
+runner opens ``stdout``/``stderr`` and hands the job the open files.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from kfabric.backends.base import BackendUnavailable, LaunchSpec, RunReport, RunState
+from kfabric.backends.identity import Account, IdentityRefused, account_for, job_env, server_is_root, workdir_problem
 from kfabric.backends.local_runner import (
     CANCEL,
     DEFAULT_KILL_GRACE_S,
@@ -48,6 +57,7 @@ from kfabric.backends.local_runner import (
     group_members,
     is_zombie,
     kill_group_except,
+    open_private,
     proc_available,
     publish_once,
     write_atomic,
@@ -161,15 +171,36 @@ class LocalBackend:
             raise ValueError(f"attempt {spec.key} asks for GPUs {bad}; node {self.node!r} has {self.detected_gpus}")
         return list(dict.fromkeys(gpus))
 
+    def _identity(self, spec: LaunchSpec) -> tuple[Account, str]:
+        """The account the attempt runs as and the directory it starts in (IdentityRefused: it cannot run)."""
+        account = account_for(spec.user or f"of job {spec.job_id}", spec.posix_user)
+        workdir = spec.workdir or account.home
+        problem = workdir_problem(workdir, account)
+        if problem:
+            fix = "pass a --workdir the account can enter" if spec.workdir else "create the home or pass --workdir"
+            owner = "" if spec.workdir else f" (the home of {account.name!r})"
+            raise IdentityRefused(f"job {spec.job_id} cannot start as {account.name!r}: {problem}{owner}; {fix}")
+        return account, workdir
+
+    def _private_dirs(self) -> None:
+        """``state_dir`` and ``jobs/``, 0700 (jobs never see another attempt's files)."""
+        for path in (self.state_dir, self.jobs_dir):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o700)
+
     def launch(self, spec: LaunchSpec) -> None:
         gpus = self._gpus_of(spec)
         where = self.attempt_dir(spec.job_id, spec.attempt)
+        if where.exists():
+            return  # launched before: never started twice, whatever its user's account is now
+        account, workdir = self._identity(spec)
         try:
-            self.jobs_dir.mkdir(parents=True, exist_ok=True)
+            self._private_dirs()
         except OSError as exc:
             raise BackendUnavailable(f"cannot create {self.jobs_dir}: {exc}") from exc
         try:
-            os.mkdir(where)
+            os.mkdir(where, 0o700)
         except FileExistsError:
             return  # launched before (maybe by a controller that crashed since): never start it twice
         except OSError as exc:
@@ -186,13 +217,15 @@ class LocalBackend:
             "gpus": gpus,
             "time_limit_s": spec.time_limit_s,
             "env": dict(spec.env),
-            "workdir": spec.workdir,
+            "environment": job_env(account, spec.env, self._forced_env(spec, gpus)),
+            "workdir": workdir,
+            "run_as": self._run_as(account),
             "kill_grace_s": self.kill_grace_s,
             "launched_at_s": self.clock(),
         }
         try:
             write_atomic(where / SPEC, json.dumps(record))
-            with open(where / "runner.log", "wb") as log:
+            with open_private(where / "runner.log") as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", _RUNNER_MODULE, str(where)],
                     cwd=where,
@@ -205,6 +238,22 @@ class LocalBackend:
             shutil.rmtree(where, ignore_errors=True)  # no runner started: leave no trace, a retry starts afresh
             raise BackendUnavailable(f"cannot start the runner of {spec.key}: {exc}") from exc
         _RUNNERS[proc.pid] = proc
+
+    @staticmethod
+    def _forced_env(spec: LaunchSpec, gpus: list[int]) -> dict[str, str]:
+        return {
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
+            "KFABRIC_JOB_ID": spec.job_id,
+            "KFABRIC_ATTEMPT": str(spec.attempt),
+        }
+
+    @staticmethod
+    def _run_as(account: Account) -> dict[str, object] | None:
+        """What the runner switches to before it starts the job (None: a server that is not root runs jobs as
+        itself, which :func:`account_for` checked is the mapped account)."""
+        if not server_is_root():
+            return None
+        return {"user": account.name, "uid": account.uid, "gid": account.gid, "groups": list(account.groups)}
 
     # ------------------------------------------------------------------------------------------- terminate
 

@@ -7,7 +7,9 @@ is the leader of its own process group and outlives the controller. The runner:
    first owns the attempt: if the controller already declared it lost (or another runner claimed it), the runner
    exits without starting anything, so an attempt never runs twice;
 2. runs ``/bin/sh -c COMMAND`` in its own process group (``killpg`` on the runner's pid reaches the whole job),
-   with stdout/stderr in the attempt directory and ``CUDA_VISIBLE_DEVICES`` set to the assigned GPUs;
+   as the account in ``run_as`` (uid, gid, groups; the runner itself stays the server's account), in ``workdir``
+   (entered after the switch, so as the account), with exactly the environment ``spec.json`` lists and its
+   stdout/stderr going to files the runner opened (0600) in the attempt directory;
 3. enforces the time limit itself (it holds while the controller is down): SIGTERM to the group, then SIGKILL
    after a grace period;
 4. on a SIGTERM from outside (a cancel), forwards it to the job, waits the grace written in the ``cancel`` marker,
@@ -31,9 +33,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 #: the files of an attempt directory
 SPEC, PID, STARTED, RESULT, CANCEL, STDOUT, STDERR = (
@@ -59,17 +62,29 @@ _PROC = Path("/proc")
 # --------------------------------------------------------------------------------------------- shared helpers
 
 
+def open_private(path: Path) -> IO[bytes]:
+    """Open ``path`` for writing (created or truncated), readable by its owner only (0600, whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def _write_private(path: Path, text: str) -> None:
+    with open_private(path) as out:
+        out.write(text.encode())
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old content or the new, never a part."""
+    """Write ``text`` to ``path`` (0600) so that readers see the old content or the new, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    _write_private(tmp, text)
     os.replace(tmp, path)
 
 
 def publish_once(path: Path, text: str) -> bool:
-    """Create ``path`` with ``text`` atomically unless it exists. Returns whether this call created it."""
+    """Create ``path`` (0600) with ``text`` atomically unless it exists. Returns whether this call created it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp.write_text(text)
+    _write_private(tmp, text)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -167,12 +182,32 @@ class Runner:
     # ----------------------------------------------------------------------------------- the job
 
     def _env(self, spec: dict[str, Any]) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({str(k): str(v) for k, v in spec.get("env", {}).items()})
+        """Exactly the environment the backend wrote (never the runner's, which is the server's)."""
+        env = {str(k): str(v) for k, v in (spec.get("environment") or spec.get("env") or {}).items()}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.get("gpus", []))
         env["KFABRIC_JOB_ID"] = str(spec["job_id"])
         env["KFABRIC_ATTEMPT"] = str(spec["attempt"])
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         return env
+
+    @staticmethod
+    def _identity(spec: dict[str, Any]) -> dict[str, Any]:
+        """Popen's ``user``/``group``/``extra_groups``/``umask`` for the job, and a ``preexec_fn`` that enters its
+        workdir after the switch (Popen's ``cwd`` would enter it as the runner, before the switch)."""
+        workdir = str(spec.get("workdir") or "")
+        run_as = spec.get("run_as")
+        enter: Callable[[], None] | None = (lambda: os.chdir(workdir)) if workdir else None
+        how: dict[str, Any] = {"umask": 0o077, "preexec_fn": enter}
+        if run_as:
+            how.update(user=int(run_as["uid"]), group=int(run_as["gid"]), extra_groups=list(run_as["groups"]))
+        return how
+
+    @staticmethod
+    def _start_failure(spec: dict[str, Any], exc: Exception) -> str:
+        who = (spec.get("run_as") or {}).get("user", "the server's account")
+        if isinstance(exc, subprocess.SubprocessError) and "preexec_fn" in str(exc):
+            return f"could not start the job: account {who!r} cannot enter its workdir {spec.get('workdir')!r}"
+        return f"could not start the job as {who!r}: {exc}"
 
     def _group_alive(self) -> bool:
         """Whether the job still has live processes (its shell, or others of the group where /proc tells)."""
@@ -237,17 +272,17 @@ class Runner:
         time_limit_s = float(spec.get("time_limit_s", float("inf")))
         kill_grace_s = float(spec.get("kill_grace_s", DEFAULT_KILL_GRACE_S))
         try:
-            with open(self.dir / STDOUT, "wb") as out, open(self.dir / STDERR, "wb") as err:
+            with open_private(self.dir / STDOUT) as out, open_private(self.dir / STDERR) as err:
                 self.child = subprocess.Popen(
                     ["/bin/sh", "-c", str(spec["command"])],
-                    cwd=spec.get("workdir") or self.dir,
                     env=self._env(spec),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
+                    **self._identity(spec),
                 )
-        except (OSError, KeyError) as exc:
-            self._publish_result("failed", None, f"could not start the job: {exc}")
+        except (OSError, KeyError, ValueError, subprocess.SubprocessError) as exc:
+            self._publish_result("failed", None, self._start_failure(spec, exc))
             return 1
         write_atomic(self.dir / STARTED, repr(time.time()))
 

@@ -1,23 +1,29 @@
-"""Tenancy and oversight: ``kfabric user create``, ``org create|list``, ``project create|list`` (also
+"""Tenancy and oversight: ``kfabric user create|set-posix``, ``org create|list``, ``project create|list`` (also
 ``kfabric projects``), ``whoami`` and ``audit [--verify]``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import TypeAlias
+import os
+from pathlib import Path
+from typing import Any, TypeAlias, cast
 
 from rich.table import Table
 from rich.text import Text
 
 from kfabric.cli.console import stdout_console
+from kfabric.cli.errors import UsageError
 from kfabric.cli.queue_cmd import add_remote_args, connect, emit_json, fmt_time
+from kfabric.service import audit_keys
+from kfabric.service.audit_keys import ENV_KEY_FILE
 
 ROLES = ("operator", "reviewer", "org-admin", "member", "provider")
 Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def _group(sub: Sub, name: str, help_text: str) -> Sub:
+def command_group(sub: Sub, name: str, help_text: str) -> Sub:
+    """A command with actions (``kfabric NAME ACTION``); alone it prints its help and exits 2."""
     parent = sub.add_parser(name, help=help_text)
     children = parent.add_subparsers(dest=f"{name}_command", metavar="ACTION")
 
@@ -30,17 +36,23 @@ def _group(sub: Sub, name: str, help_text: str) -> Sub:
 
 
 def register(sub: Sub) -> None:
-    user = _group(sub, "user", "create users (their API token is shown once)")
+    user = command_group(sub, "user", "create users (their API token is shown once) and map them to POSIX accounts")
     p = user.add_parser("create", help="create a user and print its API token once")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--role", required=True, metavar="R", help=f"one of: {', '.join(ROLES)}")
     p.add_argument("--organization", metavar="O", help="the organization of an org-admin or member")
     p.add_argument("--project", action="append", default=[], metavar="P", help="a member's project (repeatable)")
     p.add_argument("--owner", default="", metavar="OWNER", help="a provider's fleet owner")
+    p.add_argument("--posix-user", default="", metavar="ACCOUNT", help="the POSIX account the user's jobs run as")
     add_remote_args(p)
     p.set_defaults(handler=user_create)
+    p = user.add_parser("set-posix", help="map a user to the POSIX account its jobs run as (operators, org-admins)")
+    p.add_argument("name", metavar="USER")
+    p.add_argument("account", metavar="ACCOUNT", help="an existing non-root account; '' removes the mapping")
+    add_remote_args(p)
+    p.set_defaults(handler=user_set_posix)
 
-    org = _group(sub, "org", "organizations")
+    org = command_group(sub, "org", "organizations")
     p = org.add_parser("create", help="create an organization (operators)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--kind", required=True, metavar="K", help="university, institute, startup, enterprise, government")
@@ -52,7 +64,7 @@ def register(sub: Sub) -> None:
     add_remote_args(p)
     p.set_defaults(handler=org_list)
 
-    project = _group(sub, "project", "projects")
+    project = command_group(sub, "project", "projects")
     p = project.add_parser("create", help="create a project in an organization")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--organization", required=True, metavar="O")
@@ -67,20 +79,49 @@ def register(sub: Sub) -> None:
     add_remote_args(p)
     p.set_defaults(handler=whoami)
 
-    p = sub.add_parser("audit", help="the audit log (operators, org-admins); --verify checks its hash chain")
-    p.add_argument("--verify", action="store_true", help="recompute the hash chain (operators); exit 2 if broken")
+    p = sub.add_parser(
+        "audit",
+        help="the audit log (operators, org-admins); --verify checks its keyed hash chain; 'audit head' exports it",
+    )
+    p.add_argument("--verify", action="store_true", help="recompute the keyed hash chain (operators); exit 2 if broken")
+    p.add_argument(
+        "--against", type=Path, metavar="FILE", help="with --verify: also check the log against a head saved by "
+        "'kfabric audit head' (detects truncation or rewriting after it)",
+    )  # fmt: skip
+    p.add_argument("--job", type=int, metavar="ID", help="only the entries about one job: why it ran where it did")
+    p.add_argument("--action", metavar="ACTION", help="only entries of one action (e.g. job.admit, grant.topup)")
     add_remote_args(p)
     p.set_defaults(handler=audit)
+    actions = p.add_subparsers(dest="audit_command", metavar="ACTION")
+    h = actions.add_parser("head", help="print the chain head as JSON, to keep outside the store (operators)")
+    add_remote_args(h)
+    h.set_defaults(handler=audit_head)
+    r = actions.add_parser("rotate-key", help="add a new audit key to the key file (run on the server's host)")
+    r.add_argument("--audit-key-file", type=Path, metavar="PATH",
+                   help="the key file (default: $KFABRIC_AUDIT_KEY_FILE, else ./.kfabric/audit.key)")  # fmt: skip
+    r.set_defaults(handler=audit_rotate_key)
 
 
 def user_create(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        u = client.create_user(args.name, args.role, args.organization, args.project, args.owner)
+        u = client.create_user(args.name, args.role, args.organization, args.project, args.owner, args.posix_user)
     if args.json:
         emit_json(u)
     else:
         print(f"Created user {u['name']} (id {u['id']}, role {u['role']}). Its API token, shown only now:")
         print(u["token"])
+    return 0
+
+
+def user_set_posix(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        u = client.set_posix_user(args.name, args.account)
+    if args.json:
+        emit_json(u)
+    elif u["posix_user"]:
+        print(f"User {u['name']}'s jobs run as POSIX account {u['posix_user']}")
+    else:
+        print(f"User {u['name']} has no POSIX account now: its jobs are refused until one is set")
     return 0
 
 
@@ -148,14 +189,36 @@ def whoami(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_head(path: Path) -> dict[str, Any]:
+    try:
+        head = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"--against {path}: cannot read it ({exc.strerror})") from None
+    except ValueError:
+        raise UsageError(f"--against {path}: not JSON; save it with: kfabric audit head > {path}") from None
+    ok = isinstance(head, dict) and isinstance(head.get("entries"), int) and isinstance(head.get("hash"), str)
+    if not ok or head.get("format") != "kfabric-audit-head/1":
+        raise UsageError(f"--against {path}: not an audit head; save one with: kfabric audit head > {path}")
+    return cast(dict[str, Any], head)
+
+
 def audit(args: argparse.Namespace) -> int:
+    if args.against is not None and not args.verify:
+        raise UsageError("--against needs --verify: kfabric audit --verify --against FILE")
+    if args.verify and (args.job is not None or args.action):
+        raise UsageError("--verify checks the whole chain: drop --job/--action")
+    against = _read_head(args.against) if args.against is not None else None
+    if against is not None and against["entries"] == 0:
+        against = None  # an empty log's head anchors nothing
     with connect(args) as client:
-        answer = client.audit_verify() if args.verify else client.audit()
+        answer = client.audit_verify(against) if args.verify else client.audit(args.job, args.action)
     if args.json:
         emit_json(answer)
         return 0
     if isinstance(answer, dict):
-        print(f"audit chain intact: {answer['entries']} entries verified")
+        anchor = f"; matches the head exported with {against['entries']} entries" if against else ""
+        print(f"audit chain intact: {answer['entries']} entries verified with keys "
+              f"{', '.join(answer['keys']) or '-'}{anchor}")  # fmt: skip
         return 0
     table = Table(title="Audit log", caption=f"{len(answer)} entries")
     for name in ("ID", "at", "actor", "action", "object", "detail"):
@@ -167,4 +230,18 @@ def audit(args: argparse.Namespace) -> int:
             Text(f"{e['object_type']} {e['object_id']}"), Text(detail),
         )  # fmt: skip
     stdout_console().print(table)
+    return 0
+
+
+def audit_head(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        emit_json(client.audit_head())
+    return 0
+
+
+def audit_rotate_key(args: argparse.Namespace) -> int:
+    path = args.audit_key_file or Path(os.environ.get(ENV_KEY_FILE) or Path(".kfabric") / "audit.key")
+    key_id = audit_keys.rotate(path)
+    print(f"audit key {key_id} added to {path}: new entries are signed with it once the servers restart "
+          "(older keys stay in the file to verify older entries)")  # fmt: skip
     return 0

@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 
 from kfabric.cli import (
     admin_cmd,
+    backup_cmd,
     bench_cmd,
     cancel_cmd,
+    credit_cmd,
     fleet_cmd,
     job_cmd,
     programs_cmd,
@@ -19,6 +21,7 @@ from kfabric.cli import (
     simulate_cmd,
     slurm_cmd,
     submit_cmd,
+    token_cmd,
     usage_cmd,
 )
 from kfabric.cli.errors import UsageError
@@ -41,8 +44,11 @@ def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     job_cmd.register(sub)
     usage_cmd.register(sub)
     programs_cmd.register(sub)
+    credit_cmd.register(sub)  # adds `grant topup` to programs_cmd's `grant`
     admin_cmd.register(sub)
     slurm_cmd.register(sub)
+    token_cmd.register(sub)
+    backup_cmd.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

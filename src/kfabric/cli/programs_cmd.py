@@ -57,7 +57,11 @@ def register(sub: Sub) -> None:
     choice = p.add_mutually_exclusive_group(required=True)
     choice.add_argument("--approve", action="store_true", help="approve: issue grant g-APPLICATION_ID")
     choice.add_argument("--reject", action="store_true", help="reject")
-    p.add_argument("--credit", default="0", metavar="SU_HOURS", help="service-unit hours to credit (default 0)")
+    p.add_argument(
+        "--credit",
+        metavar="SU_HOURS",
+        help="service-unit hours to credit (none unless given; needed with --no-reserve)",
+    )
     p.add_argument("--no-reserve", action="store_true", help="grant credit only, reserve no GPUs")
     p.add_argument("--note", default="", metavar="TEXT", help="the decision's note to the applicant")
     add_remote_args(p)
@@ -156,12 +160,9 @@ def review_cmd(args: argparse.Namespace) -> int:
 
 def decide_cmd(args: argparse.Namespace) -> int:
     application_id = parse_id(args.application_id, "APPLICATION_ID")
-    try:
-        credit = float(args.credit)
-    except ValueError:
-        credit = -1.0
-    if not 0 <= credit <= 1e12:
-        raise UsageError(f"--credit: expected service-unit hours >= 0 (e.g. 50000), got {args.credit!r}")
+    credit = _credit(args.credit)
+    if args.approve and args.no_reserve and credit == 0:
+        raise UsageError("--no-reserve reserves no GPUs, so the grant needs credit: pass --credit SU_HOURS")
     with connect(args) as client:
         d = client.decide(application_id, args.approve, args.note, reserved=not args.no_reserve, credit_su_hours=credit)
     if args.json:
@@ -175,6 +176,19 @@ def decide_cmd(args: argparse.Namespace) -> int:
     print(f"Approved application {application_id}: grant {g['name']}, "
           f"{g['start']} .. {g['end']}, {reserved}, {g['credit_su_hours']:,.0f} SU-hours credit")  # fmt: skip
     return 0
+
+
+def _credit(text: str | None) -> float:
+    """``--credit`` as service-unit hours (0 when not given)."""
+    if text is None:
+        return 0.0
+    try:
+        credit = float(text)
+    except ValueError:
+        credit = -1.0
+    if not 0 <= credit <= 1e12:
+        raise UsageError(f"--credit: expected service-unit hours >= 0 (e.g. 50000), got {text!r}")
+    return credit
 
 
 def grants_cmd(args: argparse.Namespace) -> int:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import stat
 import sys
 import time
 from pathlib import Path
 
+from kfabric.api.limits import Limits
 from kfabric.backends.base import Backend
+from kfabric.backends.identity import server_is_root
 from kfabric.backends.local import LocalBackend, detect_gpus
 from kfabric.backends.sim import SimBackend
 from kfabric.backends.slurm.backend import SlurmBackend
@@ -18,6 +21,7 @@ from kfabric.cli.errors import UsageError
 from kfabric.scenarios.loader import load_text, scenario_text
 from kfabric.scenarios.local import local_scenario_text
 from kfabric.scenarios.policies import load_policy
+from kfabric.service.audit_keys import ENV_KEY_FILE
 from kfabric.service.loop import ControllerLoop
 from kfabric.service.runtime import open_runtime, open_store, stored_fleet
 from kfabric.store.db import default_url
@@ -42,8 +46,43 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=Path,
         help="YAML of the Slurm clusters to dispatch to (docs/slurm.md); each serves the fleet cluster of its name",
     )
+    p.add_argument(
+        "--audit-key-file",
+        type=Path,
+        help="the audit log's HMAC key file, kept outside the store (default: $KFABRIC_AUDIT_KEY_FILE, else "
+        "STATE_DIR/audit.key; created 0600 on first start; docs/security.md)",
+    )
+    _limit_options(p)
     p.add_argument("--log-level", default="warning")
     p.set_defaults(handler=run)
+
+
+def _limit_options(p: argparse.ArgumentParser) -> None:
+    """What one request may cost, and who may read /metrics (docs/security.md, "Request limits")."""
+    d = Limits()
+    p.add_argument(
+        "--max-body", type=int, default=d.max_body, metavar="BYTES",
+        help=f"largest request body; larger ones get 413 before they are read (default {d.max_body})",
+    )  # fmt: skip
+    p.add_argument(
+        "--body-timeout", type=float, default=d.body_timeout_s, metavar="SECONDS",
+        help=f"a request body must arrive within this of its headers, else 408 (default {d.body_timeout_s:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--header-timeout", type=float, default=d.header_timeout_s, metavar="SECONDS",
+        help=f"the request line and headers must arrive within this, else 408 (default {d.header_timeout_s:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--metrics-open", action="store_true",
+        help="serve /metrics without a token (default: an operator's or a provider's token is needed)",
+    )  # fmt: skip
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    try:
+        return Limits(max_body=args.max_body, body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _fleet_document(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -76,17 +115,42 @@ def build_backends(clusters: dict[str, str], args: argparse.Namespace) -> dict[s
     return out
 
 
+def audit_key_file(args: argparse.Namespace) -> Path:
+    """``--audit-key-file``, else ``KFABRIC_AUDIT_KEY_FILE``, else ``STATE_DIR/audit.key``."""
+    if args.audit_key_file is not None:
+        return Path(args.audit_key_file)
+    env = os.environ.get(ENV_KEY_FILE)
+    return Path(env) if env else args.state_dir / "audit.key"
+
+
+def private_state_dir(state_dir: Path) -> None:
+    """Files this process creates are its own only (umask 077); the state folder is made 0700 and what it holds
+    already (the SQLite store and its -wal/-shm, operator.token, the local backend's attempts) loses every group and
+    other permission, so no job (nor any other local account) reads the store, the tokens or other jobs' files."""
+    os.umask(0o077)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for root, dirs, files in os.walk(state_dir):
+        for name in [*dirs, *files]:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+    state_dir.chmod(0o700)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: the web stack costs ~0.5 s that other commands need not pay
 
     from kfabric.api.app import create_app
+    from kfabric.api.limits import uvicorn_options
 
+    limits = _limits(args)
     if args.tick <= 0:
         raise UsageError(f"--tick must be > 0 seconds, got {args.tick}")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be 1..65535, got {args.port}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args.state_dir.mkdir(parents=True, exist_ok=True)
+    private_state_dir(args.state_dir)
     db = args.db or default_url(args.state_dir.resolve())
     name, document = _fleet_document(args)
     if document is None:
@@ -100,18 +164,24 @@ def run(args: argparse.Namespace) -> int:
     backends = build_backends({c.name: c.backend for c in scenario.fleet.clusters}, args)
     rt = open_runtime(
         db, load_policy(args.policy), backends, fleet=name, fleet_document=document,
-        account_interval_s=args.account_interval,
+        account_interval_s=args.account_interval, audit_key_file=audit_key_file(args),
     )  # fmt: skip
     if rt.bootstrap_token:
         token_file = args.state_dir / "operator.token"
         token_file.write_text(rt.bootstrap_token + "\n")
         token_file.chmod(0o600)
         print(f"first start: operator token written to {token_file} (export KFABRIC_TOKEN=$(cat {token_file}))")
+        if server_is_root():
+            print("jobs run as their user's POSIX account, never as root: kfabric user set-posix admin ACCOUNT")
     loop = ControllerLoop(rt.controller, args.tick)
     loop.start()
     print(f"kfabric serving fleet {rt.scenario.name!r} on http://{args.host}:{args.port} (db {db})", flush=True)
     try:
-        uvicorn.run(create_app(rt), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        app = create_app(rt, limits=limits, metrics_open=args.metrics_open)
+        uvicorn.run(
+            app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+            **uvicorn_options(limits),
+        )  # fmt: skip
     finally:
         loop.stop()
         rt.close()

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -269,4 +270,6 @@ def run(args: argparse.Namespace) -> int:
         emit_json(job)
     else:
         print(f"Submitted job {job['id']}")
+        for note in job.get("notes") or []:
+            print(f"note: {note}", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ from datetime import date
 from enum import Enum
 
 from kfabric.model.errors import require, require_name
+from kfabric.model.job import PriorityClass
 
 
 class OrgKind(Enum):
@@ -53,6 +54,11 @@ class ProgramRules:
     ``per_project_cap`` maps a GPU model class to the most GPUs one project may be granted of it;
     ``price_factor`` maps an organization kind or flag (e.g. ``youth-startup``) to the fraction of list
     price charged (0.0 = free, 0.5 = 50% off); the lowest applicable factor wins.
+
+    Admission and decision rules: ``min_reviews`` reviews an application needs before it is decided (0: an
+    operator may decide at once); ``max_priority`` the highest priority class a member of a project granted by
+    the program may ask for (operators may ask for any); ``allow_cpu_only`` whether jobs asking no GPU
+    (``gpus: 0``) may run under the program's grants.
     """
 
     eligible_kinds: frozenset[OrgKind] = frozenset(OrgKind)
@@ -65,8 +71,17 @@ class ProgramRules:
     preferred_regions: frozenset[str] = frozenset()
     utilization_floor_pct: float = 0.0
     on_exhausted: OnExhausted = OnExhausted.STOP
+    min_reviews: int = 1
+    max_priority: PriorityClass = PriorityClass.NORMAL
+    allow_cpu_only: bool = False
 
     def __post_init__(self) -> None:
+        require(
+            self.min_reviews >= 0,
+            "program.rules.min_reviews",
+            f"must be >= 0, got {self.min_reviews}",
+            "0 lets an operator decide without review",
+        )
         require(self.max_duration_days >= 1, "program.rules.max_duration_days", "must be >= 1 day")
         require(
             self.max_job_duration_s is None or self.max_job_duration_s > 0,

@@ -21,6 +21,7 @@ from kfabric.model import (
     OrgKind,
     Owner,
     OwnerKind,
+    PriorityClass,
     Program,
     ProgramRules,
     Project,
@@ -258,7 +259,21 @@ def _rules(f: Fields) -> ProgramRules:
         preferred_regions=frozenset(f.text_list("preferred_regions")),
         utilization_floor_pct=f.number("utilization_floor_pct", 0.0),
         on_exhausted=OnExhausted(f.choice("on_exhausted", tuple(o.value for o in OnExhausted), "stop")),
+        min_reviews=f.integer("min_reviews", 1, minimum=0),
+        max_priority=PriorityClass.parse(
+            f.choice("max_priority", tuple(c.name.lower() for c in PriorityClass), "normal")
+        ),
+        allow_cpu_only=_flag(f, "allow_cpu_only", False),
     )
+
+
+def _flag(f: Fields, key: str, default: bool) -> bool:
+    """A true/false rule (YAML ``true``/``false``), ``default`` when absent."""
+    f.used.add(key)
+    value = f.data.get(key, default)
+    if not isinstance(value, bool):
+        raise f.doc.error(f.at(key), "true or false", value)
+    return value
 
 
 def _grant(f: Fields) -> Grant:

@@ -21,6 +21,7 @@ import numpy as np
 from kfabric.model.decision import Decision, Reservation
 from kfabric.model.job import MILLI_PER_GPU, Job, PriorityClass
 from kfabric.model.reasons import PendingReason, ReasonCode
+from kfabric.model.tenancy import OnExhausted
 from kfabric.sched import fairshare
 from kfabric.sched.cycle_state import CPU_MILLI_PER_GPU, MEMORY_MIB_PER_GPU, PoolChoice
 from kfabric.sched.eligibility import Eligibility, eligible_pools
@@ -242,6 +243,12 @@ class _Cycle(PreemptionSteps):
         if scavenger and job.priority != PriorityClass.SCAVENGER:
             self._job_bound = self._other_bound = True  # demoted by its project's grant, not by its class
         choices, quota_reason, power_reason = self._choices(job, pools, scavenger)
+        if choices and job.project in self.rules.credit_projects:
+            choices, credit_reason = self._affordable(job, choices)
+            if credit_reason is not None:
+                if not self._demoted_by_credit(job):
+                    return credit_reason, False
+                choices, quota_reason, power_reason = self._choices(job, pools, True)
         if not choices:
             if quota_reason is not None:
                 # only borrowed capacity for a job that may not borrow: so for its class-mates too
@@ -288,6 +295,26 @@ class _Cycle(PreemptionSteps):
                 f"waiting for {job.whole_gpus:g} free GPU(s) of {models} (min topology: {topology}); {free:g} free now"
             )
         return PendingReason(ReasonCode.RESOURCES, message), class_wide
+
+    def _affordable(self, job: Job, choices: list[PoolChoice]) -> tuple[list[PoolChoice], PendingReason | None]:
+        """The choices whose grant credit covers the job's time limit at the pool's SU rate; when none does, why
+        (for the cheapest of them)."""
+        rules, pools = self.rules, self.cap.pools
+        kept = [c for c in choices if rules.covers(job, pools[c.pool].model, pools[c.pool].su_weight, c.guaranteed)]
+        if kept:
+            return kept, None
+        cheapest = min(choices, key=lambda c: (pools[c.pool].su_weight, c.pool))
+        p = pools[cheapest.pool]
+        return kept, rules.credit_reason(job, p.model, p.su_weight, cheapest.guaranteed)
+
+    def _demoted_by_credit(self, job: Job) -> bool:
+        """A job its grant's credit does not cover runs as scavenger (borrowed capacity, drawing no credit) when
+        the program of the grant that covers it says so; otherwise it waits for credit."""
+        grant = self.rules.charged(job, "", False)
+        if grant is None or grant.on_exhausted != OnExhausted.SCAVENGER:
+            return False
+        self._job_bound = self._other_bound = True  # its own grant, not its class
+        return True
 
     def _choices(
         self, job: Job, pools: tuple[int, ...], scavenger: bool

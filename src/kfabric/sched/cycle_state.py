@@ -168,6 +168,8 @@ class CycleState:
         for s in placement.shares:
             cap.take(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)
         p = cap.pools[choice.pool]
+        if job.project in self.rules.credit_projects:
+            self.rules.charge(job, p.model, p.su_weight, choice.guaranteed)  # no later job shares this credit
         gpus = job.whole_gpus
         if choice.guaranteed:
             self.own[(job.project, p.model)] += gpus

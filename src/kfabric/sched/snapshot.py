@@ -77,6 +77,9 @@ def placement_milli(placement: Placement) -> int:
 
 @dataclass(frozen=True, slots=True)
 class GrantState:
+    """A grant as the core sees it. ``credit_left_su`` (None: no credit limit) is the SU-hours *free*: the
+    credit less what was used and less what admitted and running jobs hold (``sched.rules``)."""
+
     id: str
     project: str
     start_s: float
@@ -86,6 +89,21 @@ class GrantState:
     credit_left_su: float | None = None
     on_exhausted: OnExhausted = OnExhausted.STOP
     max_job_duration_s: float | None = None
+
+    def with_credit(self, left_su: float) -> GrantState:
+        """The same grant with ``left_su`` SU-hours of credit free (credit less what was used and what active
+        jobs hold; the owner keeps it)."""
+        return GrantState(
+            self.id,
+            self.project,
+            self.start_s,
+            self.end_s,
+            self.reserved_model,
+            self.reserved_gpus,
+            left_su,
+            self.on_exhausted,
+            self.max_job_duration_s,
+        )
 
 
 @dataclass

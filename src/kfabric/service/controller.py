@@ -17,15 +17,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from kfabric.backends.base import Backend, BackendUnavailable, LaunchSpec, NodeGpus, RunReport, RunState
-from kfabric.model.decision import Decision
+from kfabric.model.decision import Admission, Decision
 from kfabric.model.job import JobState
 from kfabric.scenarios.loader import Scenario
 from kfabric.sched.cycle import cycle
 from kfabric.sched.policy import Policy
-from kfabric.service import audit
+from kfabric.service import audit, credit
 from kfabric.service.grants import check_underuse
 from kfabric.service.jobs import transition
 from kfabric.service.jobspec import placement_to_json
@@ -34,6 +34,8 @@ from kfabric.service.usage import account, choose_grant
 from kfabric.store import tables as t
 
 log = logging.getLogger("kfabric.controller")
+#: the actor of the controller's own audit entries
+CONTROLLER = "controller"
 
 ADMITTED, RUNNING, PENDING = JobState.ADMITTED.value, JobState.RUNNING.value, JobState.PENDING.value
 FINAL_OF = {
@@ -150,8 +152,14 @@ class Controller:
                     continue
                 self._ended(s, row, r, now, rep)
 
+    def _audit(self, s: Session, row: t.Job, action: str, at_s: float, detail: dict[str, object]) -> None:
+        """One audit entry about a job, in its tenant's organization (so ``kfabric audit --job ID`` shows it)."""
+        org = self.live.projects.get(row.project_id, ("", None))[1]
+        audit.record(s, CONTROLLER, action, "job", row.id, at_s, org, {"attempt": row.attempt, **detail})
+
     def _started(self, s: Session, row: t.Job, at_s: float) -> None:
         transition(s, row, JobState.RUNNING, at_s, "started")
+        self._audit(s, row, "job.start", at_s, {"backend": row.backend})
         row.started_at_s = at_s
         row.accounted_to_s = at_s
         row.last_checkpoint_s = at_s
@@ -161,18 +169,21 @@ class Controller:
         if row.state == ADMITTED:
             self._started(s, row, r.started_at_s or end)
         account(s, row, end, self.live)
+        credit.release(row)  # use is charged: the rest of the attempt's credit goes back
         self._terminating.discard((str(row.id), row.attempt))
         natural_end = r.state in (RunState.SUCCEEDED, RunState.FAILED, RunState.TIMEOUT)
         if r.state is RunState.LOST or (row.preempt_requested and not natural_end):
             why = (r.message or "lost by its backend") if r.state is RunState.LOST else (row.reason or "preempted")
             transition(s, row, JobState.PREEMPTED, end, why)
             transition(s, row, JobState.PENDING, end, f"requeued after: {why}")
+            self._audit(s, row, "job.requeue", end, {"why": why, "exit_code": r.exit_code})
             row.placement, row.launched, row.preempt_requested = None, False, False
             row.reason_code, row.reason = "requeued", f"requeued after: {why}"
             rep.requeued += 1
             return
         final = JobState.CANCELLED if row.cancel_requested else FINAL_OF[r.state]
         transition(s, row, final, end, r.message or final.value)
+        self._audit(s, row, "job.end", end, {"state": final.value, "exit_code": r.exit_code, "message": r.message})
         row.ended_at_s, row.exit_code = end, r.exit_code
         rep.ended += 1
         if final is JobState.SUCCEEDED and row.started_at_s is not None:
@@ -201,9 +212,7 @@ class Controller:
             row.preempt_requested = True
             # the victim's tenant learns why, not which job (it may be another tenant's)
             row.reason = f"preempted: {pre.reason}"
-            project = s.get(t.Project, row.project_id)
-            org = project.organization_id if project else None
-            audit.record(s, "controller", "job.preempt", "job", row.id, now, org, {"reason": pre.reason})
+            self._audit(s, row, "job.preempt", now, {"reason": pre.reason, "grace_s": pre.grace_s})
             rep.preempting += 1
         for adm in d.admissions:
             row = s.get(t.Job, int(adm.job_id))
@@ -219,6 +228,8 @@ class Controller:
             row.launched = False
             row.backend = self.pool_backend[pool.name]
             row.grant_id = choose_grant(self.live, row.project_id, pool.model, now, adm.guaranteed)
+            credit.hold(s, self.live, row, adm, now)  # credit for its time limit at the pool's SU rate
+            self._audit_admission(s, row, adm, how, now)
             self._reasons.pop(adm.job_id, None)
             rep.admitted += 1
         expected = {r.job_id: r.start_s for r in d.reservations}
@@ -233,6 +244,19 @@ class Controller:
             pending_row = s.get(t.Job, row_id)
             if pending_row is not None and pending_row.state == PENDING:
                 pending_row.reason_code, pending_row.reason, pending_row.expected_start_s = code, message, start
+
+    def _audit_admission(self, s: Session, row: t.Job, adm: Admission, how: str, now: float) -> None:
+        """Why the job may run where it was placed: pool, nodes, GPUs, the sovereignty rule, the capacity it
+        takes and the grant (program) it runs under."""
+        grant = self.live.grant_rows.get(row.grant_id) if row.grant_id is not None else None
+        nodes = [self.node_names[share.node] for share in adm.placement.shares]
+        self._audit(s, row, "job.admit", now, {
+            "pool": adm.placement.pool, "nodes": nodes,
+            "gpus": sum(len(share.gpus) for share in adm.placement.shares),
+            "gpu_milli": adm.placement.gpu_milli_total, "sovereignty": adm.rule, "capacity": how,
+            "grant": grant.name if grant is not None else None, "program_id": grant.program_id if grant else None,
+            "backfilled": adm.backfilled, "start_at_s": adm.start_at_s,
+        })  # fmt: skip
 
     # ---- 3. dispatch ----------------------------------------------------------------------------------------
     def dispatch(self, rep: TickReport) -> None:
@@ -259,9 +283,15 @@ class Controller:
                     stops.append((row.backend, str(row.id), row.attempt, grace))
                 elif row.cancel_requested:
                     transition(s, row, JobState.CANCELLED, now, "cancelled before it started")
+                    self._audit(
+                        s, row, "job.end", now, {"state": "cancelled", "message": "cancelled before it started"}
+                    )
+                    credit.release(row)
                     row.ended_at_s = now
                 elif row.preempt_requested:
                     transition(s, row, JobState.PENDING, now, "placement withdrawn before start (preempted)")
+                    self._audit(s, row, "job.requeue", now, {"why": "placement withdrawn before start (preempted)"})
+                    credit.release(row)
                     row.placement, row.preempt_requested = None, False
                 elif row.placement is not None and not (busy & self._nodes_of(row)):
                     launches.append((row.id, row.backend, self._spec(row)))
@@ -295,6 +325,8 @@ class Controller:
             row = s.get(t.Job, row_id)
             if row is not None and row.state == ADMITTED:
                 transition(s, row, JobState.FAILED, now, f"the backend refused the launch: {why}")
+                self._audit(s, row, "job.end", now, {"state": "failed", "message": f"launch refused: {why}"})
+                credit.release(row)
                 row.ended_at_s = now
 
     def _nodes_of(self, row: t.Job) -> set[int]:
@@ -309,8 +341,12 @@ class Controller:
         return set().union(*(self._nodes_of(r) for r in rows)) if rows else set()
 
     def _spec(self, row: t.Job) -> LaunchSpec:
+        """The launch of the row's current attempt, with the user who submitted it and that user's POSIX account
+        (the backend refuses the launch when the account cannot run it)."""
         assert row.placement is not None
         spec = row.spec
+        session = object_session(row)
+        user = session.get(t.User, row.user_id) if session is not None else None
         nodes = tuple(NodeGpus(self.node_names[n], tuple(g), m, c, mem) for n, g, m, c, mem in row.placement["shares"])
         return LaunchSpec(
             job_id=str(row.id),
@@ -323,6 +359,8 @@ class Controller:
             workdir=str(spec.get("workdir", "")),
             runtime_s=spec.get("runtime_estimate_s"),
             project=self.live.projects.get(row.project_id, ("", 0))[0],
+            user=user.name if user is not None else f"#{row.user_id}",
+            posix_user=user.posix_user if user is not None else "",
         )
 
     # ---- 4. accounting ----------------------------------------------------------------------------------------

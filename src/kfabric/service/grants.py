@@ -13,15 +13,24 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from kfabric.model import tenancy as m
 from kfabric.model.errors import Conflict, NotFound, ValidationError, require, require_name
+from kfabric.model.fleet import Fleet
 from kfabric.service import audit
 from kfabric.service.actors import Actor, Role
-from kfabric.service.programs import DAY_S, HOLDING, MONTH_S, check_eligible, program_by_name, program_rules
+from kfabric.service.programs import (
+    DAY_S,
+    HOLDING,
+    MONTH_S,
+    check_eligible,
+    check_model,
+    program_by_name,
+    program_rules,
+)
 from kfabric.store import tables as t
 
 CONTROLLER = "controller"  # the audit actor of automatic changes
@@ -159,10 +168,15 @@ def decide(
     start_s: float | None = None,
     reserved: bool = True,
     credit_su_hours: float = 0.0,
+    fleet: Fleet | None = None,
 ) -> t.Grant | None:
     """Approve or reject a submitted application (operators). Approval issues grant ``g-<application id>``
     from ``start_s`` (default now) for the asked months × 30 days: the asked GPUs reserved when ``reserved``,
-    plus ``credit_su_hours``; weight = the asked GPU count. Returns the grant, or None on rejection."""
+    plus ``credit_su_hours``; weight = the asked GPU count. Returns the grant, or None on rejection.
+
+    The program's rules apply: the application needs ``min_reviews`` reviews before either decision; an
+    approval must grant something (a reservation, credit or both); given the service's ``fleet`` (the API always
+    passes it), a reservation must be of a model, and a count, that the pools the program may use hold."""
     actor.require_operator("decide applications")
     with sessions.begin() as s:
         app = s.get(t.Application, application_id, with_for_update=True)  # one decision at a time
@@ -171,10 +185,17 @@ def decide(
         if app.status != "submitted":
             raise Conflict(f"application {application_id}", f"is already {app.status}", "it was decided once")
         grant = None
+        prog = s.get(t.Program, app.program_id)
+        assert prog is not None
+        _check_reviewed(s, app, prog)
         if approve:
-            prog, proj = s.get(t.Program, app.program_id), s.get(t.Project, app.project_id)
-            org = s.get(t.Organization, app.organization_id)
-            assert prog is not None and proj is not None and org is not None
+            proj, org = s.get(t.Project, app.project_id), s.get(t.Organization, app.organization_id)
+            assert proj is not None and org is not None
+            _check_grants_something(app, reserved, credit_su_hours)
+            if reserved and fleet is not None:
+                check_model(
+                    fleet, prog.name, prog.owner, app.gpu_model_class, app.gpus, f"application {app.id}.gpu_model_class"
+                )
             start = now_s if start_s is None else start_s
             grant = issue_grant(
                 s,
@@ -208,6 +229,29 @@ def decide(
         return grant
 
 
+def _check_reviewed(s: Session, app: t.Application, prog: t.Program) -> None:
+    """Raise :class:`Conflict` unless the application has the reviews its program asks before a decision."""
+    need = program_rules(prog).min_reviews
+    have = s.scalar(select(func.count()).select_from(t.Review).where(t.Review.application_id == app.id)) or 0
+    if have < need:
+        raise Conflict(
+            f"application {app.id}",
+            f"has {have} review(s); program {prog.name!r} decides only after {need}",
+            f"have reviewers score it first: kfabric review {app.id} --score CRITERION=N (kfabric programs lists "
+            "the criteria)",
+        )
+
+
+def _check_grants_something(app: t.Application, reserved: bool, credit_su_hours: float) -> None:
+    if reserved or credit_su_hours > 0:
+        return
+    raise ValidationError(
+        f"application {app.id}.decision",
+        "this approval grants nothing: no GPUs reserved (reserved: false / --no-reserve) and no credit",
+        "give credit (--credit SU_HOURS; API: credit_su_hours > 0), or reserve the asked GPUs (drop --no-reserve)",
+    )
+
+
 def create_grant(
     sessions: sessionmaker[Session],
     actor: Actor,
@@ -221,9 +265,11 @@ def create_grant(
     reserved_gpus: int = 0,
     credit_su_hours: float = 0.0,
     weight: float | None = None,
+    fleet: Fleet | None = None,
 ) -> t.Grant:
     """An operator's direct grant, without an application. The program's eligibility and maximum duration
-    apply as to an application, and the grant-time caps as to a decision; ``weight`` defaults to the reserved
+    apply as to an application, and the grant-time caps as to a decision; given the service's ``fleet``, a
+    reservation must be of a model and count the program's pools hold. ``weight`` defaults to the reserved
     GPU count (1 for a credit-only grant)."""
     actor.require_operator("create grants")
     try:
@@ -243,6 +289,8 @@ def create_grant(
                     f"runs {days:g} days; program {program!r} grants at most {rules.max_duration_days} days",
                     "end it earlier",
                 )
+            if fleet is not None and reserved_model is not None:
+                check_model(fleet, program, prog.owner, reserved_model, reserved_gpus, f"grant {name!r}.reserved_model")
             w = weight if weight is not None else float(max(reserved_gpus, 1))
             return issue_grant(
                 s,

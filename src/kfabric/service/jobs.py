@@ -4,6 +4,7 @@ the same key returns the job the first call created, whatever happened to the fi
 from __future__ import annotations
 
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -14,8 +15,9 @@ from kfabric.model.errors import Conflict, NotFound, PermissionDenied, Validatio
 from kfabric.model.job import JobState, check_transition
 from kfabric.service import audit
 from kfabric.service.actors import Actor, Role
+from kfabric.service.feasibility import Feasibility
 from kfabric.service.jobspec import build_job
-from kfabric.service.submissions import Submission, committer
+from kfabric.service.submissions import Submission, committer, key_conflict
 from kfabric.store import tables as t
 
 FINAL = {s.value for s in JobState if s.final}
@@ -28,19 +30,33 @@ def _project(session: Session, actor: Actor, name: str) -> t.Project:
     return project
 
 
+@dataclass(slots=True)
+class Prepared(Submission):
+    """A submission that passed :func:`prepare`, with the notes its answer carries (e.g. demoted to scavenger)."""
+
+    notes: tuple[str, ...] = ()
+
+
 def prepare(
-    actor: Actor, project_name: str, spec: dict[str, Any], now_s: float, client_key: str | None = None
-) -> Submission:
-    """Check a submission before it queues (role, client key, every spec field); raises naming the problem."""
+    actor: Actor,
+    project_name: str,
+    spec: dict[str, Any],
+    now_s: float,
+    client_key: str | None = None,
+    feasibility: Feasibility | None = None,
+) -> Prepared:
+    """Check a submission before it queues (role, client key, every spec field and, given ``feasibility``, that
+    the job can ever run: :mod:`kfabric.service.feasibility`); raises naming the problem."""
     if actor.role not in (Role.OPERATOR, Role.ORG_ADMIN, Role.MEMBER):
         raise PermissionDenied("submit jobs", f"the {actor.role.value} role does not run work")
     if client_key is not None and not (0 < len(client_key) <= 200):
         raise ValidationError("client_key", "must be 1..200 characters", "use a UUID per logical submission")
     try:
-        build_job("new", project_name, actor.name, spec, now_s)  # validates; raises naming the field
+        job = build_job("new", project_name, actor.name, spec, now_s)  # validates; raises naming the field
     except ValidationError as e:  # the model names fields of "job 'new'" (no id yet): say "job.<field>"
         raise ValidationError(e.where.replace("job 'new'", "job", 1), e.problem, e.fix) from None
-    return Submission(actor, project_name, spec, now_s, client_key)
+    notes = feasibility.check(actor, project_name, job, now_s) if feasibility is not None else ()
+    return Prepared(actor, project_name, spec, now_s, client_key, notes=notes)
 
 
 def enqueue(sessions: sessionmaker[Session], sub: Submission) -> Future[tuple[t.Job, bool]]:
@@ -71,6 +87,8 @@ def _submit_alone(sessions: sessionmaker[Session], sub: Submission) -> tuple[t.J
             if client_key is not None:
                 found = _by_key(session, project.id, client_key)
                 if found is not None:
+                    if found.spec != spec:
+                        raise key_conflict(client_key, found.id)
                     return found, False
             row = t.Job(
                 project_id=project.id,
@@ -98,6 +116,8 @@ def _submit_alone(sessions: sessionmaker[Session], sub: Submission) -> tuple[t.J
         found = _by_key(session, project.id, client_key)
         if found is None:
             raise Conflict("client_key", "a concurrent submission with this key failed", "retry the submission")
+        if found.spec != spec:
+            raise key_conflict(client_key, found.id)
         return found, False
 
 

@@ -22,6 +22,7 @@ from kfabric.sched.fairshare import TenantInfo
 from kfabric.sched.policy import Policy
 from kfabric.sched.queue import PendingQueue
 from kfabric.sched.snapshot import GrantState, Snapshot
+from kfabric.service.credit import held_by_grant
 from kfabric.service.jobspec import job_of_row, placement_of_json
 from kfabric.service.programs import rules_of_json
 from kfabric.store import tables as t
@@ -84,8 +85,18 @@ class LiveState:
         self.users = dict(session.execute(select(t.User.id, t.User.name)).all())
         grants = session.scalars(select(t.Grant).order_by(t.Grant.id)).all()
         programs = {p.id: p for p in session.scalars(select(t.Program)).all()}
+        held = held_by_grant(session)
         key = tuple(
-            (g.id, g.status, g.start_s, g.end_s, g.reserved_gpus, g.credit_su_hours, round(g.used_su_hours, 6))
+            (
+                g.id,
+                g.status,
+                g.start_s,
+                g.end_s,
+                g.reserved_gpus,
+                g.credit_su_hours,
+                round(g.used_su_hours, 6),
+                round(held.get(g.id, 0.0), 6),
+            )
             for g in grants
         )
         if key == self._grants_key:
@@ -101,7 +112,8 @@ class LiveState:
             project = self.projects[g.project_id][0]
             by_project.setdefault(project, []).append(g)
             rules = rules_of_json(programs[g.program_id].rules)
-            credit = g.credit_su_hours - g.used_su_hours if g.credit_su_hours > 0 else None
+            # free credit: less what was used and what admitted and running jobs hold (sched.rules)
+            credit = g.credit_su_hours - g.used_su_hours - held.get(g.id, 0.0) if g.credit_su_hours > 0 else None
             states[g.name] = GrantState(
                 id=g.name,
                 project=project,

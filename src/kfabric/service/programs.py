@@ -8,6 +8,7 @@ under-use detection, views) are in :mod:`kfabric.service.grants`.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import fields
 from typing import Any
@@ -18,6 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kfabric.model import tenancy as m
 from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError, require, require_name
+from kfabric.model.fleet import Fleet, Sharing
+from kfabric.model.job import PriorityClass
 from kfabric.service import audit
 from kfabric.service.actors import Actor, Role
 from kfabric.store import tables as t
@@ -45,6 +48,9 @@ def rules_to_json(rules: m.ProgramRules) -> dict[str, Any]:
         "preferred_regions": sorted(rules.preferred_regions),
         "utilization_floor_pct": rules.utilization_floor_pct,
         "on_exhausted": rules.on_exhausted.value,
+        "min_reviews": rules.min_reviews,
+        "max_priority": rules.max_priority.name.lower(),
+        "allow_cpu_only": rules.allow_cpu_only,
     }
 
 
@@ -112,14 +118,78 @@ def rules_of_json(data: object, where: str = "program.rules") -> m.ProgramRules:
         choices = [o.value for o in m.OnExhausted]
         require(choice in choices, f"{where}.on_exhausted", f"{choice!r}", f"use one of: {', '.join(choices)}")
         kw["on_exhausted"] = m.OnExhausted(choice)
+    kw |= _admission_rules(d, where)
     try:
         return m.ProgramRules(**kw)
     except ValidationError as e:  # the model names its fields program.rules.*; say where they really are
         raise ValidationError(e.where.replace("program.rules", where, 1), e.problem, e.fix) from None
 
 
+def _admission_rules(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """``min_reviews``, ``max_priority`` and ``allow_cpu_only`` of a rules object, those present."""
+    kw: dict[str, Any] = {}
+    if "min_reviews" in d:
+        kw["min_reviews"] = _integer(d["min_reviews"], f"{where}.min_reviews")
+    if "max_priority" in d:
+        choice = d["max_priority"]
+        names = [c.name.lower() for c in PriorityClass]
+        require(choice in names, f"{where}.max_priority", f"{choice!r}", f"use one of: {', '.join(names)}")
+        kw["max_priority"] = PriorityClass.parse(choice)
+    if "allow_cpu_only" in d:
+        flag = d["allow_cpu_only"]
+        require(isinstance(flag, bool), f"{where}.allow_cpu_only", f"must be true or false, got {flag!r}")
+        kw["allow_cpu_only"] = flag
+    return kw
+
+
 def program_rules(row: t.Program) -> m.ProgramRules:
     return rules_of_json(row.rules, f"program {row.name!r}.rules")
+
+
+# ---- the pools a program may use ----------------------------------------------------------------------------
+
+
+def program_pools(fleet: Fleet, owner: str) -> list[str]:
+    """Pools that work granted by a program of ``owner`` may run on, as the scheduler decides: every pool not
+    dedicated, and the pools dedicated to ``owner`` (the program's owner is its projects' affiliation)."""
+    return [p.name for p in fleet.pools if p.sharing is not Sharing.DEDICATED or p.owner == owner]
+
+
+def program_models(fleet: Fleet, owner: str) -> dict[str, int]:
+    """GPUs per GPU model in the pools a program of ``owner`` may use (models with GPUs only)."""
+    usable = set(program_pools(fleet, owner))
+    out: dict[str, int] = {}
+    for p in fleet.pools:
+        if p.name in usable and p.gpus > 0:
+            out[p.gpu_model] = out.get(p.gpu_model, 0) + p.gpus
+    return dict(sorted(out.items()))
+
+
+def closest(name: str, choices: list[str]) -> str:
+    """``" (did you mean X?)"`` for the closest of ``choices`` to ``name``, or ``""``."""
+    lowered = {c.lower(): c for c in choices}
+    hits = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[hits[0]]}?)" if hits else ""
+
+
+def check_model(fleet: Fleet, program: str, owner: str, model: str, gpus: int, where: str) -> None:
+    """Raise :class:`ValidationError` unless the pools program ``program`` (of ``owner``) may use hold ``gpus``
+    GPUs of ``model``; the message lists the models they hold, with their GPU counts."""
+    models = program_models(fleet, owner)
+    held = ", ".join(f"{m} ({n} GPUs)" for m, n in models.items()) or "none"
+    if model not in models:
+        raise ValidationError(
+            where,
+            f"GPU model {model!r} is not in the pools program {program!r} can use in fleet {fleet.name!r}"
+            f"{closest(model, list(models))}; they hold: {held}",
+            f"ask for one of: {', '.join(models) or 'none (the program has no usable pool)'}",
+        )
+    if gpus > models[model]:
+        raise ValidationError(
+            f"{where.rsplit('.', 1)[0]}.gpus",
+            f"asks {gpus} {model}; the pools program {program!r} can use hold {models[model]} {model}",
+            f"ask for at most {models[model]} {model}",
+        )
 
 
 # ---- programs ------------------------------------------------------------------------------------------------
@@ -196,15 +266,24 @@ def apply(
     months: int,
     justification: str,
     now_s: float,
+    fleet: Fleet | None = None,
 ) -> t.Application:
     """Submit an application for ``project`` (its organization's admins, or operators). Eligibility, maximum
-    duration and the per-project cap of the asked model are enforced here."""
+    duration, the per-project cap of the asked model and a justification that says something are enforced here;
+    given the service's ``fleet``, also that the pools the program may use hold the asked model and count (the
+    API always passes it)."""
     if actor.role not in (Role.OPERATOR, Role.ORG_ADMIN):
         raise PermissionDenied(
             "apply to programs", f"needs the org-admin or operator role; you are {actor.role.value}", "ask your admin"
         )
     require_name(gpu_model_class, "application.gpu_model_class")
     require(len(gpu_model_class) <= 64, "application.gpu_model_class", "longer than 64 characters")
+    require(
+        isinstance(justification, str) and justification.strip() != "",
+        "application.justification",
+        "is empty",
+        "say why the project needs the GPUs and what it will do with them (--justification TEXT)",
+    )
     for field, value in (("gpus", gpus), ("months", months)):
         require(
             isinstance(value, int) and not isinstance(value, bool) and value >= 1,
@@ -228,6 +307,8 @@ def apply(
                 f"= {most} months of 30 days",
                 f"ask for at most {most} months" if most else "this program takes no applications by the month",
             )
+        if fleet is not None:
+            check_model(fleet, program, prog.owner, gpu_model_class, gpus, "application.gpu_model_class")
         cap = rules.cap_for(gpu_model_class)
         if cap is not None and gpus > cap:
             raise ValidationError(

@@ -12,9 +12,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kfabric.backends.base import Backend
-from kfabric.model.errors import ValidationError
+from kfabric.model.errors import KfabricError, ValidationError
 from kfabric.scenarios.loader import Scenario, load_text, scenario_text
 from kfabric.sched.policy import Policy
+from kfabric.service import audit, audit_keys
 from kfabric.service.controller import Controller
 from kfabric.service.tenancy import ensure_operator, seed_from_scenario
 from kfabric.store import tables as t
@@ -63,11 +64,21 @@ def open_runtime(
     fleet_document: str | None = None,
     clock: Callable[[], float] = time.time,
     account_interval_s: float = 300.0,
+    audit_key_file: Path | None = None,
 ) -> Runtime:
     """Open (and migrate) the store; on first start seed it from ``fleet`` (a scenario name or file, or the
     YAML ``fleet_document``) and create the first operator. Later starts use the stored fleet; naming a
-    different one is an error (the store would no longer match it)."""
+    different one is an error (the store would no longer match it). Audit entries are signed with the keys of
+    ``audit_key_file`` (default: the file named by ``KFABRIC_AUDIT_KEY_FILE``)."""
     engine, sessions = open_store(db_url)
+    try:
+        audit_keys.use(engine, audit_keys.load_or_create(audit_key_file) if audit_key_file else audit_keys.from_env())
+        with sessions.begin() as s:
+            audit.check_keys(s)
+            audit.sign_legacy(s, clock())
+    except KfabricError:
+        engine.dispose()
+        raise
     stored = stored_fleet(sessions)
     if stored is None:
         if fleet_document is None:

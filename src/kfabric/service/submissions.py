@@ -34,8 +34,9 @@ from sqlalchemy import Engine, Table, select
 from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 from sqlalchemy.orm.instrumentation import manager_of_class
 
-from kfabric.model.errors import KfabricError, NotFound
+from kfabric.model.errors import Conflict, KfabricError, NotFound
 from kfabric.model.job import JobState
+from kfabric.service import audit_keys
 from kfabric.service.actors import Actor
 from kfabric.service.audit import GENESIS, entry_digest
 from kfabric.store import tables as t
@@ -97,6 +98,7 @@ def _job_values(sub: Submission, project_id: int) -> dict[str, Any]:
         "preempt_requested": False,
         "last_checkpoint_s": None,
         "attained_gpu_s": 0.0,
+        "reserved_su_hours": 0.0,
     }
 
 
@@ -129,7 +131,7 @@ class _Statements:
         self.head = f"SELECT hash, count FROM {_HEAD.name} WHERE id = 1" + (" FOR UPDATE" if self.pg else "")
         self.insert_entry = (
             f"INSERT INTO {_AUDIT.name} (at_s, actor, action, object_type, object_id, organization_id, detail,"
-            f" prev_hash, hash) VALUES ({self._marks(9)})"
+            f" prev_hash, hash, key_id) VALUES ({self._marks(10)})"
         )
         self.insert_event = (
             f"INSERT INTO {_EVENTS.name} (job_id, at_s, from_state, to_state, reason) VALUES ({self._marks(5)})"
@@ -169,7 +171,7 @@ JOB_COLUMNS = (
     "project_id", "user_id", "client_key", "name", "spec", "state", "reason_code", "reason", "expected_start_s",
     "submitted_at_s", "admitted_at_s", "started_at_s", "ended_at_s", "accounted_to_s", "exit_code", "placement",
     "grant_id", "borrowed", "guaranteed", "backend", "attempt", "launched", "cancel_requested", "preempt_requested",
-    "last_checkpoint_s", "attained_gpu_s",
+    "last_checkpoint_s", "attained_gpu_s", "reserved_su_hours",
 )  # fmt: skip
 _JSON_COLUMNS = frozenset(("spec", "placement"))
 _statements: dict[str, _Statements] = {}
@@ -220,7 +222,8 @@ def commit_batch(sessions: sessionmaker[Session], batch: Sequence[Submission]) -
                 if sub.client_key is not None:
                     key = (pid, sub.client_key)
                     if key in existing:
-                        out[i] = (existing[key], False)
+                        hit = existing[key]
+                        out[i] = (hit, False) if hit.spec == sub.spec else key_conflict(sub.client_key, hit.id)
                         continue
                     if key in first_of:
                         repeats.append((i, first_of[key]))
@@ -234,10 +237,11 @@ def commit_batch(sessions: sessionmaker[Session], batch: Sequence[Submission]) -
                 prev, count = (str(head[0]), int(head[1])) if head is not None else (GENESIS, 0)
                 entries: list[tuple[Any, ...]] = []
                 events: list[tuple[Any, ...]] = []
+                ring = audit_keys.for_engine(engine)
                 for (i, sub, org, values), job_id in zip(new, ids, strict=True):
                     name, object_id = sub.actor.name, str(job_id)
-                    digest = entry_digest(prev, sub.now_s, name, "job.submit", "job", object_id, {})
-                    entries.append((sub.now_s, name, "job.submit", "job", object_id, org, "{}", prev, digest))
+                    kid, digest = entry_digest(ring, prev, sub.now_s, name, "job.submit", "job", object_id, org, {})
+                    entries.append((sub.now_s, name, "job.submit", "job", object_id, org, "{}", prev, digest, kid))
                     events.append((job_id, sub.now_s, "", "pending", "submitted"))
                     prev = digest
                     values["id"] = job_id
@@ -253,9 +257,19 @@ def commit_batch(sessions: sessionmaker[Session], batch: Sequence[Submission]) -
     for i, j in repeats:
         first = out[j]
         assert isinstance(first, tuple)
-        out[i] = (first[0], False)
+        sub = batch[i]
+        out[i] = (first[0], False) if first[0].spec == sub.spec else key_conflict(sub.client_key, first[0].id)
     assert all(o is not None for o in out)
     return [o for o in out if o is not None]
+
+
+def key_conflict(client_key: str | None, job_id: int) -> Conflict:
+    """The answer to a client key used again with a different request (409): a retry must resend the same body."""
+    return Conflict(
+        f"client_key {client_key!r}",
+        f"was used for job {job_id} with a different request",
+        "resend the identical request to get that job, or use a new client key for a new submission",
+    )
 
 
 SubmitOne = Callable[[sessionmaker[Session], Submission], Outcome]

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from kfabric.model.tenancy import OrgKind
 from kfabric.scenarios.loader import Scenario
-from kfabric.service import audit
+from kfabric.service import audit, posix
 from kfabric.service.actors import Actor, Role
 from kfabric.service.auth import issue_token
 from kfabric.service.programs import rules_to_json
@@ -67,11 +67,12 @@ def ensure_operator(sessions: sessionmaker[Session], now_s: float, name: str = "
     with sessions.begin() as s:
         if s.scalar(select(func.count()).select_from(t.User).where(t.User.role == Role.OPERATOR.value)):
             return None
-        user = t.User(name=name, role=Role.OPERATOR.value)
+        user = t.User(name=name, role=Role.OPERATOR.value, posix_user=posix.first_operator_account())
         s.add(user)
         s.flush()
         token = issue_token(s, user, now_s)
-        audit.record(s, "kfabric", "user.create", "user", user.id, now_s, detail={"name": name, "role": "operator"})
+        detail = {"name": name, "role": "operator", "posix_user": user.posix_user}
+        audit.record(s, "kfabric", "user.create", "user", user.id, now_s, detail=detail)
         return token
 
 
@@ -94,15 +95,34 @@ def create_organization(
         return org
 
 
+def tenant_name(actor: Actor, kind: str, name: str, org: t.Organization | None) -> str:
+    """The stored name of a project or user. User and project names are one namespace across the fleet, so a
+    name an org-admin creates is qualified with its organization (``NAME@ORG``): a tenant can only ever collide
+    with its own organization's names, and a 409 never tells it that another tenant holds a name. A name that
+    ends in ``@X`` belongs to organization X, whoever creates it."""
+    base, at, suffix = name.rpartition("@")
+    if at:
+        if org is None or suffix != org.name:
+            owner = f"organization {org.name!r}" if org is not None else "no organization"
+            raise ValidationError(f"{kind}.name", f"{name!r} names organization {suffix!r}, but this {kind} is in "
+                                  f"{owner}", f"use {base}@{org.name}" if org else f"drop '@{suffix}'")  # fmt: skip
+        return name
+    if actor.is_tenant and org is not None:
+        return f"{name}@{org.name}"
+    return name
+
+
 def create_project(
     sessions: sessionmaker[Session], actor: Actor, name: str, organization: str, now_s: float
 ) -> t.Project:
+    """Create a project; an org-admin's project is named ``NAME@ORG`` (:func:`tenant_name`)."""
     with sessions.begin() as s:
         org = s.scalars(select(t.Organization).where(t.Organization.name == organization)).first()
         if org is None or not actor.sees_organization(org.id):
             raise NotFound("organization", organization)
         if not (actor.is_operator or (actor.role is Role.ORG_ADMIN and actor.organization_id == org.id)):
             raise PermissionDenied("create projects", "only operators and the organization's admins create projects")
+        name = tenant_name(actor, "project", name, org)
         if s.scalars(select(t.Project).where(t.Project.name == name)).first():
             raise Conflict(f"project {name!r}", "exists already", "pick another name")
         project = t.Project(name=name, organization_id=org.id)
@@ -121,9 +141,10 @@ def create_user(
     organization: str | None = None,
     projects: list[str] | None = None,
     owner: str = "",
+    posix_user: str = "",
 ) -> tuple[t.User, str]:
     """Create a user and its first token (returned once). Operators create anyone; org-admins create members
-    of their own organization."""
+    of their own organization. ``posix_user``: the account its jobs run as (``service/posix.py``)."""
     r = Role.parse(role, "user.role")
     with sessions.begin() as s:
         org = None
@@ -137,17 +158,24 @@ def create_user(
                 raise PermissionDenied("create users", "org-admins create only members of their own organization")
         if r in (Role.ORG_ADMIN, Role.MEMBER) and org is None:
             raise ValidationError("user.organization", f"a {r.value} belongs to an organization", "pass organization")
+        name = tenant_name(actor, "user", name, org)
         if s.scalars(select(t.User).where(t.User.name == name)).first():
             raise Conflict(f"user {name!r}", "exists already", "pick another name")
-        user = t.User(name=name, role=r.value, organization_id=org.id if org else None, owner=owner)
+        if posix_user:
+            posix.check_choice(s, actor, posix_user, org.id if org else None)
+        user = t.User(
+            name=name, role=r.value, organization_id=org.id if org else None, owner=owner, posix_user=posix_user
+        )
         s.add(user)
         s.flush()
         for pname in projects or []:
-            project = s.scalars(select(t.Project).where(t.Project.name == pname)).first()
+            names = [pname, f"{pname}@{org.name}"] if org is not None and "@" not in pname else [pname]
+            project = s.scalars(select(t.Project).where(t.Project.name.in_(names)).order_by(t.Project.id)).first()
             if project is None or org is None or project.organization_id != org.id:
                 raise NotFound("project", pname, "projects must belong to the user's organization")
             s.add(t.ProjectMember(project_id=project.id, user_id=user.id))
         token = issue_token(s, user, now_s)
         org_id = org.id if org else None
-        audit.record(s, actor.name, "user.create", "user", user.id, now_s, org_id, {"name": name, "role": r.value})
+        detail = {"name": name, "role": r.value, "posix_user": posix_user}
+        audit.record(s, actor.name, "user.create", "user", user.id, now_s, org_id, detail)
         return user, token

@@ -7,27 +7,24 @@ from sqlalchemy.orm import Session
 
 from kfabric.model.job import MILLI_PER_GPU
 from kfabric.model.tenancy import Organization, OrgKind
+from kfabric.sched.rules import GrantRules
+from kfabric.service import credit
 from kfabric.service.live_state import LiveState
 from kfabric.service.programs import rules_of_json
 from kfabric.store import tables as t
 
 
 def choose_grant(live: LiveState, project_id: int, model: str, now_s: float, guaranteed: bool) -> int | None:
-    """The grant a placement is charged to: the reservation of that model for guaranteed work, else the first
-    grant in force with credit left, else the first in force."""
-    in_force = [
-        g
-        for g in live.grant_rows.values()
-        if g.project_id == project_id and g.status in ("active", "flagged") and g.start_s <= now_s < g.end_s
-    ]
-    if guaranteed:
-        for g in in_force:
-            if g.reserved_model == model and g.reserved_gpus > 0:
-                return g.id
-    for g in in_force:
-        if g.credit_su_hours > g.used_su_hours:
-            return g.id
-    return in_force[0].id if in_force else None
+    """The grant a placement is charged to, by the core's rule (``sched.rules.GrantRules.charged_to``, the grant
+    whose credit the scheduler checked): the reservation of that model for guaranteed work, else the grant in
+    force that covers the project's jobs."""
+    project = live.projects.get(project_id)
+    if project is None:
+        return None
+    grant = GrantRules(live.snap, now_s).charged_to(project[0], None, model, guaranteed)
+    if grant is None:
+        return None
+    return next((g.id for g in live.grant_rows.values() if g.name == grant.id), None)
 
 
 def account(session: Session, row: t.Job, until_s: float, live: LiveState) -> t.UsageRecord | None:
@@ -54,6 +51,7 @@ def account(session: Session, row: t.Job, until_s: float, live: LiveState) -> t.
             Organization(org.name, OrgKind(org.kind), org.region, frozenset(org.flags))
         )
         grant.used_su_hours += su / 3600.0
+        credit.draw(row, su / 3600.0)  # what the attempt holds turns into use
     site = live.snap.capacity.sites[pool.site].name
     rec = t.UsageRecord(
         job_id=row.id,

@@ -27,6 +27,7 @@ from kfabric.sched.cycle import cycle
 from kfabric.sched.fairshare import TenantInfo, shares
 from kfabric.sched.policy import Policy
 from kfabric.sched.queue import PendingQueue
+from kfabric.sched.rules import CREDIT_EPS, charged_grant, su_hours
 from kfabric.sched.snapshot import GrantState, Snapshot, placement_milli
 from kfabric.sim.metrics import JobRecord
 from kfabric.sim.workload import SimJob, Workload
@@ -67,6 +68,9 @@ class _Live:
     token: int = 0
     pool: str = ""
     timeout: bool = False
+    #: credit held for the current attempt: the grant's id ("" for none) and SU-hours (time limit x SU rate)
+    credit_grant: str = ""
+    credit_su: float = 0.0
     #: the job's run-time estimator key ids, interned once at arrival
     keys: tuple[int, ...] = ()
 
@@ -103,6 +107,8 @@ class Simulator:
         self.tenants.update(workload.tenants)
         cap = Capacity(fleet)
         self.snap = Snapshot(cap, tenants=self.tenants, grants=dict(grants or {}))
+        #: projects with a credit-limited grant (the only ones whose starts reserve credit)
+        self.credit_projects = frozenset(g.project for g in self.snap.grants.values() if g.credit_left_su is not None)
         self.queue = PendingQueue(self.snap.estimator)
         self.heap: list[tuple[float, int, int, object]] = []
         self.seq = 0
@@ -277,6 +283,8 @@ class Simulator:
         lv.su += held * gpus * pool.su_weight
         self.su_total[run.job.project] += held * gpus * pool.su_weight
         self.su_rate[run.job.project] -= gpus * pool.su_weight
+        if lv.credit_grant:
+            self._release_credit(lv, held * gpus * pool.su_weight / 3600.0)
         self.allocated_milli -= run.milli
         for share in run.placement.shares:
             self.node_jobs[share.node].discard(job_id)
@@ -361,11 +369,40 @@ class Simulator:
         self.allocated_milli += milli
         pool = self.snap.capacity.pool_by_name[adm.placement.pool]
         self.su_rate[job.project] += milli / 1000.0 * pool.su_weight
+        if job.project in self.credit_projects:
+            self._hold_credit(lv, job, pool.model, pool.su_weight, adm.guaranteed)
         for share in adm.placement.shares:
             self.node_jobs[share.node].add(adm.job_id)
 
+    # ---- credit: held at admission for the time limit, the unused part released at the end (sched.rules) ----
+    def _hold_credit(self, lv: _Live, job: Job, model: str, su_weight: float, guaranteed: bool) -> None:
+        grant = charged_grant(self.snap, job, model, guaranteed, self.now)
+        if grant is None or grant.credit_left_su is None:
+            return
+        need = su_hours(job, su_weight)
+        if need > grant.credit_left_su + CREDIT_EPS:
+            return  # demoted to scavenger by its grant's program: draws no credit (as the core decided)
+        self._set_credit(grant.id, grant.credit_left_su - need)
+        lv.credit_grant, lv.credit_su = grant.id, need
+
+    def _release_credit(self, lv: _Live, used_su: float) -> None:
+        """Charge what the attempt used (at most what it held: a start delayed by a preemption's grace period is
+        not use) and give the rest back."""
+        grant = self.snap.grants[lv.credit_grant]
+        assert grant.credit_left_su is not None
+        self._set_credit(grant.id, grant.credit_left_su + lv.credit_su - min(used_su, lv.credit_su))
+        lv.credit_grant, lv.credit_su = "", 0.0
+
+    def _set_credit(self, grant_id: str, left_su: float) -> None:
+        grants = self.snap.grants
+        assert isinstance(grants, dict)
+        g = grants[grant_id] = grants[grant_id].with_credit(left_su)
+        same = self.snap.grants_by_project[g.project]
+        same[:] = [g if x.id == grant_id else x for x in same]
+
     def _account_usage(self) -> None:
-        """Decay fair-share usage and add what ran since the last cycle; draw grant credit down."""
+        """Decay fair-share usage and add what ran since the last cycle (grant credit is held and charged per
+        attempt: ``_hold_credit``, ``_release_credit``)."""
         dt = self.now - self.usage_at
         if dt <= 0:
             return
@@ -376,22 +413,6 @@ class Simulator:
         for p, rate in self.su_rate.items():
             if rate > 0:
                 usage[p] = usage.get(p, 0.0) + rate * dt
-        grants = self.snap.grants
-        if isinstance(grants, dict):
-            for gid, g in list(grants.items()):
-                rate = self.su_rate.get(g.project, 0.0)
-                if g.credit_left_su is not None and rate > 0:
-                    grants[gid] = GrantState(
-                        g.id,
-                        g.project,
-                        g.start_s,
-                        g.end_s,
-                        g.reserved_model,
-                        g.reserved_gpus,
-                        g.credit_left_su - rate * dt / 3600.0,
-                        g.on_exhausted,
-                        g.max_job_duration_s,
-                    )
         self.usage_at = self.now
 
     # ---- observation ---------------------------------------------------------------------------------------

@@ -76,6 +76,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(32))
     organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"), index=True)
     owner: Mapped[str] = mapped_column(String(200), default="")
+    #: the POSIX account this user's jobs run as (``local`` when the server is root; ``slurm`` via --uid/--gid)
+    posix_user: Mapped[str] = mapped_column(String(64), default="")
 
 
 class ProjectMember(Base):
@@ -94,6 +96,11 @@ class Token(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at_s: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: what the token is for, as its holder named it
+    name: Mapped[str] = mapped_column(String(200), default="")
+    expires_at_s: Mapped[float | None] = mapped_column(Float)
+    last_used_s: Mapped[float | None] = mapped_column(Float)
+    revoked_at_s: Mapped[float | None] = mapped_column(Float)
 
 
 class Program(Base):
@@ -194,6 +201,8 @@ class Job(Base):
     preempt_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     last_checkpoint_s: Mapped[float | None] = mapped_column(Float)
     attained_gpu_s: Mapped[float] = mapped_column(Float, default=0.0)
+    #: service-unit hours of credit held for the current attempt (its time limit at its SU rate), released at end
+    reserved_su_hours: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class JobEvent(Base):
@@ -230,7 +239,8 @@ class UsageRecord(Base):
 
 
 class AuditEntry(Base):
-    """Append-only, hash-chained: ``hash = sha256(prev_hash + canonical JSON of the entry)``."""
+    """Append-only, keyed hash chain: ``hash = HMAC-SHA256(key[key_id], prev_hash + canonical JSON of every other
+    column)`` (``service/audit.py``); the key is kept outside the store."""
 
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
@@ -243,6 +253,8 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: which audit key made ``hash`` (keys rotate; old keys stay to verify old entries)
+    key_id: Mapped[str] = mapped_column(String(32), default="")
 
 
 class ChainHead(Base):

@@ -24,7 +24,8 @@ from slurm_lab import (
 
 
 @pytest.fixture(scope="session")
-def slurm_root() -> Iterator[Path]:
+def slurm_root(job_account: str) -> Iterator[Path]:
+    """A directory for the clusters; ``job_account`` is created first, as every test job runs as that account."""
     if shutil.which("slurmctld") is None and not Path("/usr/sbin/slurmctld").exists():
         unavailable(SLURM_MISSING)
     if os.geteuid() != 0:

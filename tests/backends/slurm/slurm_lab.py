@@ -26,6 +26,7 @@ import yaml
 from kfabric.backends.base import BackendUnavailable, LaunchSpec, NodeGpus, RunReport, RunState
 from kfabric.backends.slurm import SlurmBackend, SlurmClusterConfig
 from kfabric.backends.slurm.discover import discover, node_states
+from posix_accounts import JOB_ACCOUNT
 
 SLURM_MISSING = "Slurm not installed: apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge"
 REPO = Path(__file__).resolve().parents[3]
@@ -137,7 +138,7 @@ def spec(
 ) -> LaunchSpec:
     per_node = nodes if isinstance(nodes, dict) else dict.fromkeys(nodes, gpus)
     parts = tuple(NodeGpus(n, tuple(range(k)), gpu_milli) for n, k in per_node.items())
-    return LaunchSpec(job_id, attempt, job_id, command, parts, time_limit_s, env)
+    return LaunchSpec(job_id, attempt, job_id, command, parts, time_limit_s, env, user="tester", posix_user=JOB_ACCOUNT)
 
 
 def start_lab(

@@ -17,16 +17,20 @@ from kfabric.service import jobs
 from kfabric.service.auth import authenticate
 from kfabric.service.runtime import open_runtime
 from kfabric.store import tables as t
+from posix_accounts import map_users
 
 pytestmark = pytest.mark.integration
 
 
-def test_two_slurm_clusters_are_one_fleet(slurm_a: SlurmLab, slurm_b: SlurmLab, tmp_path: Path) -> None:
+def test_two_slurm_clusters_are_one_fleet(
+    slurm_a: SlurmLab, slurm_b: SlurmLab, tmp_path: Path, job_account: str
+) -> None:
     backends = {slurm_a.name: SlurmBackend(slurm_a.config), slurm_b.name: SlurmBackend(slurm_b.config)}
     rt = open_runtime(
         f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), backends, fleet_document=two_site_fleet(slurm_a, slurm_b)
     )
     try:
+        map_users(rt.sessions, job_account)  # jobs run as the test account (sbatch --uid), never as root
         with rt.sessions() as s:
             op = authenticate(s, rt.bootstrap_token)
         command = 'echo "$SLURMD_NODENAME $CUDA_VISIBLE_DEVICES"'

@@ -37,7 +37,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 def test_serve_runs_cli_jobs_on_two_slurm_clusters(
-    slurm_a: SlurmLab, slurm_b: SlurmLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    slurm_a: SlurmLab, slurm_b: SlurmLab, tmp_path: Path, capsys: pytest.CaptureFixture[str], job_account: str
 ) -> None:
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(two_site_fleet(slurm_a, slurm_b))
@@ -63,6 +63,7 @@ def test_serve_runs_cli_jobs_on_two_slurm_clusters(
             assert time.monotonic() < deadline, "kfabric serve did not come up"
             time.sleep(0.3)
         auth = ["--url", url, "--token", (state / "operator.token").read_text().strip()]
+        _cli(capsys, "user", "set-posix", "admin", job_account, *auth)  # root serves: jobs run as the test account
         ids = []
         for project, extra in (("sovereign-fm", ["--classification", "restricted"]), ("nova-llm", [])):
             out = _cli(capsys, "submit", "--project", project, "--gpus", "8", "--time", "2", *extra,

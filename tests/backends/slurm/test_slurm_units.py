@@ -195,7 +195,8 @@ def test_sbatch_flags_realize_the_placement(tmp_path: Path) -> None:
     assert {"--job-name=kf-42.1", "--comment=kfabric:42:1", "--nodelist=node1,node2", "--nodes=2"} <= flags
     assert {"--ntasks-per-node=1", "--gres=gpu:b200:8", "--time=2", "--no-requeue", "--partition=gpu"} <= flags
     assert {"--account=kf", "--cpus-per-task=4", "--mem=8192M", f"--output={tmp_path}/42.1/stdout"} <= flags
-    assert "--export=ALL,KFABRIC_JOB_ID=42,KFABRIC_ATTEMPT=1" in flags and f"--chdir={tmp_path}/42.1" in flags
+    assert "--export=KFABRIC_JOB_ID=42,KFABRIC_ATTEMPT=1" in flags and f"--chdir={tmp_path}/42.1" in flags
+    assert not any(a.startswith(("--uid", "--gid")) for a in flags)  # no account given: submitted as kfabric
     uneven = sbatch_request(cfg, launch_spec({"node1": 8, "node2": 4}), lambda nodes: "")
     assert "--gpus=12" in uneven.args and not any(a.startswith("--gres") for a in uneven.args)
     frac = sbatch_request(cfg, launch_spec({"node1": 1}, milli=250, env=(("KFABRIC_PROJECT", "vision"),)), lambda n: "")

@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from kfabric.api.deps import Caller
 from kfabric.api.schemas import JobCreate, JobEventPublic, JobPublic, NodePublic, ShortText
-from kfabric.service import jobs
+from kfabric.service import feasibility, jobs
 from kfabric.service.actors import Actor
+from kfabric.service.feasibility import Feasibility
 from kfabric.service.runtime import Runtime
 from kfabric.service.submissions import Submission
 from kfabric.store import tables as t
@@ -64,18 +65,26 @@ def _user(rt: Runtime, user_id: int) -> str:
 @router.post("", status_code=201, response_model=JobPublic)
 async def submit(body: JobCreate, c: Caller) -> Response:
     """Submit a job. With ``client_key``, a repeated submission returns the first one's job (200, not 201)."""
-    sub = jobs.prepare(c.actor, body.project, body.spec(), c.now, body.client_key)
+    sub = jobs.prepare(c.actor, body.project, body.spec(), c.now, body.client_key, admission(c.rt))
     return await submission_answer(c.rt, c.actor, body.project, sub)
+
+
+def admission(rt: Runtime) -> Feasibility:
+    """The submit-time admission of the service (kfabric.service.feasibility): the route and the fast path
+    (api/fast_submit.py) both pass it to ``jobs.prepare``, so both answer alike."""
+    return feasibility.for_service(rt.scenario.fleet, rt.sessions)
 
 
 async def submission_answer(rt: Runtime, actor: Actor, project: str, sub: Submission) -> Response:
     """Queue a checked submission for the next group commit (kfabric.service.submissions) and answer once it is
     committed. Async: the request waits for its batch without holding a thread. Also the fast path's answer
-    (api/fast_submit.py)."""
+    (api/fast_submit.py). The notes of a :class:`~kfabric.service.jobs.Prepared` submission are in the answer."""
     row, created = await asyncio.wrap_future(jobs.enqueue(rt.sessions, sub))
     # the submitter is the job's user unless the client key was first used by someone else: no second query
     user = actor.name if row.user_id == actor.user_id else await run_in_threadpool(_user, rt, row.user_id)
     public = job_public(row, project, user, rt.controller.node_names)
+    if isinstance(sub, jobs.Prepared) and sub.notes:
+        public.notes = list(sub.notes)
     # serialized here (pydantic-core) instead of validated again against the response model
     return Response(public.model_dump_json(), status_code=201 if created else 200, media_type="application/json")
 

@@ -5,11 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
+from pydantic import Field
 from sqlalchemy import select
 
 from kfabric.api.deps import Caller
-from kfabric.api.schemas import ApplicationCreate, DecisionCreate, GrantCreate, ProgramCreate, ReviewCreate, ShortText
-from kfabric.service import grants, programs
+from kfabric.api.schemas import (
+    ApplicationCreate,
+    DecisionCreate,
+    GrantCreate,
+    ProgramCreate,
+    ReviewCreate,
+    ShortText,
+    Strict,
+    Text,
+)
+from kfabric.service import credit, grants, programs
 from kfabric.store import tables as t
 
 router = APIRouter(prefix="/v1", tags=["programs"])
@@ -81,7 +91,7 @@ def show_program(name: ShortText, c: Caller) -> dict[str, Any]:
 def apply(body: ApplicationCreate, c: Caller) -> dict[str, Any]:
     a = programs.apply(
         c.rt.sessions, c.actor, body.program, body.project, body.gpu_model_class, body.gpus, body.months,
-        body.justification, c.now,
+        body.justification, c.now, c.rt.scenario.fleet,
     )  # fmt: skip
     return application_public(a, _names(c), [])
 
@@ -113,7 +123,7 @@ def review(application_id: ApplicationId, body: ReviewCreate, c: Caller) -> dict
 def decide(application_id: ApplicationId, body: DecisionCreate, c: Caller) -> dict[str, Any]:
     g = grants.decide(
         c.rt.sessions, c.actor, application_id, body.approve, c.now, body.note, body.start_s, body.reserved,
-        body.credit_su_hours,
+        body.credit_su_hours, c.rt.scenario.fleet,
     )  # fmt: skip
     view = None
     if g is not None:
@@ -132,6 +142,23 @@ def list_grants(c: Caller) -> list[dict[str, Any]]:
 def create_grant(body: GrantCreate, c: Caller) -> dict[str, Any]:
     g = grants.create_grant(
         c.rt.sessions, c.actor, body.name, body.program, body.project, body.start_s, body.end_s, c.now,
-        body.reserved_model, body.reserved_gpus, body.credit_su_hours, body.weight,
+        body.reserved_model, body.reserved_gpus, body.credit_su_hours, body.weight, c.rt.scenario.fleet,
     )  # fmt: skip
     return grants.grant_view(g, body.program, body.project)
+
+
+# ---- credit top-up (issue 15): the schema lives with its only route ----------------------------------------------
+class GrantTopUp(Strict):
+    """More credit for a grant: SU-hours (> 0) and why (audited)."""
+
+    su_hours: Annotated[float, Field(gt=0, le=1e12)]
+    note: Annotated[Text, Field(min_length=1)]
+
+
+@router.post("/grants/{grant_id}/topup")
+def top_up_grant(
+    grant_id: Annotated[str, Path(min_length=1, max_length=200)], body: GrantTopUp, c: Caller
+) -> dict[str, Any]:
+    """Add credit to a grant (operators); ``grant_id`` is the grant's name, as ``kfabric grant list`` shows it."""
+    g = credit.top_up(c.rt.sessions, c.actor, grant_id, body.su_hours, body.note, c.now)
+    return grants.grant_view(g)

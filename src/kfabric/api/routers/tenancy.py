@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from kfabric.api.deps import Caller
-from kfabric.api.schemas import OrganizationCreate, ProjectCreate, UserCreate, UserCreated
-from kfabric.service import tenancy
+from kfabric.api.schemas import OrganizationCreate, ProjectCreate, UserCreate, UserCreated, UserUpdate
+from kfabric.service import posix, tenancy
 from kfabric.service.actors import Role
 from kfabric.store import tables as t
 
@@ -68,6 +68,14 @@ def create_project(body: ProjectCreate, c: Caller) -> dict[str, Any]:
 def create_user(body: UserCreate, c: Caller) -> UserCreated:
     """Create a user and its first API token (shown only in this answer)."""
     user, token = tenancy.create_user(
-        c.rt.sessions, c.actor, body.name, body.role, c.now, body.organization, body.projects, body.owner
-    )
-    return UserCreated(id=user.id, name=user.name, role=user.role, token=token)
+        c.rt.sessions, c.actor, body.name, body.role, c.now, body.organization, body.projects, body.owner,
+        body.posix_user,
+    )  # fmt: skip
+    return UserCreated(id=user.id, name=user.name, role=user.role, token=token, posix_user=user.posix_user)
+
+
+@router.patch("/users/{name}")
+def update_user(name: str, body: UserUpdate, c: Caller) -> dict[str, Any]:
+    """Map a user to the POSIX account its jobs run as (operators; org-admins for their organization's users)."""
+    user = posix.set_posix_user(c.rt.sessions, c.actor, name, body.posix_user, c.now)
+    return {"id": user.id, "name": user.name, "role": user.role, "posix_user": user.posix_user}

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kfabric.backends.base import BackendUnavailable, LaunchSpec, RunReport, RunState
+from kfabric.backends.identity import Account, account_for, server_is_root
 from kfabric.backends.slurm.commands import SlurmCli, SlurmError
 from kfabric.backends.slurm.config import SlurmClusterConfig
 from kfabric.backends.slurm.discover import gpu_gres
@@ -91,9 +94,11 @@ class SlurmBackend:
             self._uncertain.discard(key)
             if key in self._attempts:
                 return
-        request = sbatch_request(self.config, spec, self._gres_type)
+        account = account_for(spec.user or f"of job {spec.job_id}", spec.posix_user)
+        as_root = server_is_root()
+        request = sbatch_request(self.config, spec, self._gres_type, account, as_root)
         try:
-            attempt_dir(self.config, spec.job_id, spec.attempt).mkdir(parents=True, exist_ok=True)
+            self._output_dir(spec, account if as_root else None)
         except OSError as exc:
             raise BackendUnavailable(f"cannot create the output directory of {spec.key}: {exc}") from exc
         self._uncertain.add(key)
@@ -103,6 +108,19 @@ class SlurmBackend:
         self._attempts[key] = _Attempt(
             spec.job_id, spec.attempt, slurm_id, self.clock(), len(spec.nodes), outputs=outputs
         )
+
+    def _output_dir(self, spec: LaunchSpec, owner: Account | None) -> None:
+        """``workdir_root`` (made 0711 when kfabric creates it: jobs pass through, list nothing) and the attempt's
+        directory, 0700 and owned by the job's account (``owner``) so the job writes its outputs and no other does."""
+        root = Path(self.config.workdir_root)
+        if not root.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            root.chmod(0o711)
+        where = attempt_dir(self.config, spec.job_id, spec.attempt)
+        where.mkdir(mode=0o700, exist_ok=True)
+        if owner is not None:
+            os.chown(where, owner.uid, owner.gid)
+        where.chmod(0o700)
 
     def terminate(self, job_id: str, attempt: int, grace_s: float = 0.0) -> None:
         key = (job_id, attempt)

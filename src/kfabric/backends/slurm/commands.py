@@ -45,7 +45,7 @@ UNREACHABLE = (
     "network is unreachable",
     "munge",  # the credential daemon is down: nothing can be authenticated
 )
-#: environment variables passed through to the Slurm tools (and so, with --export=ALL, to jobs)
+#: environment variables passed through to the Slurm tools (never to jobs: sbatch gets --export without ALL)
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 

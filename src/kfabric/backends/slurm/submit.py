@@ -10,11 +10,17 @@ uneven GPUs per node (8 + 4)           ``--gpus=[TYPE:]12`` (Slurm splits them o
 fractional GPU (gpu_milli < 1000)      one whole GPU per GPU index (``fractional: whole``)
 CPUs / memory per node                 ``--cpus-per-task=ceil(cpu_milli/1000)``, ``--mem=MIBM``
 time limit                             ``--time=ceil(seconds / 60)`` minutes (Slurm counts minutes)
+the user's POSIX account               ``--uid=UID --gid=GID`` when kfabric runs as root (Slurm then also
+                                       loads the account's login environment); otherwise the job is the
+                                       service account's, and only users mapped to it may run
 working directory                      ``--chdir`` (the spec's, else ``workdir_root/JOB.ATTEMPT``)
-outputs                                ``--output/--error=workdir_root/JOB.ATTEMPT/std{out,err}``
-environment                            ``--export=ALL,KFABRIC_JOB_ID=..,KFABRIC_ATTEMPT=..`` + ``export``
-                                       lines in the script for the job's own variables (values may
-                                       hold commas, which ``--export`` cannot carry)
+outputs                                ``--output/--error=workdir_root/JOB.ATTEMPT/std{out,err}``, in a
+                                       directory of the job's account (0700)
+environment                            ``--export=KFABRIC_JOB_ID=..,KFABRIC_ATTEMPT=..`` (never ``ALL``: the
+                                       service's environment stays out) + ``export`` lines in the script
+                                       for the allow-list and the job's own variables
+                                       (``backends/identity.py``; values may hold commas, which
+                                       ``--export`` cannot carry)
 Slurm's own requeue                    ``--no-requeue``: kfabric requeues (a LOST attempt)
 =====================================  =================================================================
 
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kfabric.backends.base import LaunchSpec
+from kfabric.backends.identity import Account, job_env
 from kfabric.backends.slurm.config import SlurmClusterConfig
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,99}$")
@@ -92,7 +99,15 @@ STEP_RETRIES = 30
 STEP_RETRY_S = 10
 
 
-def script_of(config: SlurmClusterConfig, spec: LaunchSpec) -> str:
+def _job_env(spec: LaunchSpec, account: Account | None) -> list[tuple[str, str]]:
+    """The variables the script exports: the allow-list and the declared ones (only those without an account)."""
+    if account is None:
+        return list(spec.env)
+    ids = {"KFABRIC_JOB_ID": spec.job_id, "KFABRIC_ATTEMPT": str(spec.attempt)}
+    return sorted(job_env(account, spec.env, ids).items())
+
+
+def script_of(config: SlurmClusterConfig, spec: LaunchSpec, account: Account | None = None) -> str:
     """The batch script. One node: the command runs in the batch script itself (nothing to ask slurmctld). Several
     nodes (``use_srun``): ``srun`` runs it once per node; task 0 (on the first node, where the batch script runs)
     marks the step as started, so a failed srun is retried only when no task ever ran (never a second run)."""
@@ -102,8 +117,9 @@ def script_of(config: SlurmClusterConfig, spec: LaunchSpec) -> str:
         f"# kfabric job {spec.job_id} attempt {spec.attempt}: {spec.name!r}"[:200].replace("\n", " "),
         f"export KFABRIC_JOB_NAME={shlex.quote(spec.name)}",
         f"export KFABRIC_GPU_MILLI={milli}",
+        "export SLURM_EXPORT_ENV=ALL",  # job steps (srun) get the script's environment, not just --export's
     ]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in spec.env]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in _job_env(spec, account)]
     command = shlex.quote(spec.command or "true")
     if not config.use_srun or len(spec.nodes) == 1:
         return "\n".join([*lines, f"exec /bin/bash -c {command}"]) + "\n"
@@ -124,9 +140,14 @@ def script_of(config: SlurmClusterConfig, spec: LaunchSpec) -> str:
 
 
 def sbatch_request(
-    config: SlurmClusterConfig, spec: LaunchSpec, gres_type: Callable[[Iterable[str]], str]
+    config: SlurmClusterConfig,
+    spec: LaunchSpec,
+    gres_type: Callable[[Iterable[str]], str],
+    run_as: Account | None = None,
+    as_root: bool = False,
 ) -> SbatchRequest:
-    """The sbatch flags and script realizing ``spec`` on this cluster (ValueError when it cannot be)."""
+    """The sbatch flags and script realizing ``spec`` on this cluster (ValueError when it cannot be). ``run_as``:
+    the POSIX account it runs as; ``as_root``: kfabric is root and submits the job as that account."""
     check_spec(spec)
     where = attempt_dir(config, spec.job_id, spec.attempt)
     nodes = [p.node for p in spec.nodes]
@@ -141,8 +162,10 @@ def sbatch_request(
         f"--output={where / 'stdout'}",
         f"--error={where / 'stderr'}",
         f"--chdir={spec.workdir or where}",
-        f"--export=ALL,KFABRIC_JOB_ID={spec.job_id},KFABRIC_ATTEMPT={spec.attempt}",
+        f"--export=KFABRIC_JOB_ID={spec.job_id},KFABRIC_ATTEMPT={spec.attempt}",
     ]
+    if run_as is not None and as_root:
+        args += [f"--uid={run_as.uid}", f"--gid={run_as.gid}"]
     if config.partition:
         args.append(f"--partition={config.partition}")
     project = spec.project or dict(spec.env).get("KFABRIC_PROJECT", "")
@@ -156,4 +179,4 @@ def sbatch_request(
     mem = max((p.memory_mib for p in spec.nodes), default=0)
     if mem > 0:
         args.append(f"--mem={mem}M")
-    return SbatchRequest(args, script_of(config, spec))
+    return SbatchRequest(args, script_of(config, spec, run_as))
