@@ -89,7 +89,7 @@ class Controller:
         missing = sorted(set(self.pool_backend.values()) - set(self.backends))
         if missing:
             raise ValueError(f"the fleet's clusters use backends {missing} that are not configured")
-        self.node_names = node_names(self.live)
+        self.node_names = self.live.node_names
         self._reasons: dict[str, tuple[str, str, float | None]] = {}
         self._terminating: set[tuple[str, int]] = set()
         self._accounted_at_s = 0.0
@@ -373,18 +373,3 @@ class Controller:
                     n += 1
         self._accounted_at_s = now
         return n
-
-
-def node_names(live: LiveState) -> list[str]:
-    """Backend node name per fleet node index: the pool's declared ``node_names`` (real clusters), else the
-    pool's name for a one-node pool, else ``POOL-NNN``."""
-    declared = {p.name: p.node_names for p in live.fleet.pools}
-    names: list[str] = []
-    for pool in live.snap.capacity.pools:
-        if declared.get(pool.name):
-            names.extend(declared[pool.name])
-        elif pool.nodes == 1:
-            names.append(pool.name)
-        else:
-            names.extend(f"{pool.name}-{k + 1:03d}" for k in range(pool.nodes))
-    return names

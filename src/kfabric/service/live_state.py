@@ -53,11 +53,16 @@ class LiveState:
         self._jobs: dict[str, Job] = {}
         self.grant_rows: dict[int, t.Grant] = {}
         self._online_day: str = ""
+        #: backend node name per fleet node index, and the index of each name
+        self.node_names: list[str] = fleet_node_names(self.fleet, self.snap)
+        self.node_index: dict[str, int] = {name: i for i, name in enumerate(self.node_names)}
+        #: nodes taken out of service (by index), with why (``node_states`` rows), as of the last sync
+        self.out_nodes: dict[int, list[str]] = {}
 
     # ---- public --------------------------------------------------------------------------------------------
     def sync(self, session: Session, now_s: float) -> None:
         """Make the snapshot and queue match the store at ``now_s``."""
-        self._sync_online(now_s)
+        self._sync_nodes(session, now_s)
         self._sync_tenants(session)
         self._sync_usage(session, now_s)
         self._sync_jobs(session)
@@ -70,14 +75,33 @@ class LiveState:
         self.snap.usage_su[project] = self.snap.usage_su.get(project, 0.0) + su
 
     # ---- parts ---------------------------------------------------------------------------------------------
-    def _sync_online(self, now_s: float) -> None:
+    def _sync_nodes(self, session: Session, now_s: float) -> None:
+        """A node is schedulable when its pool is online (its online date has come) and no ``node_states`` row
+        takes it out (an operator's drain, a backend's down/drain/fail). Only changes touch the capacity index."""
         day = datetime.fromtimestamp(now_s, UTC).date()
-        if day.isoformat() == self._online_day:
+        out: dict[int, list[str]] = {}
+        rows = session.execute(
+            select(t.NodeState.node, t.NodeState.source, t.NodeState.state, t.NodeState.reason).where(
+                t.NodeState.state != "up"
+            )
+        )
+        for name, source, state, reason in rows:
+            index = self.node_index.get(name)
+            if index is not None:
+                out.setdefault(index, []).append(f"{state} ({source}){': ' + reason if reason else ''}")
+        new_day = day.isoformat() != self._online_day
+        if not new_day and out.keys() == self.out_nodes.keys():
+            self.out_nodes = out
             return
+        capacity = self.snap.capacity
         for i, pool in enumerate(self.fleet.pools):
-            self.snap.capacity.set_pool_online(i, pool.online <= day)
-        self._online_day = day.isoformat()
-        self.snap.eligibility_cache.clear()
+            online = pool.online <= day
+            for node in capacity.pools[i].node_range:
+                capacity.set_up(node, online and node not in out)
+        self.out_nodes = out
+        if new_day:
+            self._online_day = day.isoformat()
+            self.snap.eligibility_cache.clear()
 
     def _sync_tenants(self, session: Session) -> None:
         projects = session.execute(select(t.Project.id, t.Project.name, t.Project.organization_id)).all()
@@ -208,3 +232,18 @@ class LiveState:
         for jid in [j for j in self._jobs if j not in want_pending and j not in want_running]:
             del self._jobs[jid]
             snap.attained_gpu_s.pop(jid, None)
+
+
+def fleet_node_names(fleet: Fleet, snap: Snapshot) -> list[str]:
+    """Backend node name per fleet node index: the pool's declared ``node_names`` (real clusters), else the
+    pool's name for a one-node pool, else ``POOL-NNN``."""
+    declared = {p.name: p.node_names for p in fleet.pools}
+    names: list[str] = []
+    for pool in snap.capacity.pools:
+        if declared.get(pool.name):
+            names.extend(declared[pool.name])
+        elif pool.nodes == 1:
+            names.append(pool.name)
+        else:
+            names.extend(f"{pool.name}-{k + 1:03d}" for k in range(pool.nodes))
+    return names

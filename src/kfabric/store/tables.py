@@ -264,3 +264,58 @@ class ChainHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     hash: Mapped[str] = mapped_column(String(64))
     count: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), default=0)
+
+
+class Lease(Base):
+    """A lease that one server holds at a time (``controller``: who runs the scheduling loop). ``epoch`` grows by
+    one at every change of holder; the holder's decisions carry it and are refused once it is no longer current
+    (fencing, ``service/leadership.py``)."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), default="")
+    epoch: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), default=0)
+    expires_at_s: Mapped[float] = mapped_column(Float, default=0.0)
+    renewed_at_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Server(Base):
+    """A ``kfabric serve`` process sharing the store: its heartbeat, and whether it leads (``kfabric status``)."""
+
+    __tablename__ = "servers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    url: Mapped[str] = mapped_column(String(400), default="")
+    started_at_s: Mapped[float] = mapped_column(Float)
+    last_seen_s: Mapped[float] = mapped_column(Float)
+    role: Mapped[str] = mapped_column(String(16), default="standby")
+    last_cycle_s: Mapped[float | None] = mapped_column(Float)
+
+
+class NodeState(Base):
+    """A node out of service, by node name as backends know it: ``state`` is ``drain`` (an operator's, or the
+    backend's drain), ``down`` or ``fail`` (the backend's); ``source`` says who set it (``operator`` or a backend
+    name). A node with no row, or with ``state`` ``up``, is schedulable. An operator's drain and a backend's
+    health are separate rows (``source`` is part of the key), so a repair does not undo a drain."""
+
+    __tablename__ = "node_states"
+    node: Mapped[str] = mapped_column(String(200), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    since_s: Mapped[float] = mapped_column(Float)
+    by: Mapped[str] = mapped_column(String(200), default="")
+
+
+class PolicySource(Base):
+    """The live scheduling policy: the YAML document applied with ``kfabric policy apply`` (one active row; none:
+    the policy ``kfabric serve`` was started with)."""
+
+    __tablename__ = "policy_sources"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    document: Mapped[str] = mapped_column(Text)
+    applied_at_s: Mapped[float] = mapped_column(Float)
+    applied_by: Mapped[str] = mapped_column(String(200), default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
