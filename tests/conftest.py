@@ -86,3 +86,13 @@ def job_dir(job_account: str) -> Iterator[Path]:
     where = account_dir(job_account)
     yield where
     shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _keep_umask() -> Iterator[None]:
+    """A test that runs ``kfabric serve`` in this process sets its umask to 077 (serve_cmd.run): restore it, so files
+    later tests create for other accounts (Slurm configs, job scripts) stay readable."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)

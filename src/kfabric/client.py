@@ -170,6 +170,11 @@ class Client:
     def fleet(self) -> dict[str, Any]:
         return cast(dict[str, Any], self._json("GET", "/v1/fleet"))
 
+    def fleet_live(self) -> dict[str, Any]:
+        """Node states and GPUs free/allocated/out per pool, and the nodes out of service with why (``GET
+        /v1/fleet/live``; operators, and providers for their owner's pools)."""
+        return cast(dict[str, Any], self._json("GET", "/v1/fleet/live"))
+
     def organizations(self) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self._json("GET", "/v1/organizations"))
 
@@ -360,3 +365,36 @@ class Client:
     def audit_head(self) -> dict[str, Any]:
         """The chain head to keep outside the store (operators)."""
         return cast(dict[str, Any], self._json("GET", "/v1/audit/head"))
+
+    # ---- operations: several servers, one leader -------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The leader, the standbys with their heartbeats, the controller lease (epoch, expiry) and the last cycle
+        (``GET /v1/status``; host, pid and URL of each server only for operators and providers)."""
+        return cast(dict[str, Any], self._json("GET", "/v1/status"))
+
+    # ---- operations: fleet changes, node drains, the live policy (operators) ------------------------------------
+    def fleet_apply(self, document: str, running: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Compare a desired fleet (scenario YAML text) with the stored one and, unless ``dry_run``, apply it at the
+        next cycle; ``running``: ``finish`` or ``requeue`` the work on nodes that leave. The answer holds the
+        difference and what happens to the work."""
+        body = {"document": document, "running": running, "dry_run": dry_run}
+        return cast(dict[str, Any], self._json("POST", "/v1/fleet/apply", body))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Nodes out of service, with why, who and the jobs still on them."""
+        return cast(list[dict[str, Any]], self._json("GET", "/v1/nodes"))
+
+    def drain_node(self, node: str, reason: str, requeue: bool = False) -> dict[str, Any]:
+        body = {"reason": reason, "requeue": requeue}
+        return cast(dict[str, Any], self._json("POST", f"/v1/nodes/{quote(node, safe='')}/drain", body))
+
+    def resume_node(self, node: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("POST", f"/v1/nodes/{quote(node, safe='')}/resume"))
+
+    def policy_apply(self, document: str, name: str = "policy") -> dict[str, Any]:
+        """Make a policy document (or a preset's name) the live policy at the next cycle."""
+        return cast(dict[str, Any], self._json("POST", "/v1/policy", {"document": document, "name": name}))
+
+    def policy(self) -> dict[str, Any]:
+        """The policy the controller schedules with now, and the stored one."""
+        return cast(dict[str, Any], self._json("GET", "/v1/policy"))

@@ -314,21 +314,21 @@ def test_last_use_is_written_at_most_once_a_minute(people: People, mono: FakeMon
 
 # ---- who may: own tokens; operators anyone's; org-admins their organization's; others 404 --------------------
 
-ACCESS = [  # (caller, target user, allowed)
-    ("snu-vision/member", "snu-vision-member", True),
+ACCESS = [  # (caller, target user, allowed); members an org-admin created are named NAME@ORG
+    ("snu-vision/member", "snu-vision-member@snu-vision", True),
     ("snu-vision/member", "snu-vision-member2", False),  # a colleague in the same project
-    ("snu-vision/member", "tinyml-member", False),
+    ("snu-vision/member", "tinyml-member@tinyml", False),
     ("snu-vision/member", "admin", False),
-    ("snu-vision/org-admin", "snu-vision-member", True),
+    ("snu-vision/org-admin", "snu-vision-member@snu-vision", True),
     ("snu-vision/org-admin", "snu-vision-member2", True),
-    ("snu-vision/org-admin", "tinyml-member", False),
+    ("snu-vision/org-admin", "tinyml-member@tinyml", False),
     ("snu-vision/org-admin", "tinyml-admin", False),
     ("snu-vision/org-admin", "admin", False),
     ("snu-vision/org-admin", "snu-vision-operator", False),  # an operator placed in the organization
-    ("tinyml/org-admin", "snu-vision-member", False),
-    ("reviewer", "snu-vision-member", False),
-    ("provider", "tinyml-member", False),
-    ("operator", "snu-vision-member", True),
+    ("tinyml/org-admin", "snu-vision-member@snu-vision", False),
+    ("reviewer", "snu-vision-member@snu-vision", False),
+    ("provider", "tinyml-member@tinyml", False),
+    ("operator", "snu-vision-member@snu-vision", True),
     ("operator", "tinyml-admin", True),
     ("operator", "rev", True),
 ]

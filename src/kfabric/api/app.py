@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import Depends, FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
-from sqlalchemy import func, select, text
+from fastapi import FastAPI
+from sqlalchemy import text
 
 from kfabric.api import errors
-from kfabric.api.deps import Caller
 from kfabric.api.fast_submit import FastSubmit
 from kfabric.api.limits import Limits, RequestLimits
+from kfabric.api.metrics import METRICS_ROLES, install_metrics, metrics_reader  # noqa: F401 - importable here too
 from kfabric.api.routers import audit, fleet, jobs, programs, tenancy, tokens, usage
-from kfabric.model.errors import PermissionDenied
-from kfabric.service.actors import Role
+from kfabric.api.routers import operations as operations_routes  # fleet apply, node drain, policy
+from kfabric.api.routers import status as server_status
 from kfabric.service.runtime import Runtime
-from kfabric.store import tables as t
-
-#: roles whose tokens may read ``/metrics`` (fleet-wide counts) unless the server runs with ``--metrics-open``
-METRICS_ROLES = (Role.OPERATOR, Role.PROVIDER)
 
 ERROR_SCHEMA: dict[str, Any] = {
     "title": "ErrorBody",
@@ -68,31 +63,18 @@ def create_app(
     errors.install(app)
     for r in (fleet.router, tenancy.router, tokens.router, programs.router, jobs.router, usage.router, audit.router):
         app.include_router(r)
+    app.include_router(operations_routes.router)  # fleet apply, nodes, policy (service/fleet_changes.py)
+    app.include_router(server_status.router)  # /v1/status: leader, standbys, lease (service/leadership.py)
     if fast_submit:
         app.add_middleware(FastSubmit, runtime=rt)  # POST /v1/jobs without FastAPI's per-request machinery
-    app.add_middleware(RequestLimits, limits=limits or Limits())  # added last: runs first, before any auth
+    # before any auth: only the request observer (install_metrics, below: it times and counts) runs before it
+    app.add_middleware(RequestLimits, limits=limits or Limits())
     _ops_routes(app, rt, metrics_open)
     _document_errors(app)
     return app
 
 
-async def metrics_reader(c: Caller) -> None:
-    """Only operators and providers read ``/metrics`` (a missing or unknown token: 401)."""
-    if c.actor.role not in METRICS_ROLES:
-        raise PermissionDenied(
-            "read /metrics",
-            f"needs the operator or provider role; you are {c.actor.role.value}",
-            "use an operator's or a provider's token (or the operator starts kfabric serve --metrics-open)",
-        )
-
-
 def _ops_routes(app: FastAPI, rt: Runtime, metrics_open: bool) -> None:
-    registry = CollectorRegistry()
-    jobs_gauge = Gauge("kfabric_jobs", "jobs by state", ["state"], registry=registry)
-    pending_gauge = Gauge("kfabric_pending_queue", "jobs in the scheduler's queue", registry=registry)
-    cycle_gauge = Gauge("kfabric_cycle_ms", "duration of the last scheduling cycle (ms)", registry=registry)
-    gpus_gauge = Gauge("kfabric_gpus_allocated", "GPUs held by admitted and running jobs", registry=registry)
-
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:
         with rt.sessions() as s:
@@ -100,19 +82,9 @@ def _ops_routes(app: FastAPI, rt: Runtime, metrics_open: bool) -> None:
         last = rt.controller.last_tick
         return {"ok": True, "last_tick_s": last.now_s if last else None}
 
-    guard = [] if metrics_open else [Depends(metrics_reader)]
-
-    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=guard)
-    def metrics() -> Response:
-        with rt.sessions() as s:
-            for state, n in s.execute(select(t.Job.state, func.count()).group_by(t.Job.state)):
-                jobs_gauge.labels(state).set(n)
-        last = rt.controller.last_tick
-        if last is not None:
-            pending_gauge.set(last.pending)
-            cycle_gauge.set(last.cycle_ms)
-        gpus_gauge.set(rt.controller.allocated_gpus())
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    # /metrics (its token rule), and the request observer: added after RequestLimits, so the outermost (every answer
+    # gets an X-Request-ID and is timed)
+    install_metrics(app, rt, metrics_open)
 
 
 def _document_errors(app: FastAPI) -> None:

@@ -11,13 +11,19 @@ Contracts (every implementation and its tests honour them):
   :class:`BackendUnavailable`; the controller keeps the job in its state and retries later.
 * **poll reports facts**: every attempt the backend knows, with its state, exit code and real start/end times.
   A backend never decides placement; it runs what it is told where it is told.
+* **nodes reports health** (optional, :class:`ReportsNodes`): the nodes the backend knows something about, as
+  :class:`NodeFact` (up, drain, down, fail, with the backend's reason). A node it does not list is taken as up;
+  a backend without the method reports nothing (every node up). The controller calls it right after ``poll``
+  and inside its reconcile transaction, so it must be cheap: a backend whose facts cost a remote call reads
+  them during ``poll`` and returns them here (Slurm does). It raises :class:`BackendUnavailable` when it cannot
+  know, which changes nothing (a cluster the controller cannot reach is never marked down).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class BackendUnavailable(Exception):
@@ -85,6 +91,44 @@ class RunReport:
     outputs: dict[str, str] = field(default_factory=dict)
 
 
+#: node states a backend reports (the ``node_states`` table's vocabulary): ``up`` runs work; ``drain`` takes no new
+#: work and lets running work finish; ``down`` and ``fail`` take no work and what ran there is lost (the backend
+#: reports those attempts LOST and the controller requeues them from their last checkpoint)
+NODE_STATES = ("up", "drain", "down", "fail")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFact:
+    """What a backend knows about one node's health (``name`` as the backend knows it, as in :class:`NodeGpus`).
+
+    ``gpus_total`` / ``gpus_healthy``: the node's GPUs and how many of them are healthy, where the backend knows
+    (None otherwise); ``since_s``: when the backend says the state or its reason began (epoch seconds, None:
+    unknown, the controller then records when it first saw it)."""
+
+    name: str
+    state: str = "up"
+    reason: str = ""
+    gpus_total: int | None = None
+    gpus_healthy: int | None = None
+    since_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in NODE_STATES:
+            raise ValueError(
+                f"node {self.name!r}: unknown node state {self.state!r}; "
+                f"a backend reports one of {', '.join(NODE_STATES)}"
+            )
+
+    @property
+    def up(self) -> bool:
+        return self.state == "up"
+
+    @property
+    def lost(self) -> bool:
+        """Work on the node is lost (down, fail), not merely kept from new work (drain)."""
+        return self.state in ("down", "fail")
+
+
 class Backend(Protocol):
     """A cluster kfabric dispatches to. ``name`` is what clusters name in their ``backend`` field."""
 
@@ -95,3 +139,10 @@ class Backend(Protocol):
     def terminate(self, job_id: str, attempt: int, grace_s: float = 0.0) -> None: ...
 
     def poll(self) -> list[RunReport]: ...
+
+
+@runtime_checkable
+class ReportsNodes(Protocol):
+    """A backend that reports node health (optional; see the module docstring)."""
+
+    def nodes(self) -> list[NodeFact]: ...

@@ -26,6 +26,12 @@ is refused at launch (a ``ValueError`` naming the fix). The job gets a clean env
 its declared workdir or its account's home (entered as the account), and cannot read the attempt directories:
 ``jobs/`` and each attempt directory are 0700 and every file in them 0600, owned by the server's account; the
 runner opens ``stdout``/``stderr`` and hands the job the open files.
+
+Fencing (``backends/fencing.py``): ``state_dir/fence.d`` holds the highest lease epoch any controller fenced it with
+(:meth:`LocalBackend.fence`, called at takeover). A backend object whose epoch is lower refuses launch and
+terminate with ``Fenced``; a launch checks again once ``spec.json`` is written and, if the fence rose meanwhile,
+claims the attempt as lost before its runner starts (the new leader requeues it). ``spec.json`` records the epoch
+an attempt was launched under.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kfabric.backends.base import BackendUnavailable, LaunchSpec, RunReport, RunState
+from kfabric.backends.base import BackendUnavailable, LaunchSpec, NodeFact, RunReport, RunState
+from kfabric.backends.fencing import EpochGuard, Fenced, FileFence
 from kfabric.backends.identity import Account, IdentityRefused, account_for, job_env, server_is_root, workdir_problem
 from kfabric.backends.local_runner import (
     CANCEL,
@@ -62,6 +69,7 @@ from kfabric.backends.local_runner import (
     publish_once,
     write_atomic,
 )
+from kfabric.backends.nvidia_health import HEALTH_EVERY_S, gpu_health
 
 #: an attempt without a ``pid`` file is taken as starting for this long, then as lost
 LAUNCH_GRACE_S = 30.0
@@ -148,6 +156,15 @@ class LocalBackend:
         self.clock = clock
         #: seconds between SIGTERM and SIGKILL when a job reaches its time limit
         self.kill_grace_s = kill_grace_s
+        self._guard = EpochGuard(self.name, FileFence(self.state_dir / "fence.d"))
+
+    def fence(self, epoch: int) -> None:
+        """Act for lease ``epoch`` from now on; backend objects of older epochs refuse launch and terminate."""
+        try:
+            self._private_dirs()
+            self._guard.raise_to(epoch)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot raise the fence {self.state_dir / 'fence.d'}: {exc}") from exc
 
     def attempt_dir(self, job_id: str, attempt: int) -> Path:
         return self.jobs_dir / f"{job_id}.{attempt}"
@@ -190,6 +207,10 @@ class LocalBackend:
                 path.chmod(0o700)
 
     def launch(self, spec: LaunchSpec) -> None:
+        self._guard.check()
+        self._launch(spec)
+
+    def _launch(self, spec: LaunchSpec) -> None:
         gpus = self._gpus_of(spec)
         where = self.attempt_dir(spec.job_id, spec.attempt)
         if where.exists():
@@ -222,9 +243,11 @@ class LocalBackend:
             "run_as": self._run_as(account),
             "kill_grace_s": self.kill_grace_s,
             "launched_at_s": self.clock(),
+            "epoch": self._guard.epoch or 0,
         }
         try:
             write_atomic(where / SPEC, json.dumps(record))
+            self._recheck_fence(where)
             with open_private(where / "runner.log") as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", _RUNNER_MODULE, str(where)],
@@ -238,6 +261,16 @@ class LocalBackend:
             shutil.rmtree(where, ignore_errors=True)  # no runner started: leave no trace, a retry starts afresh
             raise BackendUnavailable(f"cannot start the runner of {spec.key}: {exc}") from exc
         _RUNNERS[proc.pid] = proc
+
+    def _recheck_fence(self, where: Path) -> None:
+        """The fence rose while the attempt was being created: claim it (no runner will start it) as lost, so the
+        new leader requeues it, and refuse."""
+        try:
+            self._guard.check()
+        except Fenced:
+            if publish_once(where / PID, NO_RUNNER):
+                self._publish(where, RunState.LOST, "withdrawn: launched by a fenced controller")
+            raise
 
     @staticmethod
     def _forced_env(spec: LaunchSpec, gpus: list[int]) -> dict[str, str]:
@@ -258,6 +291,10 @@ class LocalBackend:
     # ------------------------------------------------------------------------------------------- terminate
 
     def terminate(self, job_id: str, attempt: int, grace_s: float = 0.0) -> None:
+        self._guard.check()
+        self._terminate(job_id, attempt, grace_s)
+
+    def _terminate(self, job_id: str, attempt: int, grace_s: float) -> None:
         where = self.attempt_dir(job_id, attempt)
         try:
             if not where.is_dir() or (where / RESULT).exists():
@@ -314,6 +351,17 @@ class LocalBackend:
             if proc.poll() is not None:
                 del _RUNNERS[pid]
         return reports
+
+    def nodes(self) -> list[NodeFact]:
+        """This machine's GPU health from ``nvidia-smi`` (:mod:`kfabric.backends.nvidia_health`: a missing or
+        unhealthy GPU drains the node, a driver nvidia-smi cannot reach takes it down; no nvidia-smi: up), read at
+        most every ``HEALTH_EVERY_S`` seconds of ``clock`` (the controller calls this inside its transaction)."""
+        now = self.clock()
+        last: tuple[float, NodeFact] | None = getattr(self, "_health", None)
+        if last is None or not 0 <= now - last[0] < HEALTH_EVERY_S:
+            last = (now, gpu_health(self.node, self.detected_gpus))
+            self._health = last
+        return [last[1]]
 
     def forget(self, job_id: str, attempt: int) -> bool:
         """Delete a finished attempt's directory (once the controller recorded its result).

@@ -23,7 +23,7 @@ Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def command_group(sub: Sub, name: str, help_text: str) -> Sub:
-    """A command with actions (``kfabric NAME ACTION``); alone it prints its help and exits 2."""
+    """A command with actions (NAME ACTION ...); alone it prints its help and exits 2."""
     parent = sub.add_parser(name, help=help_text)
     children = parent.add_subparsers(dest=f"{name}_command", metavar="ACTION")
 

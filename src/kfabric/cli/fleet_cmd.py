@@ -1,4 +1,6 @@
-"""``kfabric fleet show SCENARIO [--at YYYY-MM-DD] [--json]``: what a fleet holds, by owner, site and model."""
+"""``kfabric fleet show SCENARIO [--at YYYY-MM-DD] [--json]``: what a fleet holds, by owner, site and model.
+``kfabric fleet show --live [--json] [--url URL] [--token TOKEN]``: the running service's nodes by state, GPUs free,
+allocated and out, and the nodes out of service with why (``GET /v1/fleet/live``), like Slurm's ``sinfo``."""
 
 from __future__ import annotations
 
@@ -6,11 +8,15 @@ import argparse
 import json
 import re
 from datetime import date
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from kfabric.cli.console import stdout_console
 from kfabric.cli.errors import UsageError
+from kfabric.cli.queue_cmd import fmt_time
+from kfabric.client import Client
 from kfabric.scenarios.loader import load_scenario
 from kfabric.scenarios.summary import FleetSummary, summarize, to_json
 
@@ -28,14 +34,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fleet.set_defaults(handler=fleet_help)
     show = fleet_sub.add_parser(
         "show",
-        help="GPUs, nodes and power by owner, site and model",
-        description="Show what a scenario's fleet holds, optionally as of a date (pools online by then).",
+        help="GPUs, nodes and power by owner, site and model; --live: the running service's node states",
+        description="Show what a scenario's fleet holds, optionally as of a date (pools online by then); with "
+        "--live, what the running service's nodes are doing now (like sinfo).",
     )
     show.add_argument(
-        "scenario", metavar="SCENARIO", help="packaged name (korea-2030, lab), openb[:CSV], or a YAML path"
+        "scenario",
+        metavar="SCENARIO",
+        nargs="?",
+        help="packaged name (korea-2030, lab), openb[:CSV], or a YAML path (not with --live)",
     )
     show.add_argument("--at", metavar="YYYY-MM-DD", help="count only pools online on this date (default: all)")
     show.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    # --- live: the running service (GET /v1/fleet/live) ---
+    show.add_argument("--live", action="store_true", help="the running service's nodes by state and why they are out")
+    show.add_argument("--url", help="with --live: server URL (default: $KFABRIC_URL, else http://127.0.0.1:8470)")
+    show.add_argument("--token", help="with --live: API token (default: $KFABRIC_TOKEN, $KFABRIC_TOKEN_FILE, ...)")
     show.set_defaults(handler=show_cmd)
 
 
@@ -50,6 +64,12 @@ def parse_day(text: str, flag: str = "--at") -> date:
 
 
 def show_cmd(args: argparse.Namespace) -> int:
+    if args.live:
+        return live_cmd(args)
+    if args.scenario is None:
+        raise UsageError("fleet show: name a SCENARIO (e.g. lab, korea-2030, a YAML path), or pass --live")
+    if args.url is not None or args.token is not None:
+        raise UsageError("fleet show: --url and --token go with --live (a SCENARIO is read here, not from a server)")
     at = parse_day(args.at) if args.at is not None else None
     summary = summarize(load_scenario(args.scenario), at)
     if args.json:
@@ -136,3 +156,54 @@ def render(summary: FleetSummary, console: Console) -> None:
     totals.add_row("facility power at PUE (MW)", _mw(summary.facility_mw))
     totals.add_row("sum of site caps (MW)", f"{summary.power_cap_mw:g}")
     console.print(totals)
+
+
+# ---- --live: the running service --------------------------------------------------------------------------------
+
+
+def live_cmd(args: argparse.Namespace) -> int:
+    if args.scenario is not None or args.at is not None:
+        raise UsageError(
+            "fleet show --live reads the running service: drop SCENARIO and --at (or drop --live to read a scenario)"
+        )
+    with Client.from_env(args.url, args.token) as client:
+        data = client.fleet_live()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        render_live(data, stdout_console())
+    return 0
+
+
+def _g(value: float) -> str:
+    """GPUs: whole numbers as such, shares of GPUs with up to three decimals."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.3f}".rstrip("0")
+
+
+def render_live(data: dict[str, Any], console: Console) -> None:
+    """Pools with their nodes by state and GPUs, then the nodes out of service (like ``sinfo`` and ``sinfo -R``)."""
+    console.print(f"[bold]{data['name']}[/] — live at {fmt_time(data['at_s'])}", highlight=False)
+    pools = Table(title="Pools", caption="nodes by state; GPUs free + allocated + out = total")
+    for name in ("pool", "site", "owner", "model"):
+        pools.add_column(name, no_wrap=True)
+    for name in ("nodes", "idle", "mixed", "alloc", "drain", "down", "future", "GPUs", "free", "allocated", "out"):
+        pools.add_column(name, justify="right")
+    for p in data["pools"]:
+        st = p["node_states"]
+        pools.add_row(
+            p["name"], p["site"], p["owner"], p["gpu_model"], _n(p["nodes"]),
+            *(_n(st[k]) for k in ("idle", "mixed", "allocated", "drain", "down", "future")),
+            _n(p["gpus"]), _g(p["gpus_free"]), _g(p["gpus_allocated"]), _g(p["gpus_out"]),
+        )  # fmt: skip
+    console.print(pools)
+    out = data["out"]
+    if not out:
+        console.print("No node is out of service.")
+        return
+    nodes = Table(title="Nodes out of service")
+    for name in ("node", "pool", "state", "since", "GPUs in use", "reason (source)"):
+        nodes.add_column(name, justify="right" if name == "GPUs in use" else "left")
+    for o in out:
+        why = "; ".join(f"{r['reason'] or r['state']} ({r['source']})" for r in o["reasons"])
+        nodes.add_row(o["node"], o["pool"], o["state"], fmt_time(o["since_s"]), _g(o["gpus_allocated"]), why)
+    console.print(nodes)

@@ -12,6 +12,7 @@ from kfabric.cli import (
     bench_cmd,
     cancel_cmd,
     credit_cmd,
+    fleet_admin_cmd,
     fleet_cmd,
     job_cmd,
     programs_cmd,
@@ -20,6 +21,7 @@ from kfabric.cli import (
     serve_cmd,
     simulate_cmd,
     slurm_cmd,
+    status_cmd,
     submit_cmd,
     token_cmd,
     usage_cmd,
@@ -34,6 +36,7 @@ __all__ = ["UsageError", "build_parser", "main"]
 def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # One line per command module; each adds its parser and sets ``handler``.
     fleet_cmd.register(sub)
+    fleet_admin_cmd.register(sub)  # adds `fleet apply` to fleet_cmd's `fleet`; `node`, `policy`
     simulate_cmd.register(sub)
     report_cmd.register(sub)
     bench_cmd.register(sub)
@@ -49,6 +52,7 @@ def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     slurm_cmd.register(sub)
     token_cmd.register(sub)
     backup_cmd.register(sub)
+    status_cmd.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,24 @@
-"""``kfabric serve``: the control plane (API + controller loop) on one process."""
+"""``kfabric serve``: the control plane (API + controller loop) on one process.
+
+Several servers may share one PostgreSQL store: every one answers the API, the holder of the ``controller`` lease
+runs the controller (``service/leadership.py``, ``service/loop.py``). On SQLite one server owns the file: an
+exclusive lock on ``DB.lock`` (``flock``, released by the kernel when the process ends, however it ends) makes a
+second ``serve`` on the same file refuse to start, naming the first.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
+import fcntl
+import json
 import os
+import signal
 import stat
 import sys
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kfabric.api.limits import Limits
@@ -18,12 +29,17 @@ from kfabric.backends.sim import SimBackend
 from kfabric.backends.slurm.backend import SlurmBackend
 from kfabric.backends.slurm.config import load_slurm_clusters_file
 from kfabric.cli.errors import UsageError
+from kfabric.model.errors import ValidationError
 from kfabric.scenarios.loader import load_text, scenario_text
 from kfabric.scenarios.local import local_scenario_text
 from kfabric.scenarios.policies import load_policy
 from kfabric.service.audit_keys import ENV_KEY_FILE
-from kfabric.service.loop import ControllerLoop
-from kfabric.service.runtime import open_runtime, open_store, stored_fleet
+from kfabric.service.instrumented import CallStats, instrument
+from kfabric.service.leadership import Leadership, LeaseSettings, ServerInfo
+from kfabric.service.logs import FORMATS
+from kfabric.service.logs import configure as configure_logs
+from kfabric.service.loop import LeaderLoop
+from kfabric.service.runtime import bound_idle_transactions, open_runtime, open_store, stored_fleet
 from kfabric.store.db import default_url
 
 DEFAULT_PORT = 8470
@@ -33,11 +49,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the control plane: REST API + scheduler + backends")
     p.add_argument("--db", help="database URL (default: sqlite:///STATE_DIR/kfabric.db)")
     p.add_argument("--fleet", help="fleet on first start: a scenario name (lab, korea-2030), a YAML file, or 'local'")
-    p.add_argument("--policy", default="kfabric", help="scheduling policy name or YAML file (default: kfabric)")
+    p.add_argument(
+        "--policy",
+        default="kfabric",
+        help="scheduling policy name or YAML file (default: kfabric); used only while the store holds no policy "
+        "applied with `kfabric policy apply`, which wins",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--state-dir", type=Path, default=Path(os.environ.get("KFABRIC_STATE_DIR", ".kfabric")))
     p.add_argument("--tick", type=float, default=1.0, help="seconds between scheduling cycles (default 1)")
+    p.add_argument(
+        "--lease-ttl", type=float, default=10.0, metavar="SECONDS",
+        help="the controller lease's lifetime: a standby takes over within TTL + one renew interval after the "
+        "leader stops (default 10; servers' clocks must agree within a fraction of it: NTP)",
+    )  # fmt: skip
+    p.add_argument(
+        "--lease-renew", type=float, metavar="SECONDS",
+        help="seconds between lease renewals (standbys: tries) and heartbeats (default TTL / 3)",
+    )  # fmt: skip
     p.add_argument("--local-gpus", type=int, help="GPUs of the local backend (default: detected by nvidia-smi)")
     p.add_argument("--sim-speedup", type=float, default=1.0, help="sim backend: simulated seconds per second")
     p.add_argument("--account-interval", type=float, default=300.0, help="seconds between usage records")
@@ -53,7 +83,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "STATE_DIR/audit.key; created 0600 on first start; docs/security.md)",
     )
     _limit_options(p)
-    p.add_argument("--log-level", default="warning")
+    p.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error", "critical"),
+        help="info (default): one line per decision (admit, preempt, requeue, end), backend launch and terminate, "
+        "and error; debug adds every API request and backend poll",
+    )  # fmt: skip
+    p.add_argument(
+        "--log-format", default="json", choices=FORMATS,
+        help="json (default): one JSON object per line with ts, level, logger, event and its fields (job_id, "
+        "request_id, ...); text: the same as 'TIME LOGGER LEVEL EVENT key=value' (docs/operations.md)",
+    )  # fmt: skip
     p.set_defaults(handler=run)
 
 
@@ -109,7 +148,7 @@ def build_backends(clusters: dict[str, str], args: argparse.Namespace) -> dict[s
         elif kind == "local" and "local" not in out:
             out["local"] = LocalBackend(args.state_dir / "local", gpus=args.local_gpus)
         elif kind == "sim" and "sim" not in out:
-            out["sim"] = SimBackend(time.time, speedup=args.sim_speedup)
+            out["sim"] = SimBackend(time.time, speedup=args.sim_speedup, state_dir=args.state_dir / "sim")
         elif kind not in ("local", "sim"):
             raise UsageError(f"the fleet uses backend {kind!r}, which this build cannot drive (local, sim, slurm)")
     return out
@@ -124,10 +163,10 @@ def audit_key_file(args: argparse.Namespace) -> Path:
 
 
 def private_state_dir(state_dir: Path) -> None:
-    """Files this process creates are its own only (umask 077); the state folder is made 0700 and what it holds
-    already (the SQLite store and its -wal/-shm, operator.token, the local backend's attempts) loses every group and
-    other permission, so no job (nor any other local account) reads the store, the tokens or other jobs' files."""
-    os.umask(0o077)
+    """The state folder is made 0700 and what it holds already (the SQLite store and its -wal/-shm, operator.token,
+    the local backend's attempts) loses every group and other permission, so no job (nor any other local account)
+    reads the store, the tokens or other jobs' files. (``run`` also sets the process's umask to 077, so what the
+    server creates later is its own only.)"""
     state_dir.mkdir(parents=True, exist_ok=True)
     for root, dirs, files in os.walk(state_dir):
         for name in [*dirs, *files]:
@@ -138,20 +177,91 @@ def private_state_dir(state_dir: Path) -> None:
     state_dir.chmod(0o700)
 
 
+def _sqlite_path(db: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL (None for PostgreSQL or an in-memory SQLite)."""
+    prefix = "sqlite:///"
+    if not db.startswith(prefix) or db[len(prefix) :] in ("", ":memory:"):
+        return None
+    return Path(db[len(prefix) :])
+
+
+@contextlib.contextmanager
+def single_server_lock(db_file: Path, server: ServerInfo) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``DB.lock`` while the block runs; a second server on the same SQLite file
+    gets a :class:`UsageError` naming the first (pid, host, start time). The kernel drops the lock when the
+    holder's process ends, so a lock left by a killed server never blocks a restart."""
+    path = db_file.with_name(db_file.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ValidationError(
+            "--db", f"cannot create the folder of {str(db_file)!r} or its lock: {exc.strerror}", "use a writable path"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(_held_by(path, db_file)) from None
+        os.ftruncate(fd, 0)
+        record = {"pid": server.pid, "host": server.host, "started_at_s": server.started_at_s, "server": server.id}
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _held_by(path: Path, db_file: Path) -> str:
+    try:
+        other = json.loads(path.read_text() or "{}")
+        started = datetime.fromtimestamp(float(other["started_at_s"]), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        who = f"pid {other['pid']} on {other['host']}, started {started}"
+    except (OSError, ValueError, KeyError, TypeError):
+        who = "a process that is still starting"
+    return (
+        f"another kfabric serve already runs on the SQLite store {db_file} ({who}; lock {path}): "
+        "one server per SQLite file. Stop it first, or use its API (kfabric status); several servers need a "
+        "PostgreSQL store (--db postgresql+psycopg://...)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    import uvicorn  # imported here: the web stack costs ~0.5 s that other commands need not pay
-
-    from kfabric.api.app import create_app
-    from kfabric.api.limits import uvicorn_options
-
     limits = _limits(args)
     if args.tick <= 0:
         raise UsageError(f"--tick must be > 0 seconds, got {args.tick}")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be 1..65535, got {args.port}")
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = _lease_settings(args)
+    configure_logs(args.log_format, args.log_level)
+    os.umask(0o077)  # files this server creates from now on are its own only
     private_state_dir(args.state_dir)
     db = args.db or default_url(args.state_dir.resolve())
+    server = ServerInfo.this_process(f"http://{args.host}:{args.port}", time.time())
+    sqlite_file = _sqlite_path(db)
+    lock = single_server_lock(sqlite_file, server) if sqlite_file is not None else contextlib.nullcontext()
+    with lock:
+        return _serve(args, db, server, settings, exclusive=sqlite_file is not None, limits=limits)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _lease_settings(args: argparse.Namespace) -> LeaseSettings:
+    renew = args.lease_renew if args.lease_renew is not None else 0.0
+    if args.lease_renew is not None and args.lease_renew <= 0:
+        raise UsageError(f"--lease-renew must be > 0 seconds, got {args.lease_renew}")
+    return LeaseSettings(ttl_s=args.lease_ttl, renew_s=renew)
+
+
+def _serve(
+    args: argparse.Namespace, db: str, server: ServerInfo, settings: LeaseSettings, exclusive: bool, limits: Limits
+) -> int:
+    import uvicorn  # imported here: the web stack costs ~0.5 s that other commands need not pay
+
+    from kfabric.api.app import create_app
+    from kfabric.api.limits import uvicorn_options
+
     name, document = _fleet_document(args)
     if document is None:
         _engine, sessions = open_store(db)
@@ -161,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("this store holds no fleet yet: pass --fleet (e.g. --fleet lab or --fleet local)")
         document = stored[1]
     scenario = load_text(document, name or "stored fleet")
-    backends = build_backends({c.name: c.backend for c in scenario.fleet.clusters}, args)
+    backends = instrument(build_backends({c.name: c.backend for c in scenario.fleet.clusters}, args), CallStats())
     rt = open_runtime(
         db, load_policy(args.policy), backends, fleet=name, fleet_document=document,
         account_interval_s=args.account_interval, audit_key_file=audit_key_file(args),
@@ -173,13 +283,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"first start: operator token written to {token_file} (export KFABRIC_TOKEN=$(cat {token_file}))")
         if server_is_root():
             print("jobs run as their user's POSIX account, never as root: kfabric user set-posix admin ACCOUNT")
-    loop = ControllerLoop(rt.controller, args.tick)
+    bound_idle_transactions(rt.engine, max(1.0, settings.ttl_s / 2))  # a paused server's locks do not stall others
+    rt.leadership = Leadership(rt.sessions, server, settings, exclusive=exclusive)
+    loop = LeaderLoop(rt.controller, rt.leadership, args.tick)
     loop.start()
-    print(f"kfabric serving fleet {rt.scenario.name!r} on http://{args.host}:{args.port} (db {db})", flush=True)
+    role = "leader" if rt.leadership.epoch is not None else "standby (another server leads: kfabric status)"
+    print(
+        f"kfabric serving fleet {rt.scenario.name!r} on http://{args.host}:{args.port} (db {db}); "
+        f"server {server.id}, {role}",
+        flush=True,
+    )
+    # uvicorn re-raises SIGTERM once it has shut down: exit through the ``finally`` below, so that the lease is given
+    # up at once (a standby takes over at its next try, not after the TTL) and this server leaves ``servers``
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         app = create_app(rt, limits=limits, metrics_open=args.metrics_open)
         uvicorn.run(
-            app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+            app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, log_config=None,
             **uvicorn_options(limits),
         )  # fmt: skip
     finally:

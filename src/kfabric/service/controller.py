@@ -5,31 +5,44 @@ Crash safety: every step reads its work from the store, so a controller killed a
 the store says. An admitted job is launched with its attempt number; backends refuse a second launch of the
 same attempt, so a launch repeated after a crash never starts the job twice. A job whose launched attempt the
 backend no longer knows is requeued as the next attempt.
+
+Several servers, one leader (``service/leadership.py``): the loop of the server holding the ``controller`` lease
+calls :meth:`Controller.lead` at takeover (fresh in-memory state, backends fenced to the new epoch). From then on
+every write transaction of a decision (reconcile, apply, dispatch's state changes, launch bookkeeping, accounting,
+the grant check) is fenced by the lease's epoch, and every launch and terminate is preceded by a check of the
+lease's local deadline; a controller that lost the lease gets :class:`NotLeader` and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from kfabric.backends.base import Backend, BackendUnavailable, LaunchSpec, NodeGpus, RunReport, RunState
+from kfabric.backends.fencing import Fenced
 from kfabric.model.decision import Admission, Decision
+from kfabric.model.errors import ValidationError
 from kfabric.model.job import JobState
 from kfabric.scenarios.loader import Scenario
 from kfabric.sched.cycle import cycle
 from kfabric.sched.policy import Policy
-from kfabric.service import audit, credit
+from kfabric.service import audit, credit, fleet_changes, node_health, policy_changes
 from kfabric.service.grants import check_underuse
 from kfabric.service.jobs import transition
 from kfabric.service.jobspec import placement_to_json
+from kfabric.service.leadership import LEASE, FencedSessions, Leadership, NotLeader
 from kfabric.service.live_state import LiveState
+from kfabric.service.logs import event
 from kfabric.service.usage import account, choose_grant
 from kfabric.store import tables as t
 
@@ -58,6 +71,16 @@ class TickReport:
     pending: int = 0
     cycle_ms: float = 0.0
     unavailable: list[str] = field(default_factory=list)
+    # metrics: admissions by capacity (reserved, shared, borrowed), requeues by cause (preempted, lost, withdrawn),
+    # ends by final state, failures by cause (failed, timeout, launch_refused); submit-to-start seconds of jobs
+    # that started for the first time
+    admitted_by: Counter[str] = field(default_factory=Counter)
+    requeue_causes: Counter[str] = field(default_factory=Counter)
+    ended_states: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    start_waits_s: list[float] = field(default_factory=list)
+    #: log: decisions (event name, fields) written once their transaction committed (``Controller._flush``)
+    events: list[tuple[str, dict[str, object]]] = field(default_factory=list)
 
 
 class Controller:
@@ -69,16 +92,15 @@ class Controller:
         backends: Mapping[str, Backend],
         clock: Callable[[], float] = time.time,
         account_interval_s: float = 300.0,
-        preempt_grace_s: float = 10.0,
         underuse_interval_s: float = 3600.0,
     ) -> None:
         self.sessions = sessions
+        self.scenario = scenario
         self.policy = policy
         self.live = LiveState(scenario, policy)
         self.backends = dict(backends)
         self.clock = clock
         self.account_interval_s = account_interval_s
-        self.preempt_grace_s = preempt_grace_s
         self.underuse_interval_s = underuse_interval_s
         self._underuse_at_s = -math.inf
         fleet = scenario.fleet
@@ -89,30 +111,91 @@ class Controller:
         missing = sorted(set(self.pool_backend.values()) - set(self.backends))
         if missing:
             raise ValueError(f"the fleet's clusters use backends {missing} that are not configured")
+        self.live.set_backends(self.pool_backend)
         self.node_names = self.live.node_names
         self._reasons: dict[str, tuple[str, str, float | None]] = {}
         self._terminating: set[tuple[str, int]] = set()
         self._accounted_at_s = 0.0
         self._lock = threading.Lock()
         self.last_tick: TickReport | None = None
+        #: called with each tick's report at its end (``/metrics`` folds them into counters)  # metrics
+        self.observers: list[Callable[[TickReport], None]] = []  # metrics
+        #: set by :meth:`lead` (many servers, one leader): every decision's write is fenced by the lease's epoch
+        self.leadership: Leadership | None = None
+        self.epoch: int | None = None
+
+    # ---- leadership (service/leadership.py) ------------------------------------------------------------------
+    def lead(self, leadership: Leadership, epoch: int) -> None:
+        """Start acting as the leader of ``epoch``: forget every in-memory view (the snapshot, the pending reasons
+        written, the terminations asked for; the store is rebuilt into them by the next tick), raise the backends'
+        fences to ``epoch`` (a stale leader's launches are refused from now on) and record the takeover."""
+        with self._lock:
+            self.leadership, self.epoch = leadership, epoch
+            self.live = LiveState(self.scenario, self.policy)
+            self.live.set_backends(self.pool_backend)
+            self.node_names = self.live.node_names
+            self._reasons.clear()
+            self._terminating.clear()
+            self._accounted_at_s = 0.0
+            self._underuse_at_s = -math.inf
+            for backend in self.backends.values():
+                fence = getattr(backend, "fence", None)
+                if fence is not None:
+                    fence(epoch)
+            info = leadership.server
+            with self._tx() as s:
+                detail = {"epoch": epoch, "server": info.id, "host": info.host, "pid": info.pid, "url": info.url}
+                audit.record(s, CONTROLLER, "lease.acquire", "lease", LEASE, self.clock(), None, detail)
+
+    def _require_lease(self) -> None:
+        """Before a backend call: this server still holds its epoch on its local monotonic deadline."""
+        if self.leadership is not None and self.epoch is not None:
+            self.leadership.require(self.epoch)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Session]:
+        """A write transaction for a decision: fenced by the lease (NotLeader, rolled back, when it ended)."""
+        if self.leadership is None or self.epoch is None:
+            with self.sessions.begin() as s:
+                yield s
+            return
+        with self.leadership.fenced(self.epoch) as s:
+            yield s
+
+    def _fenced_sessions(self) -> sessionmaker[Session]:
+        if self.leadership is None or self.epoch is None:
+            return self.sessions
+        return cast("sessionmaker[Session]", FencedSessions(self.sessions, self.leadership, self.epoch))
+
+    @property
+    def preempt_grace_s(self) -> float:
+        """Seconds a preempted job gets between SIGTERM and the kill: the live policy's ``grace_s`` (the twin's too),
+        read at each use so that a policy applied at run time takes effect at the next terminate."""
+        return self.policy.grace_s
 
     # ---- the loop --------------------------------------------------------------------------------------------
     def tick(self) -> TickReport:
         with self._lock:
             rep = TickReport(self.clock())
+            self.follow_changes(rep.now_s)  # issue 16: stored fleet and policy changes take effect (end of class)
             self.reconcile(rep)
+            self._flush(rep)  # log: what the step committed
             self.schedule(rep)
+            self._flush(rep)  # log
             self.dispatch(rep)
+            self._flush(rep)  # log
             if rep.now_s - self._accounted_at_s >= self.account_interval_s:
                 self.account_running(rep.now_s)
             if rep.now_s - self._underuse_at_s >= self.underuse_interval_s:
                 # usage up to now first, so a busy grant is not flagged for its current interval
                 self.account_running(rep.now_s)
-                for grant, pct, action in check_underuse(self.sessions, rep.now_s):
+                for grant, pct, action in check_underuse(self._fenced_sessions(), rep.now_s):
                     if action != "ok":
-                        log.info("grant %s at %.1f%% of its reservation: %s", grant, pct, action)
+                        event(log, "grant.underuse", grant=grant, used_pct=round(pct, 1), action=action)  # log
                 self._underuse_at_s = rep.now_s
             self.last_tick = rep
+            for observe in self.observers:  # metrics
+                observe(rep)  # metrics
             return rep
 
     def allocated_gpus(self) -> float:
@@ -129,9 +212,10 @@ class Controller:
                 polled.add(name)
             except BackendUnavailable as exc:
                 rep.unavailable.append(name)
-                log.warning("backend %s unavailable: %s", name, exc)
+                event(log, "backend.unavailable", logging.WARNING, backend=name, call="poll", reason=str(exc))  # log
         now = rep.now_s
-        with self.sessions.begin() as s:
+        with self._tx() as s:
+            node_health.sync(s, self, polled, reports, now)  # node health (service/node_health.py): facts → node_states
             rows = s.scalars(select(t.Job).where(t.Job.state.in_((ADMITTED, RUNNING))).order_by(t.Job.id)).all()
             for row in rows:
                 if row.backend not in polled:
@@ -147,7 +231,7 @@ class Controller:
                 )
                 if r.state is RunState.RUNNING:
                     if row.state == ADMITTED:
-                        self._started(s, row, r.started_at_s or now)
+                        self._started(s, row, r.started_at_s or now, rep)
                         rep.started += 1
                     continue
                 self._ended(s, row, r, now, rep)
@@ -155,11 +239,26 @@ class Controller:
     def _audit(self, s: Session, row: t.Job, action: str, at_s: float, detail: dict[str, object]) -> None:
         """One audit entry about a job, in its tenant's organization (so ``kfabric audit --job ID`` shows it)."""
         org = self.live.projects.get(row.project_id, ("", None))[1]
-        audit.record(s, CONTROLLER, action, "job", row.id, at_s, org, {"attempt": row.attempt, **detail})
+        fence = {"epoch": self.epoch} if self.epoch is not None else {}
+        audit.record(s, CONTROLLER, action, "job", row.id, at_s, org, {"attempt": row.attempt, **fence, **detail})
 
-    def _started(self, s: Session, row: t.Job, at_s: float) -> None:
+    def _note(self, rep: TickReport, name: str, row: t.Job, **fields: object) -> None:  # log
+        """A decision about ``row`` to log once its transaction has committed (:meth:`_flush`)."""
+        rep.events.append((name, {"job_id": row.id, "attempt": row.attempt, "project_id": row.project_id, **fields}))
+
+    def _flush(self, rep: TickReport) -> None:  # log
+        """Log the decisions noted so far (their transactions committed: a fenced-out leader logs none)."""
+        for name, fields in rep.events:
+            event(log, name, **fields)
+        rep.events.clear()
+
+    def _started(self, s: Session, row: t.Job, at_s: float, rep: TickReport | None = None) -> None:
         transition(s, row, JobState.RUNNING, at_s, "started")
         self._audit(s, row, "job.start", at_s, {"backend": row.backend})
+        if rep is not None:  # metrics, log
+            wait = max(0.0, at_s - row.submitted_at_s) if row.started_at_s is None else None  # metrics
+            rep.start_waits_s.extend([wait] if wait is not None else [])  # metrics
+            self._note(rep, "job.start", row, backend=row.backend, waited_s=wait)  # log
         row.started_at_s = at_s
         row.accounted_to_s = at_s
         row.last_checkpoint_s = at_s
@@ -167,7 +266,7 @@ class Controller:
     def _ended(self, s: Session, row: t.Job, r: RunReport, now_s: float, rep: TickReport) -> None:
         end = r.ended_at_s or now_s
         if row.state == ADMITTED:
-            self._started(s, row, r.started_at_s or end)
+            self._started(s, row, r.started_at_s or end, rep)
         account(s, row, end, self.live)
         credit.release(row)  # use is charged: the rest of the attempt's credit goes back
         self._terminating.discard((str(row.id), row.attempt))
@@ -180,12 +279,18 @@ class Controller:
             row.placement, row.launched, row.preempt_requested = None, False, False
             row.reason_code, row.reason = "requeued", f"requeued after: {why}"
             rep.requeued += 1
+            cause = "lost" if r.state is RunState.LOST else "preempted"  # metrics
+            rep.requeue_causes[cause] += 1  # metrics
+            self._note(rep, "job.requeue", row, cause=cause, why=why, exit_code=r.exit_code)  # log
             return
         final = JobState.CANCELLED if row.cancel_requested else FINAL_OF[r.state]
         transition(s, row, final, end, r.message or final.value)
         self._audit(s, row, "job.end", end, {"state": final.value, "exit_code": r.exit_code, "message": r.message})
         row.ended_at_s, row.exit_code = end, r.exit_code
         rep.ended += 1
+        rep.ended_states[final.value] += 1  # metrics
+        rep.failures.update([final.value] if final in (JobState.FAILED, JobState.TIMEOUT) else [])  # metrics
+        self._note(rep, "job.end", row, state=final.value, exit_code=r.exit_code, why=r.message)  # log
         if final is JobState.SUCCEEDED and row.started_at_s is not None:
             job = self.live.job(str(row.id))
             if job is not None:
@@ -200,7 +305,7 @@ class Controller:
         decision = cycle(self.live.snap, self.live.queue, self.policy, now)
         rep.cycle_ms = (time.perf_counter() - t0) * 1000
         rep.pending = len(self.live.queue)
-        with self.sessions.begin() as s:
+        with self._tx() as s:
             self._apply(s, decision, now, rep)
         return decision
 
@@ -214,6 +319,7 @@ class Controller:
             row.reason = f"preempted: {pre.reason}"
             self._audit(s, row, "job.preempt", now, {"reason": pre.reason, "grace_s": pre.grace_s})
             rep.preempting += 1
+            self._note(rep, "job.preempt", row, reason=pre.reason, by_job=pre.by_job, grace_s=pre.grace_s)  # log
         for adm in d.admissions:
             row = s.get(t.Job, int(adm.job_id))
             if row is None or row.state != PENDING or row.cancel_requested:
@@ -232,6 +338,9 @@ class Controller:
             self._audit_admission(s, row, adm, how, now)
             self._reasons.pop(adm.job_id, None)
             rep.admitted += 1
+            rep.admitted_by[how.split()[0]] += 1  # metrics
+            self._note(rep, "job.admit", row, pool=pool.name, capacity=how.split()[0], grant_id=row.grant_id,
+                       backfilled=adm.backfilled, start_at_s=adm.start_at_s)  # fmt: skip  # log
         expected = {r.job_id: r.start_s for r in d.reservations}
         changed = []
         for jid, reason in d.pending.items():
@@ -263,7 +372,7 @@ class Controller:
         now = rep.now_s
         launches: list[tuple[int, str, LaunchSpec]] = []
         stops: list[tuple[str, str, int, float]] = []
-        with self.sessions.begin() as s:
+        with self._tx() as s:
             rows = s.scalars(
                 select(t.Job)
                 .where(
@@ -288,40 +397,59 @@ class Controller:
                     )
                     credit.release(row)
                     row.ended_at_s = now
+                    rep.ended_states["cancelled"] += 1  # metrics
+                    self._note(rep, "job.end", row, state="cancelled", why="cancelled before it started")  # log
                 elif row.preempt_requested:
                     transition(s, row, JobState.PENDING, now, "placement withdrawn before start (preempted)")
                     self._audit(s, row, "job.requeue", now, {"why": "placement withdrawn before start (preempted)"})
                     credit.release(row)
                     row.placement, row.preempt_requested = None, False
+                    rep.requeue_causes["withdrawn"] += 1  # metrics
+                    self._note(rep, "job.requeue", row, cause="withdrawn", why="withdrawn before start")  # log
                 elif row.placement is not None and not (busy & self._nodes_of(row)):
                     launches.append((row.id, row.backend, self._spec(row)))
+        self._flush(rep)  # log: the withdrawals and cancellations committed
         done: list[int] = []
         for row_id, backend, spec in launches:
             try:
+                self._require_lease()
                 self.backends[backend].launch(spec)
                 done.append(row_id)
+            except Fenced as exc:
+                raise self._fenced_out(exc) from None
             except BackendUnavailable as exc:
-                log.warning("launch of job %s deferred: backend %s unavailable: %s", row_id, backend, exc)
+                event(log, "job.launch_deferred", logging.WARNING, job_id=row_id, backend=backend, reason=str(exc))
             except (ValueError, OSError) as exc:
                 self._launch_failed(row_id, str(exc), now)
+                rep.failures["launch_refused"] += 1  # metrics
+                rep.ended_states["failed"] += 1  # metrics
+                event(log, "job.end", logging.WARNING, job_id=row_id, state="failed", why=f"refused: {exc}")  # log
         for backend, job_id, attempt, grace in stops:
             if (job_id, attempt) in self._terminating:
                 continue
             try:
+                self._require_lease()
                 self.backends[backend].terminate(job_id, attempt, grace)
                 self._terminating.add((job_id, attempt))
+            except Fenced as exc:
+                raise self._fenced_out(exc) from None
             except BackendUnavailable as exc:
-                log.warning("terminate of job %s deferred: %s", job_id, exc)
+                event(log, "job.terminate_deferred", logging.WARNING, job_id=job_id, attempt=attempt, backend=backend,
+                      reason=str(exc))  # fmt: skip  # log
         if done:
-            with self.sessions.begin() as s:
+            with self._tx() as s:
                 for row_id in done:
                     launched = s.get(t.Job, row_id)
                     if launched is not None and launched.state == ADMITTED:
                         launched.launched = True
             rep.launched += len(done)
 
+    def _fenced_out(self, exc: Fenced) -> NotLeader:
+        server = self.leadership.server.id if self.leadership is not None else "this server"
+        return NotLeader(server, str(exc))
+
     def _launch_failed(self, row_id: int, why: str, now: float) -> None:
-        with self.sessions.begin() as s:
+        with self._tx() as s:
             row = s.get(t.Job, row_id)
             if row is not None and row.state == ADMITTED:
                 transition(s, row, JobState.FAILED, now, f"the backend refused the launch: {why}")
@@ -367,9 +495,83 @@ class Controller:
     def account_running(self, now: float) -> int:
         """Usage records for running jobs up to ``now`` (jobs that ended were accounted when they ended)."""
         n = 0
-        with self.sessions.begin() as s:
+        with self._tx() as s:
             for row in s.scalars(select(t.Job).where(t.Job.state == RUNNING).order_by(t.Job.id)).all():
                 if account(s, row, now, self.live) is not None:
                     n += 1
         self._accounted_at_s = now
         return n
+
+    # ---- live fleet and policy changes (issue 16: kfabric fleet apply, node drain, policy apply) ---------------
+    # ``tick`` calls :meth:`follow_changes` first: stored changes take effect at the next cycle, without a restart
+    # (service/fleet_changes.py, service/policy_changes.py).
+    #: the fleet_sources and policy_sources rows the in-memory state follows (None: not read yet)
+    fleet_source_id: int | None = None
+    policy_source_id: int | None = None
+    #: called with the new scenario once a fleet change is in effect (the runtime points its API at it)
+    on_fleet_change: Callable[[Scenario], None] | None = None
+
+    def follow_changes(self, now_s: float) -> None:
+        """Take a stored policy or fleet change that is not in effect yet, and drop nodes kept only for work that
+        has ended. A stored change this server cannot run (a backend it lacks) waits, logged; the loop goes on."""
+        try:
+            self._follow_policy()
+            self._follow_fleet(now_s)
+        except ValidationError as exc:
+            log.error("stored fleet or policy change not taken: %s", exc)
+
+    def apply_fleet(self, scenario: Scenario) -> None:
+        """Run on ``scenario``'s fleet from the next cycle (the store's placements must already name its node
+        indices: :func:`fleet_changes.take_pending` rewrites them)."""
+        with self._lock:
+            self._use_fleet(scenario)
+
+    def set_policy(self, policy: Policy) -> None:
+        """Schedule with ``policy`` from the next cycle (the controller's and the live state's)."""
+        with self._lock:
+            self._use_policy(policy)
+
+    def _use_fleet(self, scenario: Scenario) -> None:
+        fleet = scenario.fleet
+        cluster_backend = {c.name: c.name if c.name in self.backends else c.backend for c in fleet.clusters}
+        pool_backend = {p.name: cluster_backend[p.cluster] for p in fleet.pools}
+        missing = sorted(set(pool_backend.values()) - set(self.backends))
+        if missing:
+            raise ValidationError("fleet", f"its clusters use backends {missing} that are not configured here",
+                                  "start kfabric serve with those backends")  # fmt: skip
+        self.scenario = scenario
+        if fleet != self.live.fleet:
+            self.live.reload(fleet)
+        self.node_names = self.live.node_names
+        self.pool_backend = pool_backend
+        self.live.set_backends(pool_backend)
+        if self.on_fleet_change is not None:
+            self.on_fleet_change(scenario)
+
+    def _use_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        self.live.set_policy(policy)
+
+    def _follow_policy(self) -> None:
+        with self.sessions() as s:
+            stored = policy_changes.stored_policy(s)
+        if stored is None or stored.id == self.policy_source_id:
+            return
+        self._use_policy(policy_changes.policy_of_text(stored.document, stored.name, f"stored policy #{stored.id}"))
+        self.policy_source_id = stored.id
+        log.info("policy %r (#%d) in effect", stored.name, stored.id)
+
+    def _follow_fleet(self, now_s: float) -> None:
+        with self.sessions() as s:
+            newest = s.scalar(select(func.max(t.FleetSource.id)))
+            draining = s.scalar(select(func.count()).select_from(t.NodeState).where(t.NodeState.source == "fleet"))
+        if newest == self.fleet_source_id and not draining:
+            return
+        with self._tx() as s:
+            change = fleet_changes.take_pending(s, self.fleet_source_id or -1, set(self.backends), now_s)
+            if change is None and draining:
+                change = fleet_changes.finish_drains(s, now_s)
+        if change is not None:
+            self._use_fleet(change.scenario)
+            self.fleet_source_id = change.source_id
+            log.info("fleet %r (#%d) in effect", change.scenario.name, change.source_id)

@@ -8,6 +8,7 @@ changed is read in full (new job rows); everything else is a light scan of ids a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -58,6 +59,9 @@ class LiveState:
         self.node_index: dict[str, int] = {name: i for i, name in enumerate(self.node_names)}
         #: nodes taken out of service (by index), with why (``node_states`` rows), as of the last sync
         self.out_nodes: dict[int, list[str]] = {}
+        #: which backend serves each pool (:meth:`set_backends`), and each backend's node names → indices
+        self.pool_backend: dict[str, str] = {}
+        self._backend_names: dict[str, dict[str, int]] = {}
 
     # ---- public --------------------------------------------------------------------------------------------
     def sync(self, session: Session, now_s: float) -> None:
@@ -66,6 +70,48 @@ class LiveState:
         self._sync_tenants(session)
         self._sync_usage(session, now_s)
         self._sync_jobs(session)
+
+    def reload(self, fleet: Fleet) -> None:
+        """Start over on another fleet (``kfabric fleet apply``): a new capacity index, node names and queue; the
+        next :meth:`sync` rebuilds running work (placements already rewritten to the new fleet's node indices),
+        the queue, tenants and node states from the store. Run-time history and decayed usage are kept."""
+        estimator, usage = self.snap.estimator, self.snap.usage_su
+        self.fleet = fleet
+        self.snap = Snapshot.for_fleet(fleet, estimator=estimator, usage_su=usage)
+        self.queue = PendingQueue(self.snap.estimator)
+        self.owners = {o.name for o in fleet.owners}
+        self._grants_key = None
+        self._jobs = {}
+        self._online_day = ""
+        self.node_names = fleet_node_names(fleet, self.snap)
+        self.node_index = {name: i for i, name in enumerate(self.node_names)}
+        self.out_nodes = {}
+        self._backend_names = {}
+
+    def set_backends(self, pool_backend: Mapping[str, str]) -> None:
+        """Which backend serves each pool: a backend's node facts name only its own nodes (two clusters may both
+        have a ``node1``)."""
+        self.pool_backend = dict(pool_backend)
+        self._backend_names = {}
+
+    def names_of(self, source: str) -> Mapping[str, int]:
+        """Node name → index for rows of ``source``: a backend's own nodes, else every node of the fleet."""
+        if source not in self.pool_backend.values():
+            return self.node_index
+        found = self._backend_names.get(source)
+        if found is None:
+            found = self._backend_names[source] = {
+                self.node_names[i]: i
+                for pool, info in zip(self.fleet.pools, self.snap.capacity.pools, strict=True)
+                if self.pool_backend.get(pool.name) == source
+                for i in info.node_range
+            }
+        return found
+
+    def set_policy(self, policy: Policy) -> None:
+        """Use ``policy`` from the next sync and cycle on (``kfabric policy apply``)."""
+        self.policy = policy
+        self.snap.eligibility_cache.clear()
 
     def job(self, job_id: str) -> Job | None:
         """The core's view of an active job (None once it has left the queue and the running set)."""
@@ -85,8 +131,12 @@ class LiveState:
                 t.NodeState.state != "up"
             )
         )
+        by_source: dict[str, Mapping[str, int]] = {}
         for name, source, state, reason in rows:
-            index = self.node_index.get(name)
+            names = by_source.get(source)
+            if names is None:
+                names = by_source[source] = self.names_of(source)
+            index = names.get(name)
             if index is not None:
                 out.setdefault(index, []).append(f"{state} ({source}){': ' + reason if reason else ''}")
         new_day = day.isoformat() != self._online_day

@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,6 +18,7 @@ from kfabric.scenarios.loader import Scenario, load_text, scenario_text
 from kfabric.sched.policy import Policy
 from kfabric.service import audit, audit_keys
 from kfabric.service.controller import Controller
+from kfabric.service.leadership import Leadership, LeaseSettings
 from kfabric.service.tenancy import ensure_operator, seed_from_scenario
 from kfabric.store import tables as t
 from kfabric.store.db import make_engine, migrate, session_factory
@@ -31,6 +33,12 @@ class Runtime:
     clock: Callable[[], float]
     #: the first operator's token when this start created it (printed once by ``kfabric serve``)
     bootstrap_token: str | None = None
+    #: this server's side of the controller lease (``kfabric serve``); None: the controller is driven directly
+    leadership: Leadership | None = None
+
+    @property
+    def lease_settings(self) -> LeaseSettings:
+        return self.leadership.settings if self.leadership is not None else LeaseSettings()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -92,11 +100,36 @@ def open_runtime(
         scenario = load_text(document, f"stored fleet {name!r}")
         if fleet is not None and fleet not in (name, scenario.name):
             raise ValidationError(
-                "--fleet", f"the store already runs fleet {name!r}, not {fleet!r}", "drop --fleet or use a new --db"
+                "--fleet",
+                f"the store already runs fleet {name!r}, not {fleet!r}; a start never switches fleets",
+                f"start without --fleet, then change the running fleet with `kfabric fleet apply {fleet}` "
+                "(try --dry-run first: it prints the difference), or use a new --db",
             )
     token = ensure_operator(sessions, clock())
     controller = Controller(sessions, scenario, policy, backends, clock, account_interval_s=account_interval_s)
-    return Runtime(engine, sessions, scenario, controller, clock, token)
+    rt = Runtime(engine, sessions, scenario, controller, clock, token)
+    controller.on_fleet_change = lambda changed: setattr(rt, "scenario", changed)  # kfabric fleet apply
+    return rt
+
+
+def bound_idle_transactions(engine: Engine, seconds: float) -> None:
+    """PostgreSQL: the server ends any session of this process that stays idle inside a transaction for ``seconds``
+    (``idle_in_transaction_session_timeout``), releasing its row locks. A process paused mid-transaction (SIGSTOP,
+    a frozen VM) would otherwise hold them (the audit chain's head, the lease row, job rows) and stall every other
+    server until it wakes; its transaction is rolled back instead. Connections already pooled are dropped so that
+    every connection gets the setting. No-op on SQLite (one server per file)."""
+    if engine.dialect.name != "postgresql":
+        return
+    ms = max(1, int(seconds * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _bound(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+        cur.close()
+        dbapi_conn.commit()
+
+    engine.dispose()
 
 
 def state_dir_default() -> Path:

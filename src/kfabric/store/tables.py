@@ -277,6 +277,8 @@ class Lease(Base):
     epoch: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), default=0)
     expires_at_s: Mapped[float] = mapped_column(Float, default=0.0)
     renewed_at_s: Mapped[float] = mapped_column(Float, default=0.0)
+    #: when the current holder took the lease (its epoch began)
+    acquired_at_s: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class Server(Base):

@@ -1,4 +1,4 @@
-"""/v1/fleet: what the service runs, and what is in use now."""
+"""/v1/fleet: what the service runs, and what is in use now; /v1/fleet/live: node states (service/node_health.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from kfabric.api.deps import Caller
 from kfabric.model.job import JobState
+from kfabric.service.node_health import live_view, require_viewer
 from kfabric.store import tables as t
 
 router = APIRouter(prefix="/v1", tags=["fleet"])
@@ -45,3 +46,14 @@ def fleet(c: Caller) -> dict[str, Any]:
             }
         )
     return {"name": c.rt.scenario.name, "gpus": f.gpus, "pools": pools}
+
+
+@router.get("/fleet/live")
+def fleet_live(c: Caller) -> dict[str, Any]:
+    """The sinfo of the fabric: per pool, nodes by state (idle, mixed, allocated, drain, down, future) and GPUs
+    free, allocated and out of service; the nodes out with why and since when. Operators see every pool,
+    providers their owner's pools; others get 403."""
+    require_viewer(c.actor)
+    ctl = c.rt.controller
+    with c.rt.sessions() as s:
+        return live_view(s, ctl.live, ctl.pool_backend, c.actor, c.now)

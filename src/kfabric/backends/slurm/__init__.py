@@ -5,7 +5,8 @@
 * :mod:`~kfabric.backends.slurm.discover` — nodes, GRES, partitions → kfabric pools; node up/down states
 * :mod:`~kfabric.backends.slurm.submit` — placement → ``sbatch`` flags and batch script
 * :mod:`~kfabric.backends.slurm.records` — Slurm job records (squeue, jobcomp, sacct) → kfabric run states
-* :mod:`~kfabric.backends.slurm.backend` — ``SlurmBackend``: launch, terminate, poll
+* :mod:`~kfabric.backends.slurm.nodes` — node states (``sinfo --json``) → kfabric node facts (node health)
+* :mod:`~kfabric.backends.slurm.backend` — ``SlurmBackend``: launch, terminate, poll, nodes
 """
 
 from kfabric.backends.slurm.backend import SlurmBackend

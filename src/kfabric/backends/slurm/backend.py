@@ -11,6 +11,11 @@ completion records (jobcomp file or sacct). An ``sbatch`` that failed or timed o
 job, so the attempt is marked *uncertain* and a retry looks Slurm over again before submitting: a retry
 after a timeout never creates a second Slurm job.
 
+Node health. ``nodes()`` reports every node's state from ``sinfo --json`` (:mod:`kfabric.backends.slurm.nodes`).
+``poll`` reads it when the last read is older than ``node_facts_every_s`` or an attempt was newly lost (so a
+node failure and the attempts it ended are reported together), and ``nodes()`` returns what it read: the
+controller calls ``nodes()`` inside its transaction, where no Slurm command should run.
+
 Faults. Any call that cannot reach slurmctld raises BackendUnavailable and changes nothing; jobs keep
 running under slurmd meanwhile. An attempt that Slurm no longer knows at all (neither live nor in the
 completion records, e.g. a slurmctld that lost its state) is reported LOST, and kfabric requeues it.
@@ -27,11 +32,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kfabric.backends.base import BackendUnavailable, LaunchSpec, RunReport, RunState
+from kfabric.backends.base import BackendUnavailable, LaunchSpec, NodeFact, RunReport, RunState
 from kfabric.backends.identity import Account, account_for, server_is_root
 from kfabric.backends.slurm.commands import SlurmCli, SlurmError
 from kfabric.backends.slurm.config import SlurmClusterConfig
 from kfabric.backends.slurm.discover import gpu_gres
+from kfabric.backends.slurm.nodes import NODE_FACTS_EVERY_S, node_facts
 from kfabric.backends.slurm.records import JobcompReader, SlurmRecord, from_sacct, from_squeue, run_state
 from kfabric.backends.slurm.submit import attempt_dir, check_spec, sbatch_request
 
@@ -80,6 +86,12 @@ class SlurmBackend:
         self._jobcomp: JobcompReader | None = None
         self._node_types: dict[str, str] = {}
         self._name = re.compile(rf"^{re.escape(config.job_name_prefix)}-(.+)\.(\d+)$")
+        #: node facts from the last ``sinfo`` (or why it failed), when read, and the attempts lost by then
+        self.node_facts_every_s = NODE_FACTS_EVERY_S
+        self._facts: list[NodeFact] = []
+        self._facts_error: Exception | None = None
+        self._facts_at_s: float | None = None
+        self._lost_seen: set[Key] = set()
 
     # ------------------------------------------------------------------------------------------- protocol
 
@@ -159,7 +171,22 @@ class SlurmBackend:
         if not synced_now:
             self._refresh()
         self._finish_overdue()
-        return [self._report(key, run) for key, run in sorted(self._attempts.items())]
+        reports = [self._report(key, run) for key, run in sorted(self._attempts.items())]
+        lost = {(r.job_id, r.attempt) for r in reports if r.state is RunState.LOST}
+        if self._facts_stale() or lost - self._lost_seen:
+            self._read_nodes()
+        self._lost_seen = lost
+        return reports
+
+    def nodes(self) -> list[NodeFact]:
+        """Every node's health (``sinfo --json``, see :mod:`kfabric.backends.slurm.nodes`) as of the last read:
+        ``poll`` reads it, so that this call runs no Slurm command while it is fresh. BackendUnavailable when the
+        last read could not reach slurmctld (or failed otherwise): nothing is known, nothing changes."""
+        if self._facts_stale():
+            self._read_nodes()
+        if self._facts_error is not None:
+            raise BackendUnavailable(f"node states of Slurm cluster {self.name} unknown: {self._facts_error}")
+        return list(self._facts)
 
     # ------------------------------------------------------------------------------------------- extras
 
@@ -300,6 +327,16 @@ class SlurmBackend:
             message=message,
             outputs=run.outputs,
         )
+
+    def _facts_stale(self) -> bool:
+        return self._facts_at_s is None or self.clock() - self._facts_at_s >= self.node_facts_every_s
+
+    def _read_nodes(self) -> None:
+        try:
+            self._facts, self._facts_error = node_facts(self.cli.sinfo_nodes()), None
+        except (BackendUnavailable, SlurmError) as exc:
+            self._facts, self._facts_error = [], exc
+        self._facts_at_s = self.clock()
 
     def _key_of(self, name: str) -> Key | None:
         m = self._name.match(name)

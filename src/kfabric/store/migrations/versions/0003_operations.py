@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("epoch", _BIG, nullable=False),
         sa.Column("expires_at_s", sa.Float(), nullable=False),
         sa.Column("renewed_at_s", sa.Float(), nullable=False),
+        sa.Column("acquired_at_s", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_leases")),
     )
     op.create_table(
