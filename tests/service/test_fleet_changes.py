@@ -380,3 +380,21 @@ def test_node_commands_name_what_is_wrong(world: World) -> None:
         fleet_changes.drain_node(world.rt.sessions, world.op, "h100-001", " ", world.clock())
     with pytest.raises(Conflict, match="not drained"):
         fleet_changes.resume_node(world.rt.sessions, world.op, "h100-001", world.clock())
+
+
+def test_a_standby_answers_for_the_fleet_the_leader_runs(world: World, db_url: str) -> None:
+    """Another server on the store (a standby: it never ticks) follows the fleet in effect, read-only, so that its
+    API (``GET /v1/fleet``, the submit-time checks) answers for the leader's fleet."""
+    standby = open_runtime(db_url, load_policy("kfabric"), {"sim": SimBackend(world.clock)}, clock=world.clock)
+    try:
+        before = world.counts()
+        standby.controller.follow_as_standby()
+        assert world.counts() == before, "a standby wrote something"
+        world.apply(phase(2))
+        standby.controller.follow_as_standby()
+        assert "h200" not in {p.name for p in standby.scenario.fleet.pools}, "a pending change is not in effect yet"
+        world.tick()  # the leader takes the change
+        standby.controller.follow_as_standby()
+        assert "h200" in {p.name for p in standby.scenario.fleet.pools}
+    finally:
+        standby.close()

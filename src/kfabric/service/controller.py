@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session, object_session, sessionmaker
 from kfabric.backends.base import Backend, BackendUnavailable, LaunchSpec, NodeGpus, RunReport, RunState
 from kfabric.backends.fencing import Fenced
 from kfabric.model.decision import Admission, Decision
-from kfabric.model.errors import ValidationError
+from kfabric.model.errors import NotFound, ValidationError
 from kfabric.model.job import JobState
-from kfabric.scenarios.loader import Scenario
+from kfabric.scenarios.loader import Scenario, load_text
 from kfabric.sched.cycle import cycle
 from kfabric.sched.policy import Policy
 from kfabric.service import audit, credit, fleet_changes, node_health, policy_changes
@@ -519,6 +519,21 @@ class Controller:
             self._follow_fleet(now_s)
         except ValidationError as exc:
             log.error("stored fleet or policy change not taken: %s", exc)
+
+    def follow_as_standby(self) -> None:
+        """A standby (another server leads) reads the fleet and policy in effect, without writing, so that its API
+        (``GET /v1/fleet``, the submit-time checks) answers for the fleet the leader runs."""
+        try:
+            self._follow_policy()
+            with self.sessions() as s:
+                active = fleet_changes.active_source(s)
+                source_id, document, name = active.id, active.document, active.name
+            if source_id != self.fleet_source_id:
+                with self._lock:
+                    self._use_fleet(load_text(document, f"stored fleet {name!r}"))
+                self.fleet_source_id = source_id
+        except (ValidationError, NotFound) as exc:
+            log.error("stored fleet or policy not followed on this standby: %s", exc)
 
     def apply_fleet(self, scenario: Scenario) -> None:
         """Run on ``scenario``'s fleet from the next cycle (the store's placements must already name its node

@@ -96,6 +96,7 @@ class LeaderLoop:
             epoch = self.leadership.epoch
             if epoch is None:
                 self._led = None
+                self.controller.follow_as_standby()  # the API of a standby answers for the fleet in effect
                 self._wake.wait(self.interval_s)
                 self._wake.clear()
                 continue
