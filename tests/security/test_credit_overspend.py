@@ -99,6 +99,8 @@ def test_a_tiny_grant_runs_nothing_it_cannot_pay_for_until_topped_up(api: Api) -
     assert row.reason == (
         f"needs 0.0167 SU-hours at its time limit, 0.00433 free of grant {GRANT}; top it up or lower --time"
     )
+    listed = next(g for g in api.get("/v1/grants", api.operator).json() if g["name"] == GRANT)
+    assert (listed["held_su_hours"], listed["free_su_hours"]) == (pytest.approx(NEED), pytest.approx(0.00433, 1e-2))
 
     # the first job ends after 10 s: its use is charged, the rest of what it held goes back, the second runs
     tick(api, 2)

@@ -197,14 +197,18 @@ def grants_cmd(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(rows)
         return 0
-    table = Table(title="Grants", caption="credit in SU-hours")
-    for name in ("grant", "program", "project", "start", "end", "reserved", "credit", "used", "left", "status"):
-        table.add_column(name, justify="right" if name in ("credit", "used", "left") else "left")
+    table = Table(
+        title="Grants",
+        caption="credit in SU-hours; held: for the time limits of running jobs; free: what new jobs may use",
+    )
+    for name in ("grant", "program", "project", "start", "end", "reserved", "credit", "used", "held", "free", "status"):
+        table.add_column(name, justify="right" if name in ("credit", "used", "held", "free") else "left")
     for g in rows:
         reserved = f"{g['reserved']['gpus']} x {g['reserved']['model']}" if g["reserved"] else "-"
         table.add_row(
             Text(g["name"]), Text(g["program"]), Text(g["project"]), g["start"], g["end"], reserved,
-            f"{g['credit_su_hours']:,.1f}", f"{g['used_su_hours']:,.1f}", f"{g['left_su_hours']:,.1f}", g["status"],
+            *(f"{g[k]:,.1f}" for k in ("credit_su_hours", "used_su_hours", "held_su_hours", "free_su_hours")),
+            g["status"],
         )  # fmt: skip
     stdout_console().print(table)
     return 0

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, object_session, sessionmaker
 from kfabric.model import tenancy as m
 from kfabric.model.errors import Conflict, NotFound, ValidationError, require, require_name
 from kfabric.model.fleet import Fleet
-from kfabric.service import audit
+from kfabric.service import audit, credit
 from kfabric.service.actors import Actor, Role
 from kfabric.service.programs import (
     DAY_S,
@@ -342,6 +342,7 @@ def grant_view(row: t.Grant, program: str | None = None, project: str | None = N
         q = session.get(t.Project, row.project_id) if session else None
         project = q.name if q else f"#{row.project_id}"
     reserved = {"model": row.reserved_model, "gpus": row.reserved_gpus} if row.reserved_gpus else None
+    held = credit.held_by_grant(session, row.id).get(row.id, 0.0) if session is not None else 0.0
     return {
         "name": row.name,
         "program": program,
@@ -352,6 +353,9 @@ def grant_view(row: t.Grant, program: str | None = None, project: str | None = N
         "credit_su_hours": row.credit_su_hours,
         "used_su_hours": row.used_su_hours,
         "left_su_hours": max(row.credit_su_hours - row.used_su_hours, 0.0),
+        # held by admitted and running jobs for their time limits (service/credit.py); free = left - held
+        "held_su_hours": held,
+        "free_su_hours": max(row.credit_su_hours - row.used_su_hours - held, 0.0),
         "weight": row.weight,
         "status": row.status,
     }
