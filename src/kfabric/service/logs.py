@@ -140,4 +140,5 @@ def configure(
             logger.removeHandler(old)
         logger.propagate = True
         logger.disabled = False
+        logger.setLevel(logging.NOTSET)  # the root logger's level decides
     return handler
