@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kfabric.api.limits import error_body as body
 from kfabric.model.errors import (
     Conflict,
     KfabricError,
@@ -21,10 +22,6 @@ from kfabric.model.errors import (
 )
 
 log = logging.getLogger("kfabric.api")
-
-
-def body(code: str, message: str, where: str = "", fix: str = "") -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message, "where": where, "fix": fix}}
 
 
 def domain_response(exc: KfabricError) -> JSONResponse:

@@ -79,9 +79,9 @@ def json_too_deep(body: bytes, limit: int) -> bool:
 # ---- the answers -----------------------------------------------------------------------------------------------
 
 
-def error_body(code: str, message: str, where: str, fix: str) -> dict[str, dict[str, str]]:
-    """The standard error body (as kfabric.api.errors.body; not imported from there: ``kfabric serve``'s option
-    defaults come from this module, and every CLI command would then import FastAPI)."""
+def error_body(code: str, message: str, where: str = "", fix: str = "") -> dict[str, dict[str, str]]:
+    """The standard error body (``kfabric.api.errors.body`` is this function; it lives here because ``kfabric
+    serve``'s option defaults come from this module, which must not import FastAPI for every CLI command)."""
     return {"error": {"code": code, "message": message, "where": where, "fix": fix}}
 
 
