@@ -99,6 +99,17 @@ def _job_values(sub: Submission, project_id: int) -> dict[str, Any]:
         "last_checkpoint_s": None,
         "attained_gpu_s": 0.0,
         "reserved_su_hours": 0.0,
+        "script": None,
+        "array_job_id": None,
+        "array_task_id": None,
+        "dependency": "",
+        "kill_on_invalid_dep": True,
+        "held_by": "",
+        "begin_at_s": None,
+        "priority_adjust": 0.0,
+        "stdout_path": "",
+        "stderr_path": "",
+        "expected_start_why": "",
     }
 
 
@@ -171,7 +182,9 @@ JOB_COLUMNS = (
     "project_id", "user_id", "client_key", "name", "spec", "state", "reason_code", "reason", "expected_start_s",
     "submitted_at_s", "admitted_at_s", "started_at_s", "ended_at_s", "accounted_to_s", "exit_code", "placement",
     "grant_id", "borrowed", "guaranteed", "backend", "attempt", "launched", "cancel_requested", "preempt_requested",
-    "last_checkpoint_s", "attained_gpu_s", "reserved_su_hours",
+    "last_checkpoint_s", "attained_gpu_s", "reserved_su_hours", "script", "array_job_id", "array_task_id",
+    "dependency", "kill_on_invalid_dep", "held_by", "begin_at_s", "priority_adjust", "stdout_path", "stderr_path",
+    "expected_start_why",
 )  # fmt: skip
 _JSON_COLUMNS = frozenset(("spec", "placement"))
 _statements: dict[str, _Statements] = {}

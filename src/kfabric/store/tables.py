@@ -64,6 +64,8 @@ class Project(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    #: signs the project's job webhooks (``--notify URL``); "" until the first webhook is asked for
+    webhook_secret: Mapped[str] = mapped_column(String(128), default="")
 
 
 class User(Base):
@@ -203,6 +205,25 @@ class Job(Base):
     attained_gpu_s: Mapped[float] = mapped_column(Float, default=0.0)
     #: service-unit hours of credit held for the current attempt (its time limit at its SU rate), released at end
     reserved_su_hours: Mapped[float] = mapped_column(Float, default=0.0)
+    #: the batch script as submitted (snapshot; the job runs this copy, never the file on disk)
+    script: Mapped[str | None] = mapped_column(Text)
+    #: job arrays: every task is a job; ``array_job_id`` is the id of the array's first task (Slurm's %A)
+    array_job_id: Mapped[int | None] = mapped_column(Id, index=True)
+    array_task_id: Mapped[int | None] = mapped_column(Integer)
+    #: Slurm-style dependency expression (``afterok:12:13,singleton``); "" for none
+    dependency: Mapped[str] = mapped_column(Text, default="")
+    kill_on_invalid_dep: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: who holds the job: "" (not held), "user" or "admin" (only an operator releases an admin hold)
+    held_by: Mapped[str] = mapped_column(String(16), default="")
+    #: not eligible before this time (``--begin``)
+    begin_at_s: Mapped[float | None] = mapped_column(Float)
+    #: added to the job's priority by ``update --priority`` (operators) or ``--nice`` (owners, only down)
+    priority_adjust: Mapped[float] = mapped_column(Float, default=0.0)
+    #: resolved output paths (Slurm patterns expanded where they can be at submit)
+    stdout_path: Mapped[str] = mapped_column(String(1000), default="")
+    stderr_path: Mapped[str] = mapped_column(String(1000), default="")
+    #: why no expected start could be bounded for a pending job ("" when ``expected_start_s`` is set)
+    expected_start_why: Mapped[str] = mapped_column(Text, default="")
 
 
 class JobEvent(Base):
@@ -321,3 +342,37 @@ class PolicySource(Base):
     applied_at_s: Mapped[float] = mapped_column(Float)
     applied_by: Mapped[str] = mapped_column(String(200), default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Notification(Base):
+    """A message about a job to deliver (mail or signed webhook), retried with backoff outside the cycle."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_status_next", "status", "next_attempt_s"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(1000))
+    event: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_s: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at_s: Mapped[float] = mapped_column(Float)
+    delivered_at_s: Mapped[float | None] = mapped_column(Float)
+
+
+class WebSession(Base):
+    """A signed-in browser: the cookie carries a random id, the store only its SHA-256."""
+
+    __tablename__ = "web_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id"))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at_s: Mapped[float] = mapped_column(Float)
+    expires_at_s: Mapped[float] = mapped_column(Float)
+    last_seen_s: Mapped[float] = mapped_column(Float)
+    lang: Mapped[str] = mapped_column(String(8), default="")
+    tz: Mapped[str] = mapped_column(String(64), default="")
