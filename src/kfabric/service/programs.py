@@ -8,7 +8,6 @@ under-use detection, views) are in :mod:`kfabric.service.grants`.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import fields
 from typing import Any
@@ -21,6 +20,7 @@ from kfabric.model import tenancy as m
 from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError, require, require_name
 from kfabric.model.fleet import Fleet, Sharing
 from kfabric.model.job import PriorityClass
+from kfabric.model.suggest import did_you_mean
 from kfabric.service import audit
 from kfabric.service.actors import Actor, Role
 from kfabric.store import tables as t
@@ -167,9 +167,7 @@ def program_models(fleet: Fleet, owner: str) -> dict[str, int]:
 
 def closest(name: str, choices: list[str]) -> str:
     """``" (did you mean X?)"`` for the closest of ``choices`` to ``name``, or ``""``."""
-    lowered = {c.lower(): c for c in choices}
-    hits = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
-    return f" (did you mean {lowered[hits[0]]}?)" if hits else ""
+    return did_you_mean(name, choices)
 
 
 def check_model(fleet: Fleet, program: str, owner: str, model: str, gpus: int, where: str) -> None:
