@@ -15,6 +15,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -c "import kfabric" # fail loudly if the install did not work
   touch "$stamp"
 fi
+# Ray (~240 MB) for `kfabric sweep --ray` and its test: the ray extra, only where asked (scripts/test.sh asks);
+# a platform without a ray wheel keeps the rest
+if [ "${KFABRIC_WITH_RAY:-0}" = "1" ] &&
+  ! .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("ray") is None)'; then
+  echo "kfabric: installing the ray extra into .venv..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,ray]" 2>&1 \
+    | grep -v "WARNING: Location" >&2 || true
+  .venv/bin/python -c "import ray" 2>/dev/null ||
+    echo "kfabric: the ray extra did not install: \`kfabric sweep --ray\` and its test are unavailable" >&2
+fi
 # the compiled build of the scheduling core and simulator (mypyc; ~1.5 min after each change to them): optional,
 # the Python sources are used when it cannot be made (no C compiler) or is older than the sources
 if [ "${KFABRIC_NATIVE:-auto}" != "0" ] && [ "$(.venv/bin/python -m kfabric.native_build status)" != "fresh" ]; then

@@ -3,7 +3,7 @@
 # Extra arguments go to pytest (e.g. scripts/test.sh -k fleet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+KFABRIC_WITH_RAY=1 bash scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff check" && ruff check src tests benchmarks
 echo "== ruff format --check" && ruff format --check src tests benchmarks

@@ -26,6 +26,8 @@ DEFAULT_URL = "http://127.0.0.1:8470"
 #: pause before the single retry of a submission
 SUBMIT_RETRY_PAUSE_S = 0.5
 _PAGE = 1000
+#: jobs per request of :meth:`Client.jobs` (the route's largest page: fewer round trips for a long queue)
+_JOB_PAGE = 10_000
 
 
 class ApiError(KfabricError):
@@ -149,18 +151,19 @@ class Client:
         except ValueError:
             raise ApiError(response.status_code, "http", f"answer to {method} {path} is not JSON", path) from None
 
-    def _paged(self, path: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Every item of a list route that pages with ``after_id``/``limit``."""
+    def _paged(self, path: str, params: Mapping[str, Any], page: int = 0) -> list[dict[str, Any]]:
+        """Every item of a list route that pages with ``after_id``/``limit`` (``page`` items a request)."""
         out: list[dict[str, Any]] = []
         after = 0
+        size = page or _PAGE
         while True:
-            page = cast(
-                list[dict[str, Any]], self._json("GET", path, params={**params, "after_id": after, "limit": _PAGE})
+            got = cast(
+                list[dict[str, Any]], self._json("GET", path, params={**params, "after_id": after, "limit": size})
             )
-            out += page
-            if len(page) < _PAGE:
+            out += got
+            if len(got) < size:
                 return out
-            after = int(page[-1]["id"])
+            after = int(got[-1]["id"])
 
     # ---- fleet and tenancy -------------------------------------------------------------------------------
 
@@ -322,10 +325,19 @@ class Client:
         time.sleep(SUBMIT_RETRY_PAUSE_S)
         return cast(dict[str, Any], self._json("POST", "/v1/jobs", body))
 
-    def jobs(self, state: str | Iterable[str] | None = None, project: str | None = None) -> list[dict[str, Any]]:
-        """Jobs the caller may see, oldest first, optionally only in ``state`` (one or several) and ``project``."""
+    def jobs(
+        self,
+        state: str | Iterable[str] | None = None,
+        project: str | None = None,
+        user: Iterable[str] | None = None,
+        pool: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Jobs the caller may see, oldest first, optionally only in ``state`` (one or several), ``project``, of
+        ``user`` (names) and placed on ``pool``; filtered by the server, in pages of 10,000."""
         states = [state] if isinstance(state, str) else list(state) if state is not None else None
-        return self._paged("/v1/jobs", {"state": states or None, "project": project})
+        users = list(user) if user is not None else None
+        params = {"state": states or None, "project": project, "user": users or None, "pool": pool}
+        return self._paged("/v1/jobs", params, page=_JOB_PAGE)
 
     def job(self, job_id: int) -> dict[str, Any]:
         return cast(dict[str, Any], self._json("GET", f"/v1/jobs/{job_id}"))
@@ -333,8 +345,41 @@ class Client:
     def job_events(self, job_id: int) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self._json("GET", f"/v1/jobs/{job_id}/events"))
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
-        return cast(dict[str, Any], self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+    def job_log(
+        self,
+        job_id: int,
+        stream: str = "out",
+        offset: int = 0,
+        max_bytes: int | None = None,
+        tail_lines: int | None = None,
+    ) -> dict[str, Any]:
+        """A part of the job's output (``stream="err"``: its standard error): ``data`` from ``offset``, or its last
+        ``tail_lines`` lines; ``next_offset`` is where the next part starts (``GET /v1/jobs/{id}/log``)."""
+        params = {"stream": stream, "offset": offset, "max_bytes": max_bytes, "tail_lines": tail_lines}
+        return cast(dict[str, Any], self._json("GET", f"/v1/jobs/{job_id}/log", params=params))
+
+    def cancel(self, job_id: int | str) -> dict[str, Any]:
+        """Cancel a job; ``"12"`` cancels every task of array 12, ``"12_3"`` one task."""
+        return cast(dict[str, Any], self._json("POST", f"/v1/jobs/{quote(str(job_id), safe='')}/cancel"))
+
+    def hold(self, job_id: int | str) -> dict[str, Any]:
+        """Hold a pending job (or every pending task of an array); the answer counts what changed."""
+        return cast(dict[str, Any], self._json("POST", f"/v1/jobs/{quote(str(job_id), safe='')}/hold"))
+
+    def release(self, job_id: int | str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("POST", f"/v1/jobs/{quote(str(job_id), safe='')}/release"))
+
+    def requeue(self, job_id: int | str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._json("POST", f"/v1/jobs/{quote(str(job_id), safe='')}/requeue"))
+
+    def update_job(self, job_id: int | str, **changes: Any) -> dict[str, Any]:
+        """Change a pending job: ``time_limit_s``, ``priority``, ``gpus``, ``name``, ``begin_s`` (0 clears),
+        ``dependency`` ("" clears), ``kill_on_invalid_dep``."""
+        return cast(dict[str, Any], self._json("PATCH", f"/v1/jobs/{quote(str(job_id), safe='')}", changes))
+
+    def job_script(self, job_id: int) -> dict[str, Any]:
+        """The batch script a job runs, as submitted (``script`` None for a --wrap job)."""
+        return cast(dict[str, Any], self._json("GET", f"/v1/jobs/{job_id}/script"))
 
     # ---- accounting and audit ----------------------------------------------------------------------------
 
@@ -346,6 +391,19 @@ class Client:
         if csv:
             return self._send("GET", "/v1/usage", params=params).text
         return cast(list[dict[str, Any]], self._json("GET", "/v1/usage", params=params))
+
+    def acct(
+        self,
+        start_s: float | None = None,
+        end_s: float | None = None,
+        user: Iterable[str] = (),
+        project: str | None = None,
+        state: Iterable[str] = (),
+    ) -> list[dict[str, Any]]:
+        """Per-job accounting (like sacct) of the jobs eligible or running in ``[start_s, end_s)`` (``/v1/acct``)."""
+        params = {"start_s": start_s, "end_s": end_s, "user": list(user) or None, "project": project,
+                  "state": list(state) or None}  # fmt: skip
+        return self._paged("/v1/acct", params, page=10_000)
 
     def audit(self, job: int | None = None, action: str | None = None) -> list[dict[str, Any]]:
         """Every audit entry the caller may read, oldest first (only those about ``job``, or of ``action``)."""

@@ -111,7 +111,7 @@ def test_fast_path_answers_as_the_route(
     assert fast_status == route_status == status, (fast_body, route_body)
     if status == 201:  # two jobs: the same answer but for the id
         assert fast_body["id"] == route_body["id"] + 1
-        assert {**fast_body, "id": 0} == {**route_body, "id": 0}
+        assert {**fast_body, "id": 0, "display_id": ""} == {**route_body, "id": 0, "display_id": ""}
     else:
         assert fast_body == route_body
         assert both.api.writes() == before, "a refused submission wrote nothing"

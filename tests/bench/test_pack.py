@@ -82,7 +82,7 @@ def test_bad_node_csv_names_file_line_and_field(tmp_path: Path, text: str, messa
         (POD_HEADER + "p0,1000,1024,1,0,,LS,Running\n", "line 2: gpu_milli must be in 1..1000"),
         (POD_HEADER + "p0,1000,1024,0,300,,LS,Running\n", "line 2: gpu_milli must be 0"),
         (POD_HEADER + "p0,1000,1024,1.5,1000,,LS,Running\n", "field 'num_gpu' = '1.5' is not a whole"),
-        ("name,cpu_milli\np0,1\n", "lacks column.*memory_mib, num_gpu, gpu_milli, gpu_spec"),
+        ("name,cpu_milli\np0,1\n", "lacks column.*memory_mib, num_gpu, gpu_milli;"),
     ],
 )
 def test_bad_pod_csv_is_a_value_error_naming_file_line_and_field(tmp_path: Path, text: str, message: str) -> None:
@@ -90,6 +90,15 @@ def test_bad_pod_csv_is_a_value_error_naming_file_line_and_field(tmp_path: Path,
     with pytest.raises(ValueError, match=message) as err:
         read_pods(path)
     assert "bad.csv" in str(err.value)
+
+
+def test_a_multigpu_pod_list_without_gpu_spec_is_read(tmp_path: Path) -> None:
+    """The public dataset's ``multigpu`` lists have only name,cpu_milli,memory_mib,num_gpu,gpu_milli."""
+    text = "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,4000,8192,1,1000\np1,88000,327680,8,1000\n"
+    assert read_pods(write(tmp_path, "multigpu.csv", text)) == [
+        TaskSpec(4000, 8192, 1, 1000),
+        TaskSpec(88_000, 327_680, 8, 1000),
+    ]
 
 
 def test_missing_file(tmp_path: Path) -> None:

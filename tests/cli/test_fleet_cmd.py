@@ -162,3 +162,12 @@ def test_bad_input_exits_2_with_one_error_line(
 def test_fleet_without_action_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fleet"]) == 2
     assert "show" in capsys.readouterr().out
+
+
+def test_local_is_the_fleet_serve_runs_on_this_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    """``fleet show local`` (it used to say "neither a scenario nor a file"): the one-node fleet of this machine's
+    GPUs, as ``kfabric serve --fleet local`` runs it; declared with --local-gpus where none is detected."""
+    data = run_json(capsys, "local", "--local-gpus", "4")
+    assert data["scenario"] == "local" and data["totals"] == data["totals"] | {"gpus_total": 4, "nodes_total": 1}
+    assert main(["fleet", "show", "lab", "--local-gpus", "4"]) == 2
+    assert "--local-gpus goes with SCENARIO local" in capsys.readouterr().err

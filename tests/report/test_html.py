@@ -50,12 +50,12 @@ def make_run(
         for i, (size, wait, run) in enumerate(jobs):
             submit = 100.0 * i
             gpus = {"fraction": 0.5, "1": 1, "2-8": 4, "9-64": 16}.get(size, 128)
-            w.writerow(
-                [
-                    *(f"j{i}", "alpha", gpus, size, submit, submit + wait, submit + wait + run, wait, wait + run),
-                    *(run, 1.0, 0, 0.0, run * gpus, run * gpus, "succeeded", "h100"),
-                ]
-            )
+            values = [
+                *(f"j{i}", "alpha", gpus, size, submit, submit + wait, submit + wait + run, wait, wait + run),
+                *(run, 1.0, 0, 0.0, run * gpus, run * gpus, "succeeded", "h100", 0, ""),
+            ]
+            # columns added later (e.g. the GPU model a job ran on) are left empty
+            w.writerow(values + [""] * (len(JOB_HEADER) - len(values)))
     t = np.arange(samples) * 3_600.0
     alloc_a = np.linspace(0, 16, samples)
     alloc_b = np.full(samples, 20.0)
@@ -236,7 +236,7 @@ def test_empty_cells_read_as_nan_and_fast_and_slow_paths_agree(tmp_path: Path) -
         ("bad-json", ["summary.json is not valid JSON"]),
         ("bad-number", ["timeline.csv: line 3, column queue", "'lots'", "not a number"]),
         ("missing-column", ["jobs.csv: missing column(s) wait_s"]),
-        ("short-row", ["jobs.csv: line 3 has 3 fields, the header has 17"]),
+        ("short-row", [f"jobs.csv: line 3 has 3 fields, the header has {len(JOB_FIELDS)}"]),
         ("empty", ["timeline.csv is empty"]),
     ],
 )

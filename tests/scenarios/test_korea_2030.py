@@ -177,7 +177,9 @@ def test_korea_2030_foundation_model_teams() -> None:
     s = scenario("korea-2030")
     fm = [g for g in s.grants if g.program == "sovereign-fm"]
     orgs = {p.name: p.organization for p in s.projects}
-    assert sorted(orgs[g.project] for g in fm) == ["lg-ai-research", "naver-cloud", "nc-ai", "sk-telecom", "upstage"]
+    teams = ["lg-ai-research", "naver-cloud", "nc-ai", "sk-telecom", "upstage"]
+    for stage in ("fm-s1-", "fm-s2-"):  # two six-month stages
+        assert sorted(orgs[g.project] for g in fm if g.id.startswith(stage)) == teams
     assert {(g.reserved_model, g.reserved_gpus) for g in fm} == {("B200", 1000)}
 
 

@@ -27,7 +27,11 @@ PROSE = (
     "serving",  # "kfabric serving fleet ..." (the serve banner)
     "simulation",  # "kfabric simulation report" (a page title)
     "audit keys:",  # the header line of the audit key file names the file, not a command
-)
+    # prose about what the product does or does not do ("kfabric keeps no mail address ...", "... is not used by
+    # kfabric and was ignored"): verbs and words no subcommand is named after
+    "keeps", "chooses", "requeues", "packs", "reserves", "tracks", "sends", "has no", "does not", "and was",
+    "knows", "supports", "assigns", "command", "portal", "shows",
+)  # fmt: skip
 #: a word that could be a subcommand (not a placeholder such as ID, FILE, job.sh, ...)
 WORD = re.compile(r"[a-z][a-z0-9-]*")
 

@@ -38,7 +38,20 @@ pytestmark = pytest.mark.skipif(not IS_ROOT, reason=NOT_ROOT)
 SECRET = f"kfabric-server-secret-{secrets.token_hex(8)}"
 FINAL = ("succeeded", "failed", "cancelled", "timeout")
 #: what a job's environment may hold: the allow-list, what sh adds itself, and what the test job declares
-ALLOWED_ENV = {*identity.FORCED, "PATH", "HOME", "SHELL", *identity.PASSED_IF_SET, "PWD", "OLDPWD", "SHLVL", "_"}
+ALLOWED_ENV = {
+    *identity.FORCED,
+    "PATH",
+    "HOME",
+    "SHELL",
+    *identity.PASSED_IF_SET,
+    "PWD",
+    "OLDPWD",
+    "SHLVL",
+    "_",
+    "SLURM_JOB_ID",
+    "SLURM_JOB_NAME",
+    "SLURM_SUBMIT_DIR",
+}  # issue 19: kfabric's own ids, for Slurm scripts
 DECLARED = {"FOO": "bar", "USER": "root", "CUDA_VISIBLE_DEVICES": "0,1,2,3", "KFABRIC_JOB_ID": "999"}
 
 
@@ -145,7 +158,7 @@ def wait_job(client: Client, job_id: int, states: tuple[str, ...] = FINAL, timeo
         time.sleep(0.1)
 
 
-def hostile_command(state: Path, victim_dir: Path, pids: list[int]) -> str:
+def hostile_command(state: Path, victim_dir: Path, victim_out: Path, pids: list[int]) -> str:
     """Try every read; print ``TRY path: error`` (``OK`` when it worked), then the job's identity and environment."""
     targets = [
         state / "operator.token",
@@ -154,6 +167,7 @@ def hostile_command(state: Path, victim_dir: Path, pids: list[int]) -> str:
         state / "left-over.txt",
         victim_dir / "spec.json",
         victim_dir / "stdout",
+        victim_out,  # the victim's -o file (issue 19: kfabric-ID.out in its home, created by the victim's account)
         *(Path(f"/proc/{pid}/environ") for pid in pids),
     ]
     tries = "; ".join(
@@ -181,18 +195,18 @@ def test_a_hostile_job_reads_nothing_and_inherits_nothing(
 ) -> None:
     victim, attacker = server.client(tokens["victim"]), server.client(tokens["attacker"])
     v = victim.submit("default", gpus=1, time_limit_s=120, command="echo victim-output-7f3a; sleep 60")
-    wait_job(victim, v["id"], ("running",))
+    victim_out = Path(wait_job(victim, v["id"], ("running",))["stdout_path"])
     victim_dir = server.state / "local" / "jobs" / f"{v['id']}.1"
-    while "victim-output-7f3a" not in (victim_dir / "stdout").read_text():
+    while not victim_out.exists() or "victim-output-7f3a" not in victim_out.read_text():
         time.sleep(0.05)
     runner = int((victim_dir / "pid").read_text())
     victim_job = [p for p in _children(runner)]
     assert victim_job, "the victim's job has no process"
     pids = [server.proc.pid, runner, *victim_job]
-    command = hostile_command(server.state, victim_dir, pids)
+    command = hostile_command(server.state, victim_dir, victim_out, pids)
     job = attacker.submit("default", gpus=1, time_limit_s=60, command=command, env=DECLARED)
     done = wait_job(attacker, job["id"])
-    out = (server.state / "local" / "jobs" / f"{job['id']}.1" / "stdout").read_text()
+    out = Path(done["stdout_path"]).read_text()
     assert done["state"] == "succeeded", (done["reason"], out)
 
     tries = dict(line[4:].split(": ", 1) for line in out.splitlines() if line.startswith("TRY "))

@@ -1,4 +1,5 @@
-"""The synthetic national workload: determinism, size classes, tenants, arrival pattern and offered load."""
+"""The synthetic national workload: determinism, size classes, tenants, arrival pattern, offered load in each
+segment's own GPU time and time limits that hold on every GPU model a job may use."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ from datetime import date
 import numpy as np
 import pytest
 
-from kfabric.model import Classification, MinTopology, OwnerKind, PriorityClass
+from kfabric.model import Classification, MinTopology, NodePool, OwnerKind, PriorityClass, Sharing
+from kfabric.model.gpu import REFERENCE_MODEL
+from kfabric.model.job import Job
 from kfabric.scenarios.loader import Scenario, load_scenario
+from kfabric.sched.capacity import Capacity
+from kfabric.sched.eligibility import eligible_pools
+from kfabric.sim.speed import RunTimeScale
 from kfabric.traces.national import NationalArrays, national_arrays, synthetic_national
+from kfabric.traces.philly import STANDARD_LIMITS_S
 
 DAY = 86400.0
 
@@ -126,8 +133,109 @@ def test_offered_load_follows_the_target(two_weeks: NationalArrays) -> None:
     assert a.target_gpus / a.capacity_gpus == pytest.approx(0.85 * 0.02)
     horizon = 14 * DAY
     gpus = _field(a, "gpus").astype(float) * _field(a, "gpu_milli").astype(float) / 1000
-    realized = float(np.sum(np.minimum(a.run_s, horizon - a.submit_s) * gpus)) / (a.capacity_gpus * horizon)
+    busy = a.run_s * a.segment_factor[a.template]  # seconds of the GPUs of the models that run it
+    realized = float(np.sum(np.minimum(busy, horizon - a.submit_s) * gpus)) / (a.capacity_gpus * horizon)
     assert 0.7 * 0.017 < realized < 1.15 * 0.017
+
+
+# ---- GPU speeds: offered load in the pools' own time, time limits for the slowest model --------------------------
+
+MAIN_DAY = date(2026, 6, 15)  # the main job's start: public, SK (RTX PRO 6000), Samsung and NAVER pools online
+
+
+def _segment(scenario: Scenario, pool: NodePool) -> str:
+    private = {o.name for o in scenario.fleet.owners if o.kind is OwnerKind.PRIVATE}
+    return pool.owner if pool.owner in private and pool.sharing is not Sharing.SHARED else "public"
+
+
+@pytest.fixture(scope="module")
+def main_fortnight(korea: Scenario) -> NationalArrays:
+    """The main job's workload at full scale (~700k jobs, arrays only)."""
+    return national_arrays(korea, 14.0, seed=0, scale=1.0, on=MAIN_DAY)
+
+
+@pytest.mark.parametrize(
+    ("segment", "speed"),
+    [
+        ("public", 32_983 / 21_536),  # B200 7,680 + 2,424 (2.0), H200 3,056 (1.2), GH200 8,400 (1.09)
+        ("samsung", 2.2),  # GB200
+        ("naver", 2.0),  # B200
+        ("sk", 0.52),  # RTX PRO 6000
+    ],
+)
+def test_offered_load_in_each_segment_is_the_target_in_its_own_gpu_time(
+    korea: Scenario, main_fortnight: NationalArrays, segment: str, speed: float
+) -> None:
+    """Each segment (public pools, each private owner's own pools) is offered ``load`` of what its GPUs can do:
+    a job's H100 run time counts at the speed of the pools of the segment it may use, weighted by their GPUs."""
+    a, horizon = main_fortnight, 14 * DAY
+    pools = [p for p in korea.fleet.pools_online(MAIN_DAY) if _segment(korea, p) == segment]
+    speed_of = {m.name: m.relative_speed for m in korea.fleet.gpu_models}
+    assert a.segment_gpus[segment] == sum(p.gpus for p in pools)
+    busy_per_template = np.zeros(len(a.templates))  # segment GPU-seconds per H100 GPU-second of each template
+    for t, kw in enumerate(a.templates):
+        if (a.tenants[str(kw["project"])].affiliation or "public") != segment:
+            continue
+        usable = [p for p in pools if not kw["gpu_models"] or p.gpu_model in kw["gpu_models"]]  # type: ignore[operator]
+        busy_per_template[t] = sum(p.gpus for p in usable) / sum(p.gpus * speed_of[p.gpu_model] for p in usable)
+    mine = busy_per_template[a.template] > 0
+    assert np.count_nonzero(mine) > 500
+    gpus = _field(a, "gpus").astype(float) * _field(a, "gpu_milli").astype(float) / 1000
+    h100 = float(np.sum(a.run_s[mine] * gpus[mine])) / (a.segment_gpus[segment] * horizon)
+    offered = float(np.sum(a.run_s[mine] * busy_per_template[a.template[mine]] * gpus[mine]))
+    offered /= a.segment_gpus[segment] * horizon
+    assert offered == pytest.approx(0.85, rel=0.15)  # arrivals are random and run times heavy-tailed
+    # in H100 time the same work is the target times the segment's speed (GPU-weighted over the pools its jobs
+    # may use): sized as if every GPU were an H100, SK's RTX PRO 6000 would be offered ~163% of what they can do
+    assert h100 / offered == pytest.approx(speed, rel=0.15)
+
+
+@pytest.mark.parametrize(
+    ("scenario_name", "days", "scale", "on", "bound_to_faster"),
+    [
+        ("korea-2030", 1.0, 0.05, None, True),
+        ("korea-2030", 3.0, 0.1, MAIN_DAY, True),
+        ("lab", 7.0, 1.0, None, False),  # H100 and RTX PRO 6000 only
+    ],
+    ids=["korea-all-pools", "korea-main-day", "lab"],
+)
+def test_time_limits_cover_the_run_on_every_model_the_job_may_use(
+    scenario_name: str, days: float, scale: float, on: date | None, bound_to_faster: bool
+) -> None:
+    """No job is made to overrun: its true run time on every pool the scheduler could ever give it (every pool
+    online) is within its time limit, and the limit is the usual padding (at most 5x, rounded up to a standard
+    limit) of the run time on the slowest of them."""
+    scenario = load_scenario(scenario_name)
+    a = national_arrays(scenario, days, seed=9, scale=scale, on=on)
+    cap = Capacity(scenario.fleet)
+    for i in range(len(cap.pools)):
+        cap.set_pool_online(i, True)
+    scale_of = RunTimeScale(scenario.fleet.gpu_models, REFERENCE_MODEL)
+    slowest = np.zeros(len(a.templates))
+    fastest = np.zeros(len(a.templates))
+    runnable = np.zeros(len(a.templates), dtype=bool)
+    for t, kw in enumerate(a.templates):
+        job = Job(id=f"t{t}", time_limit_s=1.0, **kw)  # type: ignore[arg-type]
+        eligible = eligible_pools(cap, job, a.tenants[job.project].affiliation)
+        # a template no pool can take never runs (a 4,096-GPU fm size on B200 is capped at the largest B200
+        # cluster, 7,656 GPUs, but a job needs one pool: at most 3,840): nothing to overrun
+        runnable[t] = eligible.reason is None
+        factors = [scale_of.factor(job, cap.pools[i].model) for i in eligible.pools] or [0.0]
+        slowest[t], fastest[t] = max(factors), min(factors)
+    assert np.count_nonzero(~runnable[a.template]) < 0.001 * len(a.template)
+    worst = a.run_s * slowest[a.template]
+    overrun = np.count_nonzero(worst > a.time_limit_s)
+    assert overrun == 0, f"{overrun} of {len(worst)} jobs run past their time limit on a model they may use"
+    standard = np.asarray(STANDARD_LIMITS_S)
+    padded = standard[np.minimum(np.searchsorted(standard, 5 * worst), len(standard) - 1)]
+    padded = np.where(worst > STANDARD_LIMITS_S[-1], np.ceil(worst / DAY) * DAY, padded)
+    assert np.all(a.time_limit_s <= padded)
+    np.testing.assert_array_equal(a.slowest_factor[runnable], slowest[runnable])
+    # jobs that may land on a slower model than H100 (RTX PRO 6000: 1/0.52), and in korea jobs bound to faster
+    # ones (fm teams on B200), whose limits are set for their own models
+    assert np.any(slowest[a.template] > 1.5)
+    assert np.any(slowest[a.template] < 1.0) == bound_to_faster
+    assert np.any(fastest[a.template] < slowest[a.template])
 
 
 def test_scale_multiplies_arrivals(korea: Scenario) -> None:

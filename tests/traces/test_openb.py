@@ -113,3 +113,45 @@ def test_bad_files(tmp_path: Path) -> None:
         read_openb_pods(tmp_path / "pods.csv")
     with pytest.raises(ValueError, match="duplicate pod name"):
         read_openb_pods(_write(tmp_path, "a,1,1,1,1000,,LS,Running,0,5,0", "a,1,1,1,1000,,LS,Running,0,5,0"))
+
+
+MULTIGPU_HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n"
+
+
+def test_a_multigpu_list_without_gpu_spec_and_later_columns_is_read(tmp_path: Path) -> None:
+    """The public dataset's ``multigpu`` lists have only the first five columns: no model, QoS or times."""
+    path = tmp_path / "openb_pod_list_multigpu50.csv"
+    path.write_text(
+        MULTIGPU_HEADER + "openb-pod-0000,12000,16384,1,1000\nopenb-pod-0001,6000,8192,1,460\n"
+        "openb-pod-0002,88000,327680,8,1000\nopenb-pod-0003,4000,4096,0,0\n"
+    )
+    w = read_openb_pods(path)
+    assert [j.job.id for j in w.jobs] == ["openb-pod-0000", "openb-pod-0001", "openb-pod-0002", "openb-pod-0003"]
+    assert [(j.job.gpus, j.job.gpu_milli) for j in w.jobs] == [(1, 1000), (1, 460), (8, 1000), (0, 1000)]
+    assert all(j.job.gpu_models == () for j in w.jobs)  # no gpu_spec: any model
+    assert {j.job.project for j in w.jobs} == {"openb-burstable"}  # no qos: Kubernetes' Burstable
+    assert all(j.job.submit_s == 0.0 and not j.fails for j in w.jobs)  # a snapshot: all at 0, in file order
+    assert all(j.run_s == 90 * 86_400.0 <= j.job.time_limit_s for j in w.jobs)  # never leave in a window
+    assert "no_lifetimes" in w.description
+
+
+def test_a_list_with_gpu_spec_but_no_times_keeps_the_models(tmp_path: Path) -> None:
+    path = tmp_path / "pods.csv"
+    path.write_text(MULTIGPU_HEADER.strip() + ",gpu_spec,qos\np0,1000,1024,2,1000,V100M16|V100M32,LS\n")
+    job = read_openb_pods(path).jobs[0].job
+    assert (job.gpu_models, job.project, job.preemptible) == (("V100M16", "V100M32"), "openb-ls", False)
+
+
+def test_a_list_missing_a_required_column_says_which(tmp_path: Path) -> None:
+    path = tmp_path / "pods.csv"
+    path.write_text("name,cpu_milli,memory_mib,num_gpu\np0,1,1,1\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) gpu_milli") as err:
+        read_openb_pods(path)
+    assert "optionally followed by gpu_spec" in str(err.value)
+
+
+def test_bad_optional_columns_are_still_checked(tmp_path: Path) -> None:
+    path = tmp_path / "pods.csv"
+    path.write_text(MULTIGPU_HEADER.strip() + ",creation_time\np0,1,1,1,1000,soon\n")
+    with pytest.raises(ValueError, match="creation_time"):
+        read_openb_pods(path)

@@ -12,10 +12,12 @@ from kfabric.api import errors
 from kfabric.api.fast_submit import FastSubmit
 from kfabric.api.limits import Limits, RequestLimits
 from kfabric.api.metrics import METRICS_ROLES, install_metrics, metrics_reader  # noqa: F401 - importable here too
-from kfabric.api.routers import audit, fleet, jobs, programs, tenancy, tokens, usage
+from kfabric.api.routers import acct, audit, fleet, jobs, programs, tenancy, tokens, usage
+from kfabric.api.routers import notify as notify_routes
 from kfabric.api.routers import operations as operations_routes  # fleet apply, node drain, policy
 from kfabric.api.routers import status as server_status
 from kfabric.service.runtime import Runtime
+from kfabric.web import portal
 
 ERROR_SCHEMA: dict[str, Any] = {
     "title": "ErrorBody",
@@ -58,6 +60,8 @@ def create_app(
         title="kfabric",
         version="1",
         description="Control plane for a national AI compute fleet: grants, fair scheduling, accounting.",
+        docs_url=None,  # /docs and /redoc come from local files (web/portal.py): no CDN
+        redoc_url=None,
     )
     app.state.runtime = rt
     errors.install(app)
@@ -65,6 +69,9 @@ def create_app(
         app.include_router(r)
     app.include_router(operations_routes.router)  # fleet apply, nodes, policy (service/fleet_changes.py)
     app.include_router(server_status.router)  # /v1/status: leader, standbys, lease (service/leadership.py)
+    app.include_router(notify_routes.router)  # /v1/projects/NAME/webhook-secret (service/notifications.py)
+    app.include_router(acct.router)  # /v1/acct: per-job accounting, like sacct (service/acct.py)
+    portal.install(app)  # the web portal at /, its static files, /docs and /redoc (kfabric.web)
     if fast_submit:
         app.add_middleware(FastSubmit, runtime=rt)  # POST /v1/jobs without FastAPI's per-request machinery
     # before any auth: only the request observer (install_metrics, below: it times and counts) runs before it

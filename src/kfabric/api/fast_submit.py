@@ -79,7 +79,13 @@ class FastSubmit:
             data: Any = json.loads(body)
             request = JobCreate.model_validate(data)  # python mode, as FastAPI validates a JSON body
             sub = jobs.prepare(
-                actor, request.project, request.spec(), self.rt.clock(), request.client_key, admission(self.rt)
+                actor,
+                request.project,
+                request.spec(),
+                self.rt.clock(),
+                request.client_key,
+                admission(self.rt),
+                request.script,
             )
         except (ValueError, pydantic.ValidationError, KfabricError):
             return False  # the route answers it, with its own error

@@ -11,6 +11,11 @@ Contracts (every implementation and its tests honour them):
   :class:`BackendUnavailable`; the controller keeps the job in its state and retries later.
 * **poll reports facts**: every attempt the backend knows, with its state, exit code and real start/end times.
   A backend never decides placement; it runs what it is told where it is told.
+* **output** (``LaunchSpec.stdout_path``/``stderr_path``): a backend that runs jobs writes their output where the
+  spec says, creating the files as the job's account (never as root: a user-chosen path may be a trap), and sets
+  the class attribute ``output_files = True``; one that runs nothing (``sim``) sets it False, and ``kfabric job
+  log`` then serves the job's state changes instead (``service/job_output.py``). A backend without the attribute
+  is taken as writing files.
 * **nodes reports health** (optional, :class:`ReportsNodes`): the nodes the backend knows something about, as
   :class:`NodeFact` (up, drain, down, fail, with the backend's reason). A node it does not list is taken as up;
   a backend without the method reports nothing (every node up). The controller calls it right after ``poll``
@@ -73,6 +78,15 @@ class LaunchSpec:
     user: str = ""
     #: the POSIX account the job runs as (``users.posix_user``; ``backends/identity.py``); "" = none mapped
     posix_user: str = ""
+    #: the batch script stored at submit (``jobs.script``); the job runs this copy, never a file on disk. "" = none:
+    #: the job runs ``command`` with ``/bin/sh -c`` (local) or ``/bin/bash -c`` (slurm)
+    script: str = ""
+    #: where the job's standard output and error go (absolute, patterns already expanded: service/job_output.py;
+    #: the same path twice: one file). "" = the backend's private files (``local``: the attempt directory)
+    stdout_path: str = ""
+    stderr_path: str = ""
+    #: ``truncate`` (default, as Slurm) or ``append``: how an existing output file is opened
+    open_mode: str = "truncate"
 
     @property
     def key(self) -> str:

@@ -10,8 +10,15 @@ State lives in files under ``state_dir/jobs/JOB_ID.ATTEMPT/`` so that a restarte
 ``started``    when the runner started the job (seconds since the epoch)
 ``cancel``     a cancel was asked for, with its grace
 ``result.json``  the final record: ``state``, ``exit_code``, ``ended_at_s``, ``message``
-``stdout``     the job's standard output; ``stderr`` its standard error
+``script``     the batch script stored at submit, when the job has one (the runner hands it to the job)
+``stdout``     the job's standard output and ``stderr`` its standard error when the spec names no output file;
+               otherwise what went wrong before the job started (e.g. an output file it could not create)
 =============  ============================================================================================
+
+Output (``LaunchSpec.stdout_path``/``stderr_path``, Slurm's ``-o``/``-e`` resolved by the controller): the runner
+creates (truncates, or appends to with ``open_mode=append``) the files *after* switching to the job's account and
+entering its workdir, so the kernel checks the account's own rights and root never creates a file at a path a user
+chose. The same path twice is one file (standard error joins standard output, Slurm's default).
 
 The attempt directory is created with :func:`os.mkdir`, which fails when it exists: that is what makes
 :meth:`LocalBackend.launch` idempotent, across controller crashes too. A runner
@@ -57,6 +64,7 @@ from kfabric.backends.local_runner import (
     NO_RUNNER,
     PID,
     RESULT,
+    SCRIPT,
     SPEC,
     STARTED,
     STDERR,
@@ -140,6 +148,8 @@ class LocalBackend:
     """Runs attempts on this machine; see the module docstring. ``node`` is the only node it accepts."""
 
     name = "local"
+    #: jobs write output files (``LaunchSpec.stdout_path``), created by the job's account
+    output_files = True
 
     def __init__(
         self,
@@ -157,6 +167,8 @@ class LocalBackend:
         #: seconds between SIGTERM and SIGKILL when a job reaches its time limit
         self.kill_grace_s = kill_grace_s
         self._guard = EpochGuard(self.name, FileFence(self.state_dir / "fence.d"))
+        #: attempt directory name -> its output files (read once from spec.json)
+        self._outputs: dict[str, dict[str, str]] = {}
 
     def fence(self, epoch: int) -> None:
         """Act for lease ``epoch`` from now on; backend objects of older epochs refuse launch and terminate."""
@@ -240,12 +252,18 @@ class LocalBackend:
             "env": dict(spec.env),
             "environment": job_env(account, spec.env, self._forced_env(spec, gpus)),
             "workdir": workdir,
+            "script": bool(spec.script),
+            "stdout_path": spec.stdout_path,
+            "stderr_path": spec.stderr_path or spec.stdout_path,
+            "open_mode": spec.open_mode,
             "run_as": self._run_as(account),
             "kill_grace_s": self.kill_grace_s,
             "launched_at_s": self.clock(),
             "epoch": self._guard.epoch or 0,
         }
         try:
+            if spec.script:
+                write_atomic(where / SCRIPT, spec.script)  # the stored copy; the runner hands it to the job
             write_atomic(where / SPEC, json.dumps(record))
             self._recheck_fence(where)
             with open_private(where / "runner.log") as log:
@@ -373,12 +391,19 @@ class LocalBackend:
         if not (where / RESULT).exists():
             return False
         shutil.rmtree(where, ignore_errors=True)
+        self._outputs.pop(where.name, None)
         return True
 
     # ------------------------------------------------------------------------------------------- internals
 
     def _report(self, where: Path, job_id: str, attempt: int) -> RunReport:
-        outputs = {"stdout": str(where / STDOUT), "stderr": str(where / STDERR)}
+        outputs = self._outputs.get(where.name)
+        if outputs is None:
+            record = _read_json(where / SPEC) or {}
+            out = str(record.get("stdout_path") or where / STDOUT)
+            outputs = {"stdout": out, "stderr": str(record.get("stderr_path") or where / STDERR)}
+            if record:
+                self._outputs[where.name] = outputs
         try:
             started: float | None = float(_read_text(where / STARTED) or "")
         except ValueError:

@@ -6,10 +6,13 @@ is the leader of its own process group and outlives the controller. The runner:
 1. reads ``spec.json`` and claims the attempt by creating the ``pid`` file exclusively. Whoever creates ``pid``
    first owns the attempt: if the controller already declared it lost (or another runner claimed it), the runner
    exits without starting anything, so an attempt never runs twice;
-2. runs ``/bin/sh -c COMMAND`` in its own process group (``killpg`` on the runner's pid reaches the whole job),
+2. runs ``/bin/sh -c COMMAND`` — or the job's stored script (``script``), with its ``#!`` interpreter (default
+   ``/bin/bash``), from a sealed in-memory copy — in its own process group (``killpg`` on the runner's pid reaches
+   the whole job),
    as the account in ``run_as`` (uid, gid, groups; the runner itself stays the server's account), in ``workdir``
    (entered after the switch, so as the account), with exactly the environment ``spec.json`` lists and its
-   stdout/stderr going to files the runner opened (0600) in the attempt directory;
+   stdout/stderr going to the output files of the spec (``stdout_path``/``stderr_path``, opened as the account
+   after the switch) or, when it names none, to files the runner opened (0600) in the attempt directory;
 3. enforces the time limit itself (it holds while the controller is down): SIGTERM to the group, then SIGKILL
    after a grace period;
 4. on a SIGTERM from outside (a cancel), forwards it to the job, waits the grace written in the ``cancel`` marker,
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import signal
@@ -39,7 +43,7 @@ from types import FrameType
 from typing import IO, Any
 
 #: the files of an attempt directory
-SPEC, PID, STARTED, RESULT, CANCEL, STDOUT, STDERR = (
+SPEC, PID, STARTED, RESULT, CANCEL, STDOUT, STDERR, SCRIPT = (
     "spec.json",
     "pid",
     "started",
@@ -47,7 +51,12 @@ SPEC, PID, STARTED, RESULT, CANCEL, STDOUT, STDERR = (
     "cancel",
     "stdout",
     "stderr",
+    "script",
 )
+#: the interpreter of a script without a ``#!`` line
+DEFAULT_INTERPRETER = "/bin/bash"
+#: what a start-up failure in the job's process writes (to the attempt's private ``stderr``) before it gives up
+_FAILURE_MARK = "kfabric: "
 #: what the ``pid`` file holds when the controller claimed an attempt whose runner never started
 NO_RUNNER = "none"
 #: seconds between SIGTERM and SIGKILL at the time limit, unless spec.json says otherwise
@@ -145,6 +154,78 @@ def kill_group_except(pgid: int, sig: int, keep: int) -> None:
                 os.kill(pid, sig)
 
 
+# --------------------------------------------------------------------------------------------- the job's process
+
+
+def interpreter_of(script: bytes) -> list[str]:
+    """The interpreter (and its one argument, as Linux reads a ``#!`` line) that runs ``script``; a script without
+    ``#!`` runs with :data:`DEFAULT_INTERPRETER`."""
+    if not script.startswith(b"#!"):
+        return [DEFAULT_INTERPRETER]
+    line = script[2:].split(b"\n", 1)[0].decode(errors="replace").strip()
+    if not line:
+        return [DEFAULT_INTERPRETER]
+    parts = line.split(None, 1)
+    return [parts[0], parts[1].strip()] if len(parts) == 2 else [parts[0]]
+
+
+def _sealed_copy(data: bytes, name: str) -> int:
+    """A read-only in-memory file holding ``data`` (sealed: no one can change it), as an inheritable descriptor."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _fail_start(message: str) -> None:
+    """In the job's process before exec: say what failed (on the attempt's private stderr), then give up."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"{_FAILURE_MARK}{message}\n".encode(errors="replace"))
+    raise RuntimeError(message)
+
+
+def _as_the_job(spec: dict[str, Any]) -> Callable[[], None] | None:
+    """What the job's process does after it became the job's account, before exec: enter the workdir, then create
+    (or truncate, or append to) the output files, so the kernel checks the account's rights, never root's."""
+    workdir = str(spec.get("workdir") or "")
+    out_path = str(spec.get("stdout_path") or "")
+    err_path = str(spec.get("stderr_path") or "") or out_path
+    if not workdir and not out_path:
+        return None
+    mode = os.O_APPEND if spec.get("open_mode") == "append" else os.O_TRUNC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOCTTY | mode
+
+    def enter() -> None:
+        if workdir:
+            try:
+                os.chdir(workdir)
+            except OSError as exc:
+                _fail_start(f"cannot enter its workdir {workdir!r}: {exc.strerror}")
+        if not out_path:
+            return
+        opened: dict[str, int] = {}
+        for path in dict.fromkeys((out_path, err_path)):
+            try:
+                opened[path] = os.open(path, flags, 0o666)
+            except OSError as exc:
+                _fail_start(f"cannot open its output file {path!r}: {exc.strerror}")
+        os.dup2(opened[out_path], 1)
+        os.dup2(opened[err_path], 2)
+        for fd in opened.values():
+            if fd > 2:
+                os.close(fd)
+
+    return enter
+
+
 # --------------------------------------------------------------------------------------------- the runner
 
 
@@ -192,22 +273,37 @@ class Runner:
 
     @staticmethod
     def _identity(spec: dict[str, Any]) -> dict[str, Any]:
-        """Popen's ``user``/``group``/``extra_groups``/``umask`` for the job, and a ``preexec_fn`` that enters its
-        workdir after the switch (Popen's ``cwd`` would enter it as the runner, before the switch)."""
-        workdir = str(spec.get("workdir") or "")
+        """Popen's ``user``/``group``/``extra_groups``/``umask`` for the job, and a ``preexec_fn`` that, after the
+        switch, enters its workdir and opens its output files (Popen's ``cwd`` would enter it as the runner, before
+        the switch; a file the runner opened would be created by root at a path the user chose)."""
         run_as = spec.get("run_as")
-        enter: Callable[[], None] | None = (lambda: os.chdir(workdir)) if workdir else None
-        how: dict[str, Any] = {"umask": 0o077, "preexec_fn": enter}
+        how: dict[str, Any] = {"umask": 0o077, "preexec_fn": _as_the_job(spec)}
         if run_as:
             how.update(user=int(run_as["uid"]), group=int(run_as["gid"]), extra_groups=list(run_as["groups"]))
         return how
 
-    @staticmethod
-    def _start_failure(spec: dict[str, Any], exc: Exception) -> str:
+    def _start_failure(self, spec: dict[str, Any], exc: Exception) -> str:
         who = (spec.get("run_as") or {}).get("user", "the server's account")
         if isinstance(exc, subprocess.SubprocessError) and "preexec_fn" in str(exc):
+            try:
+                said = (self.dir / STDERR).read_text(errors="replace").splitlines()
+            except OSError:
+                said = []
+            told = [line.removeprefix(_FAILURE_MARK) for line in said if line.startswith(_FAILURE_MARK)]
+            if told:
+                return f"could not start the job as {who!r}: {told[-1]}"
             return f"could not start the job: account {who!r} cannot enter its workdir {spec.get('workdir')!r}"
         return f"could not start the job as {who!r}: {exc}"
+
+    def _argv(self, spec: dict[str, Any]) -> tuple[list[str], tuple[int, ...]]:
+        """What the job execs, and the descriptors it inherits: ``/bin/sh -c COMMAND``, or the stored script run by
+        its ``#!`` interpreter (default ``/bin/bash``) from a sealed in-memory copy (``/proc/self/fd/N``): the job's
+        account cannot open the attempt directory, and nothing the job does changes the script it runs."""
+        if not spec.get("script"):
+            return ["/bin/sh", "-c", str(spec["command"])], ()
+        text = (self.dir / SCRIPT).read_bytes()
+        fd = _sealed_copy(text, f"kfabric-{spec['job_id']}.{spec['attempt']}")
+        return [*interpreter_of(text), f"/proc/self/fd/{fd}"], (fd,)
 
     def _group_alive(self) -> bool:
         """Whether the job still has live processes (its shell, or others of the group where /proc tells)."""
@@ -271,19 +367,25 @@ class Runner:
         started = time.monotonic()
         time_limit_s = float(spec.get("time_limit_s", float("inf")))
         kill_grace_s = float(spec.get("kill_grace_s", DEFAULT_KILL_GRACE_S))
+        passed: tuple[int, ...] = ()
         try:
+            argv, passed = self._argv(spec)
             with open_private(self.dir / STDOUT) as out, open_private(self.dir / STDERR) as err:
                 self.child = subprocess.Popen(
-                    ["/bin/sh", "-c", str(spec["command"])],
+                    argv,
                     env=self._env(spec),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
+                    pass_fds=passed,
                     **self._identity(spec),
                 )
         except (OSError, KeyError, ValueError, subprocess.SubprocessError) as exc:
             self._publish_result("failed", None, self._start_failure(spec, exc))
             return 1
+        finally:
+            for fd in passed:
+                os.close(fd)
         write_atomic(self.dir / STARTED, repr(time.time()))
 
         while True:

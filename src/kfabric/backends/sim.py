@@ -3,8 +3,9 @@
 Nothing runs. An attempt starts at ``clock()`` when launched and ends ``runtime / speedup`` seconds of clock
 time later, where ``runtime`` is ``spec.runtime_s`` (or ``default_runtime_s``):
 
-* ``runtime <= time_limit_s``: it succeeds, unless its command starts with ``exit N`` (``N != 0``): then it
-  fails with exit code ``N``;
+* ``runtime <= time_limit_s``: it succeeds, unless its command (or, for a job with a stored script, the script's
+  first line that is not blank, a comment or a directive) starts with ``exit N`` (``N != 0``): then it fails with
+  exit code ``N``;
 * ``runtime > time_limit_s``: it ends in TIMEOUT at the time limit (``time_limit_s / speedup``).
 
 :meth:`SimBackend.terminate` cancels a running attempt at ``clock()``; :meth:`SimBackend.fail_node` makes
@@ -40,6 +41,16 @@ from kfabric.backends.local_runner import publish_once, write_atomic
 _EXIT = re.compile(r"\s*exit\s+(\d+)\b")
 
 
+def _first_command(spec: LaunchSpec) -> str:
+    """The command the sim reads the exit code from: the job's command, or its script's first command line."""
+    if not spec.script:
+        return spec.command
+    for line in spec.script.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            return line
+    return ""
+
+
 @dataclass(slots=True)
 class _Attempt:
     spec: LaunchSpec
@@ -62,7 +73,7 @@ class _Attempt:
             "runtime_s": spec.runtime_s, "started_at_s": self.started_at_s, "end_at_s": self.end_at_s,
             "end_state": self.end_state.value, "exit_code": self.exit_code, "message": self.message,
             "stopped": [self.stopped[0].value, self.stopped[1], self.stopped[2]] if self.stopped else None,
-            "epoch": self.epoch,
+            "epoch": self.epoch, "script": spec.script,
         })  # fmt: skip
 
     @classmethod
@@ -70,7 +81,7 @@ class _Attempt:
         nodes = tuple(NodeGpus(str(n), tuple(int(g) for g in gpus), int(m)) for n, gpus, m in d["nodes"])
         spec = LaunchSpec(
             str(d["job_id"]), int(d["attempt"]), str(d["name"]), str(d["command"]), nodes,
-            float(d["time_limit_s"]), runtime_s=d["runtime_s"],
+            float(d["time_limit_s"]), runtime_s=d["runtime_s"], script=str(d.get("script") or ""),
         )  # fmt: skip
         stopped = d.get("stopped")
         return cls(
@@ -84,6 +95,9 @@ class SimBackend:
     """A virtual cluster driven by ``clock``; see the module docstring."""
 
     name = "sim"
+    #: nothing runs, so no output file is written: ``kfabric job log`` serves the job's state changes instead
+    #: (``service/job_output.py``); the stored script is recorded with the attempt (``LaunchSpec.script``)
+    output_files = False
 
     def __init__(
         self,
@@ -198,7 +212,7 @@ class SimBackend:
         if runtime > spec.time_limit_s:
             end, state, code, message = spec.time_limit_s, RunState.TIMEOUT, None, "time limit reached"
         else:
-            match = _EXIT.match(spec.command)
+            match = _EXIT.match(_first_command(spec))
             code = int(match.group(1)) if match else 0
             end = runtime
             state = RunState.FAILED if code else RunState.SUCCEEDED

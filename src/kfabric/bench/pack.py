@@ -6,7 +6,7 @@ the scheduling cycle calls them: ``place(capacity, PlaceRequest)`` on a :class:`
 1. Cluster: every node of the node CSV (``sn,cpu_milli,memory_mib,gpu,model``), as the ``openb`` scenario
    builds it (one pool per node shape); a request lists the pools a task may use in the order the file
    first names a node of each (first fit follows it).
-2. Workload: every task of the pod CSV (``name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...``), plus
+2. Workload: every task of the pod CSV (``name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,...]``), plus
    copies of tasks drawn uniformly at random with replacement from it for as long as the total requested
    GPU milli stays within ``ratio`` x the cluster's GPU milli (drawing stops at the first copy that would
    exceed it).
@@ -38,7 +38,8 @@ from kfabric.sched.registry import PLACEMENTS
 from kfabric.sched.workload import Workload
 
 I64 = npt.NDArray[np.int64]
-POD_FIELDS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec")
+#: the columns every openb pod list has (the ``multigpu`` lists have no ``gpu_spec``: any model)
+POD_FIELDS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli")
 MAX_RATIO = 10.0
 _SEED_PART = re.compile(r"(?P<lo>\d+)(?:\s*-\s*(?P<hi>\d+))?")
 

@@ -13,11 +13,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kfabric.backends.local import detect_gpus
 from kfabric.cli.console import stdout_console
 from kfabric.cli.errors import UsageError
 from kfabric.cli.queue_cmd import fmt_time
 from kfabric.client import Client
-from kfabric.scenarios.loader import load_scenario
+from kfabric.scenarios.loader import Scenario, load_scenario, load_text
+from kfabric.scenarios.local import local_scenario_text
 from kfabric.scenarios.summary import FleetSummary, summarize, to_json
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -42,7 +44,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "scenario",
         metavar="SCENARIO",
         nargs="?",
-        help="packaged name (korea-2030, lab), openb[:CSV], or a YAML path (not with --live)",
+        help="packaged name (korea-2030, lab), local (this machine's GPUs, as `serve --fleet local` runs them), "
+        "openb[:CSV], or a YAML path; with --live, the fleet the server must be running (checked)",
+    )
+    show.add_argument(
+        "--local-gpus", type=int, metavar="N", help="with SCENARIO local: declare N GPUs (default: detected)"
     )
     show.add_argument("--at", metavar="YYYY-MM-DD", help="count only pools online on this date (default: all)")
     show.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -71,7 +77,7 @@ def show_cmd(args: argparse.Namespace) -> int:
     if args.url is not None or args.token is not None:
         raise UsageError("fleet show: --url and --token go with --live (a SCENARIO is read here, not from a server)")
     at = parse_day(args.at) if args.at is not None else None
-    summary = summarize(load_scenario(args.scenario), at)
+    summary = summarize(_scenario(args), at)
     if args.json:
         print(json.dumps(to_json(summary), indent=2))
     else:
@@ -161,13 +167,30 @@ def render(summary: FleetSummary, console: Console) -> None:
 # ---- --live: the running service --------------------------------------------------------------------------------
 
 
-def live_cmd(args: argparse.Namespace) -> int:
-    if args.scenario is not None or args.at is not None:
+def _scenario(args: argparse.Namespace) -> Scenario:
+    """The named scenario; ``local`` is the one-node fleet of this machine's GPUs (``kfabric serve --fleet local``)."""
+    if args.scenario != "local":
+        if args.local_gpus is not None:
+            raise UsageError("fleet show: --local-gpus goes with SCENARIO local")
+        return load_scenario(args.scenario)
+    gpus = args.local_gpus if args.local_gpus is not None else detect_gpus()
+    if gpus < 1:
         raise UsageError(
-            "fleet show --live reads the running service: drop SCENARIO and --at (or drop --live to read a scenario)"
+            "fleet show local: no GPU detected (nvidia-smi); pass --local-gpus N, or --live to ask the running server"
         )
+    return load_text(local_scenario_text(gpus), "local")
+
+
+def live_cmd(args: argparse.Namespace) -> int:
+    if args.at is not None or args.local_gpus is not None:
+        raise UsageError("fleet show --live reads the running service: drop --at and --local-gpus")
     with Client.from_env(args.url, args.token) as client:
         data = client.fleet_live()
+    if args.scenario is not None and args.scenario != data["name"]:
+        raise UsageError(
+            f"fleet show --live {args.scenario}: the server runs fleet {data['name']!r}; "
+            f"run `kfabric fleet show --live` (or name {data['name']})"
+        )
     if args.json:
         print(json.dumps(data, indent=2))
     else:

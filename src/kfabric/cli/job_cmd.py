@@ -1,9 +1,12 @@
-"""``kfabric job show JOBID`` (every field and the events timeline) and ``kfabric job events JOBID``."""
+"""``kfabric job show JOBID`` (every field, the output files, the events timeline and, for a job that failed, the last
+lines of its standard error), ``kfabric job events JOBID`` and ``kfabric job log JOBID [-f] [--err] [--tail N]`` (the
+job's output through the API: ``GET /v1/jobs/{id}/log``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -11,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kfabric.cli.console import stdout_console
+from kfabric.cli.errors import UsageError
 from kfabric.cli.queue_cmd import (
     add_remote_args,
     connect,
@@ -23,8 +27,15 @@ from kfabric.cli.queue_cmd import (
     parse_id,
     where_or_why,
 )
+from kfabric.client import ApiError, Client
 
 _TIMES = ("submitted_at_s", "admitted_at_s", "started_at_s", "ended_at_s", "expected_start_s")
+#: how many lines of standard error ``job show`` prints for a job that failed
+FAILED_TAIL_LINES = 10
+#: states whose standard error ``job show`` prints the end of
+_FAILED = ("failed", "timeout")
+#: seconds between two reads of ``job log -f`` once it has caught up with the file
+FOLLOW_EVERY_S = 1.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,6 +59,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     events.add_argument("job_id", metavar="JOBID")
     add_remote_args(events)
     events.set_defaults(handler=events_cmd)
+    log = job_sub.add_parser(
+        "log",
+        help="a job's output (standard output; --err: standard error)",
+        description="Print a job's output file through the API (the job's user and operators): the whole file, or "
+        "its last N lines with --tail; -f keeps printing what the job writes until it ends. On the sim backend the "
+        "output is the job's simulated state changes.",
+    )
+    log.add_argument("job_id", metavar="JOBID")
+    log.add_argument("-f", "--follow", action="store_true", help="keep printing new output until the job ends")
+    log.add_argument("--err", action="store_true", help="the standard error file (the same file unless -e was given)")
+    log.add_argument("--tail", type=int, metavar="N", help="start with the last N lines")
+    add_remote_args(log)
+    log.set_defaults(handler=log_cmd)
 
 
 def _value(value: Any) -> str:
@@ -100,6 +124,7 @@ def show_cmd(args: argparse.Namespace) -> int:
             emit_json(job)
             return 0
         events = client.job_events(job_id)
+        tail = _stderr_tail(client, job) if job.get("state") in _FAILED else None
     table = Table(title=f"Job {job['id']}", show_header=False)
     table.add_column("field", no_wrap=True)
     table.add_column("value")
@@ -108,7 +133,23 @@ def show_cmd(args: argparse.Namespace) -> int:
     console = stdout_console()
     console.print(table)
     console.print(events_table(events))
+    if tail is not None:
+        console.print(tail)
     return 0
+
+
+def _stderr_tail(client: Client, job: dict[str, Any]) -> Text:
+    """The last lines of a failed job's standard error, titled with the file (or why they cannot be shown)."""
+    try:
+        got = client.job_log(int(job["id"]), "err", tail_lines=FAILED_TAIL_LINES)
+    except ApiError as exc:
+        return Text(f"standard error: not shown: {exc}")
+    where = got.get("path") or "simulated"
+    lines = got["data"].rstrip("\n")
+    if not lines:
+        note = f" ({got['note']})" if got.get("note") else ""
+        return Text(f"standard error ({where}): empty{note}")
+    return Text(f"last lines of standard error ({where}):\n{lines}")
 
 
 def events_cmd(args: argparse.Namespace) -> int:
@@ -120,3 +161,40 @@ def events_cmd(args: argparse.Namespace) -> int:
     else:
         stdout_console().print(events_table(events))
     return 0
+
+
+def log_cmd(args: argparse.Namespace) -> int:
+    job_id = parse_id(args.job_id)
+    if args.tail is not None and args.tail < 0:
+        raise UsageError(f"--tail: expected a number of lines >= 0, got {args.tail}")
+    stream = "err" if args.err else "out"
+    with connect(args) as client:
+        got = client.job_log(job_id, stream, tail_lines=args.tail)
+        _emit(got, args.json)
+        told = bool(got["data"])
+        path = got["path"]
+        while True:
+            if not got["eof"]:
+                got = client.job_log(job_id, stream, offset=got["next_offset"])
+            elif args.follow and not got["final"]:
+                time.sleep(FOLLOW_EVERY_S)
+                offset = got["next_offset"]
+                got = client.job_log(job_id, stream, offset=offset)
+                if got["path"] != path or got["size"] < offset:
+                    path = got["path"]  # a new attempt (re)wrote the file: from its start
+                    got = client.job_log(job_id, stream)
+            else:
+                break
+            _emit(got, args.json)
+            told = told or bool(got["data"])
+        if not told and got.get("note") and not args.json:
+            print(f"kfabric: job {job_id}: {got['note']}", file=sys.stderr)
+    return 0
+
+
+def _emit(got: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(got), flush=True)
+    elif got["data"]:
+        sys.stdout.write(got["data"])
+        sys.stdout.flush()

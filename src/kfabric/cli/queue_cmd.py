@@ -1,4 +1,9 @@
-"""``kfabric queue [--state S ...] [--project P] [--all]``: the jobs you can see, like Slurm's ``squeue``.
+"""``kfabric queue``: the jobs you can see, like Slurm's ``squeue`` (``-u``, ``--me``, ``-A``, ``-p``, ``-t``,
+``--format``, ``--sort``, ``--start``).
+
+Filters run on the server (``GET /v1/jobs?user=&project=&pool=&state=``), so a user's view of a 20,000-job queue
+fetches only their jobs. Long lists and output that is not a terminal are written as plain columns (no table
+widget), so 20,000 lines print in well under a second (``benchmarks/bench_queue_print.py``).
 
 This module also holds what every command that talks to the service shares: the ``--json``/``--url``/``--token``
 options, :func:`connect`, and the Slurm-style formatting of durations, times, placements and reasons.
@@ -8,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
-from datetime import datetime
 from typing import Any
 
 from rich.table import Table
@@ -17,12 +22,51 @@ from rich.text import Text
 
 from kfabric.cli.console import stdout_console
 from kfabric.cli.errors import UsageError
+from kfabric.cli.queue_fields import (
+    DEFAULT,
+    FIELDS,
+    START_VIEW,
+    fmt_duration,
+    fmt_gpus,
+    fmt_nodes,
+    fmt_time,
+    fold_arrays,
+    parse_format,
+    parse_sort,
+    plain_lines,
+    sort_jobs,
+    where_or_why,
+)
 from kfabric.client import DEFAULT_URL, Client
+from kfabric.model.suggest import did_you_mean
 
 ACTIVE_STATES = ("pending", "admitted", "running", "preempted")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "timeout")
 STATES = ACTIVE_STATES + FINAL_STATES
-COLUMNS = ("JOBID", "PROJECT", "NAME", "USER", "STATE", "GPUS", "TIME", "NODES/REASON")
+#: Slurm's state names and codes for kfabric's (``-t PD,R``, ``-t completed``)
+STATE_ALIASES = {
+    "pd": "pending", "r": "running", "cf": "admitted", "configuring": "admitted", "pr": "preempted",
+    "cd": "succeeded", "completed": "succeeded", "f": "failed", "ca": "cancelled", "canceled": "cancelled",
+    "to": "timeout", "s": "preempted", "suspended": "preempted",
+}  # fmt: skip
+#: above this many lines a terminal gets plain columns too (a table widget lays out every row first)
+PLAIN_ABOVE = 300
+__all__ = [
+    "ACTIVE_STATES",
+    "FINAL_STATES",
+    "STATES",
+    "add_remote_args",
+    "connect",
+    "elapsed",
+    "emit_json",
+    "fmt_duration",
+    "fmt_gpus",
+    "fmt_nodes",
+    "fmt_time",
+    "parse_id",
+    "parse_states",
+    "where_or_why",
+]
 
 
 # ---- shared by the service commands ----------------------------------------------------------------------
@@ -54,52 +98,6 @@ def parse_id(text: str, what: str = "JOBID") -> int:
     return int(value)
 
 
-def fmt_duration(seconds: float | None) -> str:
-    """Slurm's way: ``M:SS``, ``H:MM:SS``, ``D-HH:MM:SS``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    total = max(int(seconds), 0)
-    days, rest = divmod(total, 86_400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
-    if hours:
-        return f"{hours}:{minutes:02d}:{secs:02d}"
-    return f"{minutes}:{secs:02d}"
-
-
-def fmt_time(epoch_s: float | None) -> str:
-    """A moment in this machine's local time, to the second; ``-`` when unset."""
-    if epoch_s is None:
-        return "-"
-    return datetime.fromtimestamp(epoch_s).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _ranges(gpus: list[int]) -> str:
-    """``[0, 1, 2, 5]`` → ``0-2,5``."""
-    runs: list[list[int]] = []
-    for g in sorted(gpus):
-        if runs and runs[-1][1] + 1 == g:
-            runs[-1][1] = g
-        else:
-            runs.append([g, g])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-
-
-def fmt_nodes(job: dict[str, Any]) -> str:
-    """Where a placed job runs: ``node:GPUS`` per node (``@250m`` for a fractional share)."""
-    out = []
-    for n in job.get("nodes", []):
-        share = "" if n["gpu_milli"] >= 1000 else f"@{n['gpu_milli']}m"
-        out.append(f"{n['node']}:{_ranges(n['gpus'])}{share}" if n["gpus"] else str(n["node"]))
-    return " ".join(out)
-
-
-def fmt_gpus(job: dict[str, Any]) -> str:
-    return f"{job['gpu_milli'] / 1000:g}" if job["gpu_milli"] < 1000 else str(job["gpus"])
-
-
 def elapsed(job: dict[str, Any], now_s: float) -> float | None:
     """Running time (so far, or in all once ended), or the wait so far of a job that has not started."""
     started, ended = job.get("started_at_s"), job.get("ended_at_s")
@@ -110,21 +108,6 @@ def elapsed(job: dict[str, Any], now_s: float) -> float | None:
     return now_s - float(job["submitted_at_s"])
 
 
-def where_or_why(job: dict[str, Any]) -> str:
-    """NODES/REASON: the placement of a placed job, else why it waits (and when it may start), or how it ended."""
-    state = job["state"]
-    if state in ("admitted", "running"):
-        text = fmt_nodes(job)
-        return f"{text} (cancelling)" if job.get("cancel_requested") else text
-    if state in FINAL_STATES:
-        code = job.get("exit_code")
-        return str(job["reason"]) + (f" (exit {code})" if code is not None else "")
-    text = f"{job['reason_code']}: {job['reason']}" if job.get("reason_code") else str(job["reason"])
-    if job.get("expected_start_s") is not None:
-        text += f"; expected start {fmt_time(job['expected_start_s'])}"
-    return text
-
-
 # ---- kfabric queue ---------------------------------------------------------------------------------------
 
 
@@ -133,55 +116,102 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "queue",
         help="list jobs, like squeue",
         description="Jobs you can see, oldest first. By default only those not yet ended "
-        f"({', '.join(ACTIVE_STATES)}); --all adds ended ones.",
+        f"({', '.join(ACTIVE_STATES)}); --all adds ended ones. Fields for --format and --sort: "
+        f"{', '.join(FIELDS)} (or squeue's %i %j %u %T %M %D %R letters). TIME is the run time "
+        "(0:00 until the job runs). Pending tasks of an array show as one line, 12_[5-99%10].",
     )
     p.add_argument(
+        "-t",
+        "--states",
         "--state",
+        dest="state",
         action="append",
-        metavar="S",
-        help=f"only jobs in this state (repeatable; one of: {', '.join(STATES)})",
+        metavar="STATES",
+        help=f"only jobs in these states (comma-separated or repeated; {', '.join(STATES)}; Slurm's PD, R, CD, "
+        "CA, F, TO too; 'all' for every state)",
     )
-    p.add_argument("--project", metavar="P", help="only jobs of this project")
+    p.add_argument("-u", "--user", action="append", metavar="USER", help="only jobs of these users (comma-separated)")
+    p.add_argument("--me", action="store_true", help="only your own jobs")
+    p.add_argument("-A", "--project", "--account", dest="project", metavar="PROJECT", help="only jobs of this project")
+    p.add_argument("-p", "--pool", "--partition", dest="pool", metavar="POOL", help="only jobs placed on this pool")
     p.add_argument("--all", action="store_true", help="include ended jobs")
+    p.add_argument(
+        "-o", "--format", metavar="FIELDS", help="columns, e.g. id,name,user,state,reason,time,gpus,pool,start,submit"
+    )
+    p.add_argument("-S", "--sort", metavar="KEYS", help="sort by these fields (comma-separated; -FIELD descending)")
+    p.add_argument(
+        "--start",
+        action="store_true",
+        help="pending jobs with their expected start times, soonest first (like squeue --start)",
+    )
+    p.add_argument("--noheader", action="store_true", help="no header line and no count")
     add_remote_args(p)
     p.set_defaults(handler=run)
 
 
 def parse_states(values: list[str] | None) -> list[str] | None:
-    """``--state`` values (repeatable, or comma-separated), checked against the job states."""
+    """``--state`` values (repeatable, or comma-separated), checked against the job states; ``all`` is every
+    state (None)."""
     if not values:
         return None
-    states = [s.strip().lower() for v in values for s in v.split(",") if s.strip()]
-    for s in states:
+    out: list[str] = []
+    for raw in (s.strip() for v in values for s in v.split(",")):
+        s = raw.lower()
+        if not s:
+            continue
+        if s == "all":
+            return None
+        s = STATE_ALIASES.get(s, s)
         if s not in STATES:
-            raise UsageError(f"--state: unknown job state {s!r}; use one of: {', '.join(STATES)}")
-    return states
+            raise UsageError(
+                f"--state: unknown job state {raw!r}{did_you_mean(raw, STATES)}; use one of: {', '.join(STATES)}"
+            )
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def _users(args: argparse.Namespace, client: Client) -> list[str] | None:
+    names = [u.strip() for v in args.user or () for u in v.split(",") if u.strip()]
+    if args.me:
+        names.append(str(client.whoami()["name"]))
+    return names or None
 
 
 def run(args: argparse.Namespace) -> int:
+    fields = parse_format(args.format) if args.format else (START_VIEW if args.start else DEFAULT)
+    sort = parse_sort(args.sort) if args.sort else ((("start", False), ("id", False)) if args.start else ())
     states = parse_states(args.state)
-    if states is None and not args.all:
+    if args.start:
+        states = ["pending"]
+    elif states is None and not args.all and not args.state:
         states = list(ACTIVE_STATES)
     with connect(args) as client:
-        jobs = client.jobs(state=states, project=args.project)
+        jobs = client.jobs(state=states, project=args.project, user=_users(args, client), pool=args.pool)
     if args.json:
         emit_json(jobs)
         return 0
     now = time.time()
-    table = Table(caption=f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}" + ("" if args.all else "; --all for ended"))
-    for name in COLUMNS:
-        right = name in ("JOBID", "GPUS", "TIME")
-        table.add_column(name, justify="right" if right else "left", no_wrap=name in ("JOBID", "STATE", "TIME"))
-    for j in jobs:
-        table.add_row(
-            str(j["id"]),
-            Text(j["project"]),
-            Text(j["name"]),
-            Text(j["user"]),
-            j["state"].upper(),
-            fmt_gpus(j),
-            fmt_duration(elapsed(j, now)),
-            Text(where_or_why(j)),
-        )
+    if sort:
+        jobs = sort_jobs(jobs, sort, now)
+    shown = fold_arrays(jobs)
+    caption = f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}"
+    if len(shown) != len(jobs):
+        caption += f" on {len(shown)} lines (pending array tasks folded)"
+    if not args.all and not args.state and not args.start:
+        caption += "; --all for ended"
+    if len(shown) > PLAIN_ABOVE or not sys.stdout.isatty():
+        out = sys.stdout
+        out.write("\n".join(plain_lines(fields, shown, now, header=not args.noheader)))
+        out.write("\n" if shown or not args.noheader else "")
+        if not args.noheader:
+            out.write(caption + "\n")
+        return 0
+    table = Table(caption=None if args.noheader else caption, show_header=not args.noheader)
+    for name in fields:
+        f = FIELDS[name]
+        table.add_column(f.header, justify="right" if f.right else "left", no_wrap=name in ("id", "state", "time"))
+    for j in shown:
+        table.add_row(*(Text(FIELDS[name].text(j, now)) for name in fields))
     stdout_console().print(table)
     return 0

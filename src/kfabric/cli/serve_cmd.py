@@ -39,6 +39,7 @@ from kfabric.service.leadership import Leadership, LeaseSettings, ServerInfo
 from kfabric.service.logs import FORMATS
 from kfabric.service.logs import configure as configure_logs
 from kfabric.service.loop import LeaderLoop
+from kfabric.service.notifications import MAX_ATTEMPTS, NotificationWorker, settings_of
 from kfabric.service.runtime import bound_idle_transactions, open_runtime, open_store, stored_fleet
 from kfabric.store.db import default_url
 
@@ -83,6 +84,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "STATE_DIR/audit.key; created 0600 on first start; docs/security.md)",
     )
     _limit_options(p)
+    _notify_options(p)
     p.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error", "critical"),
         help="info (default): one line per decision (admit, preempt, requeue, end), backend launch and terminate, "
@@ -114,6 +116,29 @@ def _limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-open", action="store_true",
         help="serve /metrics without a token (default: an operator's or a provider's token is needed)",
+    )  # fmt: skip
+
+
+def _notify_options(p: argparse.ArgumentParser) -> None:
+    """Job notifications (``--mail-type``, ``--notify``; service/notifications.py, docs/operations.md)."""
+    p.add_argument(
+        "--smtp", default=os.environ.get("KFABRIC_SMTP") or None, metavar="HOST:PORT",
+        help="SMTP server for --mail-type mail (default: $KFABRIC_SMTP; none: mail is not sent, its rows fail)",
+    )  # fmt: skip
+    p.add_argument("--smtp-from", default="", metavar="ADDR", help="sender of job mail (default kfabric@HOSTNAME)")
+    p.add_argument("--smtp-starttls", action="store_true", help="upgrade the SMTP connection with STARTTLS")
+    p.add_argument(
+        "--smtp-user", default="", metavar="USER", help="SMTP login; the password is read from $KFABRIC_SMTP_PASSWORD"
+    )
+    p.add_argument(
+        "--notify-allow", action="append", default=[], metavar="CIDR|HOST",
+        help="let webhooks reach these networks or hosts although they are loopback, link-local (cloud metadata), "
+        "... (refused by default); repeatable or comma-separated",
+    )  # fmt: skip
+    p.add_argument(
+        "--notify-attempts", type=int, default=MAX_ATTEMPTS, metavar="N",
+        help=f"deliveries tried per notification (exponential back-off) before it is marked failed "
+        f"(default {MAX_ATTEMPTS})",
     )  # fmt: skip
 
 
@@ -262,6 +287,10 @@ def _serve(
     from kfabric.api.app import create_app
     from kfabric.api.limits import uvicorn_options
 
+    notify = settings_of(
+        args.smtp, args.smtp_from, args.smtp_starttls, args.smtp_user, os.environ.get("KFABRIC_SMTP_PASSWORD", ""),
+        args.notify_allow, args.notify_attempts,
+    )  # fmt: skip
     name, document = _fleet_document(args)
     if document is None:
         _engine, sessions = open_store(db)
@@ -287,6 +316,9 @@ def _serve(
     rt.leadership = Leadership(rt.sessions, server, settings, exclusive=exclusive)
     loop = LeaderLoop(rt.controller, rt.leadership, args.tick)
     loop.start()
+    leadership = rt.leadership
+    notifier = NotificationWorker(rt.sessions, notify, leading=lambda: leadership.epoch is not None)
+    notifier.start()  # job mail and webhooks, delivered apart from the cycle while this server leads
     role = "leader" if rt.leadership.epoch is not None else "standby (another server leads: kfabric status)"
     print(
         f"kfabric serving fleet {rt.scenario.name!r} on http://{args.host}:{args.port} (db {db}); "
@@ -303,6 +335,7 @@ def _serve(
             **uvicorn_options(limits),
         )  # fmt: skip
     finally:
+        notifier.stop()
         loop.stop()
         rt.close()
     sys.stdout.flush()

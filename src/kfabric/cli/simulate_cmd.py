@@ -22,6 +22,7 @@ from kfabric.scenarios.policies import load_policy
 from kfabric.sched.policy import Policy
 from kfabric.service.runtime import open_store, stored_fleet
 from kfabric.sim.engine import SimOptions
+from kfabric.sim.metrics import SIZE_CLASSES
 from kfabric.sim.run import default_start
 from kfabric.traces.sources import load_workload
 
@@ -38,17 +39,21 @@ def _ratio(v: float) -> str:
     return f"{v:.3f}"
 
 
+#: the comparison table: waits and slowdown are over every submitted job (never-started ones censored at the
+#: window's end), JCT over finished jobs (docs/metrics.md)
 SUMMARY_COLUMNS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("utilization", "util", _pct),
     ("avg_jct_s", "avg JCT", fmt_duration),
     ("p99_jct_s", "p99 JCT", fmt_duration),
     ("avg_wait_s", "avg wait", fmt_duration),
     ("p999_wait_s", "p99.9 wait", fmt_duration),
+    ("max_wait_s", "max wait", fmt_duration),
+    ("jobs_never_started", "unstarted", _count),
+    ("jobs_rejected", "rejected", _count),
     ("avg_bounded_slowdown", "slowdown", _ratio),
-    ("jain_index", "Jain", _ratio),
-    ("preemptions", "preempt", _count),
-    ("lost_gpu_hours", "lost GPU-h", _count),
-    ("jobs_finished", "jobs done", _count),
+    ("jain_demand", "Jain dem.", _ratio),
+    ("jain_entitlement", "Jain ent.", _ratio),
+    ("jobs_finished", "done", _count),
     ("jobs_per_min", "jobs/min", _count),
 )
 
@@ -123,8 +128,62 @@ def run_cmd(args: argparse.Namespace) -> int:
     for name, s in summaries.items():
         table.add_row(name, *[fmt(s[key]) for key, _, fmt in SUMMARY_COLUMNS])
     stdout_console().print(table)
+    stdout_console().print(breakdown_table(summaries))
     stdout_console().print(f"runs written under {args.out}/ ({', '.join(summaries)})")
     return 0
+
+
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _section(summaries: dict[str, dict[str, Any]], key: str) -> list[str]:
+    """The keys of a per-name mapping (e.g. ``gpu_hours_by_owner``) over all runs, sorted."""
+    names: set[str] = set()
+    for s in summaries.values():
+        value = s.get(key)
+        if isinstance(value, dict):
+            names.update(str(k) for k in value)
+    return sorted(names)
+
+
+def breakdown_table(summaries: dict[str, dict[str, Any]]) -> Table:
+    """Where the GPU-hours went and who waited, one column per policy: the largest jobs' waits and starvation,
+    waits by size class, delivered GPU-hours by owner and program, lent capacity, preemption cost, rejections."""
+    names = list(summaries)
+    table = Table(title="who waited and where the GPU-hours went (waits over all submitted jobs, censored)")
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+
+    def row(label: str, cells: list[str], end_section: bool = False) -> None:
+        table.add_row(label, *cells, end_section=end_section)
+
+    sizes = [c for c in SIZE_CLASSES if any(c in (s.get("wait_by_size") or {}) for s in summaries.values())]
+    for i, cls in enumerate(sizes):
+        stats = [(s.get("wait_by_size") or {}).get(cls, {}) for s in summaries.values()]
+        cells = [
+            f"{fmt_duration(_num(st.get('max_wait_s')))} · {_count(_num(st.get('never_started')))}/"
+            f"{_count(_num(st.get('jobs')))}"
+            for st in stats
+        ]
+        row(f"{cls} GPUs: max wait · never started/jobs", cells, end_section=i == len(sizes) - 1)
+    for key, label, unit in (
+        ("gpu_hours_by_owner", "owner", "GPU-h"),
+        ("gpu_hours_by_program", "program", "GPU-h"),
+        ("lent_gpu_hours_by_owner", "lent by", "GPU-h"),
+    ):
+        keys = _section(summaries, key)
+        for i, k in enumerate(keys):
+            cells = [_count(_num((s.get(key) or {}).get(k))) for s in summaries.values()]
+            row(f"{label} {k} ({unit})", cells, end_section=i == len(keys) - 1)
+    row("preemptions · lost GPU-h", [
+        f"{_count(_num(s.get('preemptions')))} · {_count(_num(s.get('lost_gpu_hours')))}" for s in summaries.values()
+    ])  # fmt: skip
+    for key, label in (("rejected_by_reason", "rejected"), ("never_started_by_reason", "never started")):
+        for k in _section(summaries, key):
+            row(f"{label}: {k}", [_count(_num((s.get(key) or {}).get(k))) for s in summaries.values()])
+    return table
 
 
 def _without_tenants(summary: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from plotly.offline import get_plotlyjs
 
+from kfabric.report.breakdown import delivered_section, fairness_section, reservations_section, starvation_section
 from kfabric.report.figures import MAX_POINTS, downsample
 from kfabric.report.job_charts import (
     TOP_TENANTS,
@@ -57,6 +58,10 @@ __all__ = [
 
 SECTION_TITLES = {
     "summary": "Summary metrics",
+    "starvation": "Who waited: never started, waits by size, the largest jobs, rejections",
+    "delivered": "Where the GPU-hours went: owners, programs, lent capacity, preemption cost",
+    "reservations": "Reserved capacity",
+    "fairness": "Fairness against demand",
     "owner": "Allocated GPUs by owner",
     "site": "Allocated GPUs by site",
     "util": "GPU utilization over time",
@@ -93,6 +98,10 @@ def write_report(run_dirs: Sequence[Path], out: Path) -> Path:
 def render_report(runs: Sequence[Run]) -> str:
     sections = [
         ("summary", summary_table(runs)),
+        ("starvation", starvation_section(runs)),
+        ("delivered", delivered_section(runs)),
+        ("reservations", reservations_section(runs)),
+        ("fairness", fairness_section(runs)),
         ("owner", stacked_gpus_chart(runs, "owners", "owner")),
         ("site", stacked_gpus_chart(runs, "sites", "site")),
         ("util", utilization_chart(runs)),

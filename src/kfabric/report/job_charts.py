@@ -75,8 +75,9 @@ def wait_cdf_chart(runs: Sequence[Run]) -> str:
     )
     fig.update_yaxes(title_text="jobs (%)", range=[0, 101])
     note = (
-        '<p class="note">Share of finished jobs that waited at most <i>x</i>. Waits under 1 s are drawn at 1 s, '
-        "so the height at the left edge is the share that started at once.</p>"
+        '<p class="note">Share of submitted jobs that waited at most <i>x</i>; a job never started counts with its '
+        "wait up to the window's end (censored), so the curve does not reach 100% before the longest such wait. "
+        "Waits under 1 s are drawn at 1 s, so the height at the left edge is the share that started at once.</p>"
     )
     return note + figure_html(fig, 450)
 

@@ -61,12 +61,17 @@ METRICS: tuple[Metric, ...] = (
     Metric("avg_jct_s", "mean JCT", fmt_duration, "low"),
     Metric("p50_jct_s", "median JCT", fmt_duration, "low"),
     Metric("p99_jct_s", "p99 JCT", fmt_duration, "low"),
-    Metric("avg_wait_s", "mean wait", fmt_duration, "low"),
+    Metric("avg_wait_s", "mean wait (all submitted, censored)", fmt_duration, "low"),
     Metric("p999_wait_s", "p99.9 wait", fmt_duration, "low"),
+    Metric("max_wait_s", "maximum wait", fmt_duration, "low"),
+    Metric("jobs_never_started", "jobs never started", fmt_number, "low"),
+    Metric("jobs_rejected", "jobs rejected at admission", fmt_number, ""),
     Metric("avg_bounded_slowdown", "mean bounded slowdown", lambda v: fmt_number(v, 2), "low"),
     Metric("preemptions", "preemptions", fmt_number, "low"),
     Metric("lost_gpu_hours", "GPU time lost to preemption", lambda v: f"{fmt_number(v, 1)} GPU-h", "low"),
-    Metric("jain_index", "Jain index (share / entitlement)", lambda v: fmt_number(v, 3), "high"),
+    Metric("jain_demand", "Jain index (delivered / demand-capped fair share)", lambda v: fmt_number(v, 3), "high"),
+    Metric("jain_entitlement", "Jain index (share / entitlement)", lambda v: fmt_number(v, 3), "high"),
+    Metric("lent_gpu_hours", "lent capacity used", lambda v: f"{fmt_number(v)} GPU-h", ""),
     Metric("fragmentation_avg", "mean fragmentation", lambda v: f"{v * 100:.1f}%", "low"),
     Metric("power_peak_total_mw", "peak IT power, all sites", fmt_power, ""),
     Metric("jobs_finished", "jobs finished", fmt_number, "high"),
@@ -90,6 +95,8 @@ def metric_value(run: Run, key: str) -> float:
             return float(np.nanmax(np.sum(list(power.values()), axis=0)))
         peaks = run.summary.get("power_peak_mw")
         return sum(num(v) for v in peaks.values()) if isinstance(peaks, dict) and peaks else math.nan
+    if key == "jain_entitlement" and key not in run.summary:  # summaries written before the key was renamed
+        key = "jain_index"
     return num(run.summary.get(key))
 
 
@@ -149,7 +156,8 @@ def summary_table(runs: Sequence[Run]) -> str:
         lines.append(f'<tr><th scope="row">{html.escape(m.label)}{hint}</th>{tds}</tr>')
     lines.append("</tbody></table>")
     lines.append(
-        '<p class="note">↓ lower is better, ↑ higher is better. JCT = end − submit; wait = first start − '
-        "submit; utilization = allocated / online GPU-seconds.</p>"
+        '<p class="note">↓ lower is better, ↑ higher is better. JCT = end − submit (finished jobs); wait = first '
+        "start − submit over every submitted job (a job never started counts up to the window's end); utilization "
+        "= allocated / online GPU-seconds. Definitions: docs/metrics.md.</p>"
     )
     return "\n".join(lines)

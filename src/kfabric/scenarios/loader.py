@@ -29,6 +29,7 @@ from kfabric.model import (
     Site,
     ValidationError,
 )
+from kfabric.model.suggest import did_you_mean
 from kfabric.scenarios.errors import ScenarioError
 from kfabric.scenarios.yamldoc import Doc, Fields, parse_doc, read_doc
 
@@ -64,7 +65,8 @@ def load_scenario(name_or_path: str) -> Scenario:
     path = Path(name_or_path)
     if not path.exists():
         known = ", ".join([*PACKAGED, "openb[:NODES_CSV]"])
-        raise ScenarioError(name_or_path, "", None, f"a scenario name ({known}) or a YAML file", "neither")
+        found = "neither" + did_you_mean(name_or_path, [*PACKAGED, "openb"])
+        raise ScenarioError(name_or_path, "", None, f"a scenario name ({known}) or a YAML file", found)
     return load_file(path)
 
 
@@ -91,7 +93,8 @@ def scenario_text(name_or_path: str) -> str:
     path = packaged_path(name_or_path) if name_or_path in PACKAGED else Path(name_or_path)
     if not path.exists():
         known = ", ".join(PACKAGED)
-        raise ScenarioError(name_or_path, "", None, f"a scenario name ({known}) or a YAML file", "neither")
+        found = "neither" + did_you_mean(name_or_path, PACKAGED)
+        raise ScenarioError(name_or_path, "", None, f"a scenario name ({known}) or a YAML file", found)
     return path.read_text()
 
 
@@ -161,6 +164,9 @@ def _gpu_model(f: Fields) -> GpuModel:
         board_power_w=f.number("board_power_w"),
         nvlink_domain_gpus=f.integer("nvlink_domain_gpus", minimum=1),
         su_weight=f.number("su_weight"),
+        # optional: training speed against H100 and where it comes from (docs/gpu-speeds.md)
+        speed=f.number("speed") if "speed" in f.data else None,
+        speed_source=f.text("speed_source", "") if "speed_source" in f.data else "",
     )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from kfabric.model.errors import ValidationError
+from kfabric.model.suggest import did_you_mean
 from kfabric.scenarios.errors import ScenarioError
 from kfabric.scenarios.yamldoc import read_doc
 from kfabric.sched.policy import Policy
@@ -18,14 +19,16 @@ def load_policy(name_or_path: str) -> Policy:
         return PRESETS[name_or_path]
     path = Path(name_or_path)
     if not path.exists():
-        raise ScenarioError(name_or_path, "", None, f"a policy preset ({', '.join(PRESETS)}) or a YAML file", "neither")
+        found = "neither" + did_you_mean(name_or_path, PRESETS)
+        raise ScenarioError(name_or_path, "", None, f"a policy preset ({', '.join(PRESETS)}) or a YAML file", found)
     doc = read_doc(path)
     if not isinstance(doc.data, dict):
         raise doc.error("", "a mapping of policy settings", doc.data)
     data: dict[str, Any] = dict(doc.data)
     base_name = data.pop("base", "kfabric")
     if base_name not in PRESETS:
-        raise doc.error("base", "a preset name: " + ", ".join(PRESETS), base_name)
+        found = f"{base_name}{did_you_mean(str(base_name), PRESETS)}"
+        raise doc.error("base", "a preset name: " + ", ".join(PRESETS), found)
     try:
         overrides = Policy.from_mapping(data, where="policy")
     except ValidationError as exc:

@@ -47,6 +47,8 @@ class PoolInfo:
     first_unit: int
     units: int
     kw_per_gpu: float
+    #: training speed of the pool's GPU model against H100 (``GpuModel.relative_speed``; placement.prefer_pools)
+    speed: float = 1.0
 
     @property
     def gpus(self) -> int:
@@ -137,13 +139,14 @@ class Capacity:
                     first_unit=unit,
                     units=units,
                     kw_per_gpu=p.node_power_kw / max(p.gpus_per_node, 1),
+                    speed=fleet.model(p.gpu_model).relative_speed,
                 )
             )
             node, rack, unit = node + p.nodes, rack + racks, unit + units
         self.pools = tuple(pools)
         self.pool_by_name = {p.name: p for p in pools}
-        #: heterogeneity order of a set of pools when jobs carry no speeds (placement.prefer_pools)
-        self.pool_order_cache: dict[tuple[int, ...], list[int]] = {}
+        #: heterogeneity tiers of a set of pools when the request carries no per-job speeds (placement._tiers)
+        self.pool_order_cache: dict[tuple[int, ...], list[list[int]]] = {}
         n = node
         self.n_nodes = n
         gmax = max((p.gpus_per_node for p in pools), default=0)

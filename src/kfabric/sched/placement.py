@@ -9,8 +9,9 @@ Registered (``sched.registry``): ``first-fit``, ``best-fit``, ``fgd`` and ``kfab
   stranded by CPU/memory), or, in a fleet larger than :data:`EXACT_SCAN_NODES` nodes, pool by pool over
   representatives read from the capacity index (:mod:`kfabric.sched.bounded`). ``first-fit`` takes the
   first node that fits, pool by pool in the request's order.
-* ``kfabric`` is heterogeneity-aware: pools are tried in tiers of equal work per service unit
-  (:func:`prefer_pools`), the cheaper model winning ties; the others keep the request's order.
+* ``kfabric`` is heterogeneity-aware: pools are tried in tiers of equal work per service unit (the model's
+  training speed over its SU weight, :func:`work_per_su`; speeds from the GPU catalog, docs/gpu-speeds.md), the
+  cheaper model winning ties (:func:`prefer_pools`); the others keep the request's order.
 * Several nodes (gangs; :mod:`kfabric.sched.gangs`) and jobs that must stay inside one in-node NVLink
   domain use the topology-aware paths, pool by pool, for every policy.
 
@@ -44,6 +45,7 @@ __all__ = [
     "node_counts",
     "prefer_pools",
     "topology_ok",
+    "work_per_su",
 ]
 
 #: in a fleet of at most this many nodes, single-node work is scored over every fitting node of the request's
@@ -227,40 +229,42 @@ def _policy(scorer: Scorer | None, reorder: bool) -> PlacementFn:
     return place
 
 
+def work_per_su(cap: Capacity, req: PlaceRequest, pi: int) -> float:
+    """Training work one service unit buys on pool ``pi`` for this job: its speed there (the request's per-job
+    speed if given, else the pool model's catalog speed) over the model's SU weight, rounded to 6 digits so that
+    models of equal value tie exactly."""
+    p = cap.pools[pi]
+    speed = req.speed.get(pi, p.speed) if req.speed else p.speed
+    return round(speed / p.su_weight, 6)
+
+
 def prefer_pools(cap: Capacity, req: PlaceRequest) -> list[int]:
-    """Heterogeneity-aware order: most work per service unit first; then the cheaper model (keep premium
-    GPUs for jobs that need them); then pools with the least free capacity for the job's size (packing)."""
-    speed = req.speed or {}
-    if not speed:
-        # without per-job speeds the order depends on the pools alone: computed once per pool set
-        pools = tuple(req.pools)
-        cached = cap.pool_order_cache.get(pools)
-        if cached is None:
-            cached = cap.pool_order_cache[pools] = sorted(pools, key=lambda pi: (cap.pools[pi].su_weight, pi))
-        return list(cached)
-
-    def key(pi: int) -> tuple[float, float, int]:
-        p = cap.pools[pi]
-        work_per_su = speed.get(pi, p.su_weight) / p.su_weight
-        return (-round(work_per_su, 6), p.su_weight, pi)
-
-    return sorted(req.pools, key=key)
+    """Heterogeneity-aware order: most work per service unit first (:func:`work_per_su`); then the cheaper model
+    (keep premium GPUs for jobs that need them); then the pool index (the fleet's order)."""
+    return [pi for tier in _tiers(cap, req) for pi in tier]
 
 
 def _tiers(cap: Capacity, req: PlaceRequest) -> list[list[int]]:
     """:func:`prefer_pools` cut into tiers of equal work per SU: a tier's pools are scored together (the
-    earlier pool, i.e. the cheaper model, wins ties); the next tier is tried only when nothing in one fits."""
-    speed = req.speed or {}
-    if not speed:
-        return [prefer_pools(cap, req)]
+    earlier pool, i.e. the cheaper model, wins ties); the next tier is tried only when nothing in one fits.
+    Without per-job speeds the tiers depend on the pools alone: computed once per set of pools."""
+    if not req.speed:
+        pools = tuple(req.pools)
+        cached = cap.pool_order_cache.get(pools)
+        if cached is None:
+            cached = cap.pool_order_cache[pools] = _cut(cap, req)
+        return cached
+    return _cut(cap, req)
+
+
+def _cut(cap: Capacity, req: PlaceRequest) -> list[list[int]]:
+    keyed = sorted((-work_per_su(cap, req, pi), cap.pools[pi].su_weight, pi) for pi in req.pools)
     tiers: list[list[int]] = []
     last: float | None = None
-    for pi in prefer_pools(cap, req):
-        p = cap.pools[pi]
-        key = round(speed.get(pi, p.su_weight) / p.su_weight, 6)
-        if key != last:
+    for neg_work, _, pi in keyed:
+        if neg_work != last:
             tiers.append([])
-            last = key
+            last = neg_work
         tiers[-1].append(pi)
     return tiers
 

@@ -19,7 +19,8 @@ class PlaceRequest:
     #: host share per GPU for jobs that do not state their CPU or memory
     cpu_milli_per_gpu: int = 0
     memory_mib_per_gpu: int = 0
-    #: relative speed of the job per pool model (pool index -> speed), for heterogeneity-aware placement
+    #: per-job speed per pool (pool index -> speed against H100), overriding the pool model's catalog speed
+    #: (``PoolInfo.speed``) in heterogeneity-aware placement; None: the catalog speeds (what the cycle passes)
     speed: dict[int, float] | None = None
     #: the target workload as (gpu_milli, gpus, probability) task types, for fragmentation-aware placement
     task_types: tuple[tuple[int, int, float], ...] = ()

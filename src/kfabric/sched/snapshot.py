@@ -89,6 +89,8 @@ class GrantState:
     credit_left_su: float | None = None
     on_exhausted: OnExhausted = OnExhausted.STOP
     max_job_duration_s: float | None = None
+    #: the program's utilization floor for reserved GPUs (0: no under-use rule; ``sched.ledger``)
+    utilization_floor_pct: float = 0.0
 
     def with_credit(self, left_su: float) -> GrantState:
         """The same grant with ``left_su`` SU-hours of credit free (credit less what was used and what active
@@ -103,6 +105,22 @@ class GrantState:
             left_su,
             self.on_exhausted,
             self.max_job_duration_s,
+            self.utilization_floor_pct,
+        )
+
+    def with_end(self, end_s: float) -> GrantState:
+        """The same grant ending at ``end_s`` (reclaimed for under-use)."""
+        return GrantState(
+            self.id,
+            self.project,
+            self.start_s,
+            end_s,
+            self.reserved_model,
+            self.reserved_gpus,
+            self.credit_left_su,
+            self.on_exhausted,
+            self.max_job_duration_s,
+            self.utilization_floor_pct,
         )
 
 
@@ -151,6 +169,14 @@ class Snapshot:
             if online_at_s is None or pool.online <= datetime.fromtimestamp(online_at_s, UTC).date():
                 cap.set_pool_online(i, True)
         return cls(cap, **kwargs)  # type: ignore[arg-type]
+
+    def set_tenants(self, tenants: Mapping[str, TenantInfo], grants: Mapping[str, GrantState]) -> None:
+        """Replace the tenants and grants (an owner following its store): the caches that depend on them go."""
+        self.tenants = tenants
+        self.grants = grants
+        self._shares = None
+        self.__post_init__()
+        self.eligibility_cache.clear()
 
     def fair_shares(self) -> dict[str, float]:
         """Normalized fair-share shares of the tenants (computed once: tenants do not change after creation)."""

@@ -25,18 +25,20 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from kfabric.backends.base import Backend, BackendUnavailable, LaunchSpec, NodeGpus, RunReport, RunState
 from kfabric.backends.fencing import Fenced
-from kfabric.model.decision import Admission, Decision
+from kfabric.model.decision import Admission, Decision, Preemption
 from kfabric.model.errors import NotFound, ValidationError
 from kfabric.model.job import JobState
 from kfabric.scenarios.loader import Scenario, load_text
+from kfabric.sched import ledger
 from kfabric.sched.cycle import cycle
+from kfabric.sched.expected_start import Estimate, expected_starts
 from kfabric.sched.policy import Policy
-from kfabric.service import audit, credit, fleet_changes, node_health, policy_changes
+from kfabric.service import audit, credit, fleet_changes, job_output, node_health, policy_changes
 from kfabric.service.grants import check_underuse
 from kfabric.service.jobs import transition
 from kfabric.service.jobspec import placement_to_json
@@ -57,6 +59,37 @@ FINAL_OF = {
     RunState.CANCELLED: JobState.CANCELLED,
     RunState.TIMEOUT: JobState.TIMEOUT,
 }
+#: how a run ended, in the ledger's words (``sched.ledger``: which ends the run-time estimator learns from)
+OUTCOME_OF = {
+    JobState.SUCCEEDED: ledger.SUCCEEDED,
+    JobState.FAILED: ledger.FAILED,
+    JobState.TIMEOUT: ledger.TIMEOUT,
+    JobState.CANCELLED: ledger.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """A run that left its GPUs, for the ledger once its transaction committed: job, when, how, seconds it ran."""
+
+    job_id: str
+    at_s: float
+    outcome: str
+    run_s: float
+
+
+#: a pending job's reason and expected start, written for many jobs in one executemany (``Controller._apply``)
+_JOBS = cast(Table, t.Job.__table__)
+_SET_PENDING_REASON = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("b_id"), _JOBS.c.state == PENDING)
+    .values(
+        reason_code=bindparam("b_code"),
+        reason=bindparam("b_reason"),
+        expected_start_s=bindparam("b_start"),
+        expected_start_why=bindparam("b_why"),
+    )
+)
 
 
 @dataclass
@@ -113,8 +146,12 @@ class Controller:
             raise ValueError(f"the fleet's clusters use backends {missing} that are not configured")
         self.live.set_backends(self.pool_backend)
         self.node_names = self.live.node_names
-        self._reasons: dict[str, tuple[str, str, float | None]] = {}
+        self._reasons: dict[str, tuple[str, str, float | None, str]] = {}
+        #: the last cycle's expected starts of pending jobs (sched/expected_start.py), written by ``_apply``
+        self._expected: dict[str, Estimate] = {}
         self._terminating: set[tuple[str, int]] = set()
+        #: runs that ended in the reconcile transaction in progress (the ledger takes them once it commits)
+        self._ends: list[RunEnd] = []
         self._accounted_at_s = 0.0
         self._lock = threading.Lock()
         self.last_tick: TickReport | None = None
@@ -169,9 +206,10 @@ class Controller:
 
     @property
     def preempt_grace_s(self) -> float:
-        """Seconds a preempted job gets between SIGTERM and the kill: the live policy's ``grace_s`` (the twin's too),
-        read at each use so that a policy applied at run time takes effect at the next terminate."""
-        return self.policy.grace_s
+        """Seconds a preempted job gets between SIGTERM and the kill: the live policy's ``grace_s`` (the twin's too,
+        ``sched.ledger.grace_s``), read at each use so that a policy applied at run time takes effect at the next
+        terminate."""
+        return ledger.grace_s(self.policy)
 
     # ---- the loop --------------------------------------------------------------------------------------------
     def tick(self) -> TickReport:
@@ -214,6 +252,7 @@ class Controller:
                 rep.unavailable.append(name)
                 event(log, "backend.unavailable", logging.WARNING, backend=name, call="poll", reason=str(exc))  # log
         now = rep.now_s
+        self._ends.clear()
         with self._tx() as s:
             node_health.sync(s, self, polled, reports, now)  # node health (service/node_health.py): facts → node_states
             rows = s.scalars(select(t.Job).where(t.Job.state.in_((ADMITTED, RUNNING))).order_by(t.Job.id)).all()
@@ -235,6 +274,19 @@ class Controller:
                         rep.started += 1
                     continue
                 self._ended(s, row, r, now, rep)
+        self._settle(self._ends)
+
+    def _settle(self, ends: list[RunEnd]) -> None:
+        """Committed ends go through the ledger (``sched.ledger``), as in the twin: the run leaves the snapshot at its
+        end (its use counted to then) and the estimator learns by the ledger's rule."""
+        live = self.live
+        for end in ends:
+            job = live.job(end.job_id)
+            if end.job_id in live.snap.running:
+                live.ledger.finish(end.job_id, end.at_s)
+            if job is not None:
+                live.ledger.learn(job, end.outcome, end.run_s)
+        ends.clear()
 
     def _audit(self, s: Session, row: t.Job, action: str, at_s: float, detail: dict[str, object]) -> None:
         """One audit entry about a job, in its tenant's organization (so ``kfabric audit --job ID`` shows it)."""
@@ -273,6 +325,9 @@ class Controller:
         natural_end = r.state in (RunState.SUCCEEDED, RunState.FAILED, RunState.TIMEOUT)
         if r.state is RunState.LOST or (row.preempt_requested and not natural_end):
             why = (r.message or "lost by its backend") if r.state is RunState.LOST else (row.reason or "preempted")
+            self._ends.append(
+                RunEnd(str(row.id), end, ledger.LOST if r.state is RunState.LOST else ledger.PREEMPTED, 0.0)
+            )
             transition(s, row, JobState.PREEMPTED, end, why)
             transition(s, row, JobState.PENDING, end, f"requeued after: {why}")
             self._audit(s, row, "job.requeue", end, {"why": why, "exit_code": r.exit_code})
@@ -291,10 +346,8 @@ class Controller:
         rep.ended_states[final.value] += 1  # metrics
         rep.failures.update([final.value] if final in (JobState.FAILED, JobState.TIMEOUT) else [])  # metrics
         self._note(rep, "job.end", row, state=final.value, exit_code=r.exit_code, why=r.message)  # log
-        if final is JobState.SUCCEEDED and row.started_at_s is not None:
-            job = self.live.job(str(row.id))
-            if job is not None:
-                self.live.snap.estimator.observe(job, max(1.0, end - row.started_at_s))
+        run_s = end - row.started_at_s if row.started_at_s is not None else 0.0
+        self._ends.append(RunEnd(str(row.id), end, OUTCOME_OF[final], run_s))
 
     # ---- 2. schedule and apply ----------------------------------------------------------------------------------
     def schedule(self, rep: TickReport) -> Decision:
@@ -305,15 +358,36 @@ class Controller:
         decision = cycle(self.live.snap, self.live.queue, self.policy, now)
         rep.cycle_ms = (time.perf_counter() - t0) * 1000
         rep.pending = len(self.live.queue)
+        self._expected = expected_starts(self.live.snap, self.live.queue, decision, now)  # squeue --start
         with self._tx() as s:
-            self._apply(s, decision, now, rep)
+            applied = self._apply(s, decision, now, rep)
+            self.live.gate.write(s, now, self._reasons)  # jobs kept out of the cycle (service/eligibility_gate.py)
+        self._record(applied, now)
         return decision
 
-    def _apply(self, s: Session, d: Decision, now: float, rep: TickReport) -> None:
+    def _record(self, applied: tuple[list[Preemption], list[Admission]], now: float) -> None:
+        """The committed decision goes through the ledger as in the twin: victims leave now, admissions hold GPUs."""
+        live = self.live
+        for pre in applied[0]:
+            if pre.job_id in live.snap.running:
+                live.ledger.finish(pre.job_id, now)
+        for adm in applied[1]:
+            job = live.job(adm.job_id)
+            if job is not None and adm.job_id not in live.snap.running:
+                if adm.job_id in live.queue:
+                    live.queue.remove(adm.job_id)
+                live.ledger.start(job, adm.placement, now, adm.borrowed, adm.guaranteed)
+
+    def _apply(self, s: Session, d: Decision, now: float, rep: TickReport) -> tuple[list[Preemption], list[Admission]]:
+        """Write the decision; returns the preemptions and admissions it applied (a row that changed meanwhile, by a
+        cancel for instance, is left alone)."""
+        preempted: list[Preemption] = []
+        admitted: list[Admission] = []
         for pre in d.preemptions:
             row = s.get(t.Job, int(pre.job_id))
             if row is None or row.state not in (ADMITTED, RUNNING) or row.preempt_requested:
                 continue
+            preempted.append(pre)
             row.preempt_requested = True
             # the victim's tenant learns why, not which job (it may be another tenant's)
             row.reason = f"preempted: {pre.reason}"
@@ -322,14 +396,15 @@ class Controller:
             self._note(rep, "job.preempt", row, reason=pre.reason, by_job=pre.by_job, grace_s=pre.grace_s)  # log
         for adm in d.admissions:
             row = s.get(t.Job, int(adm.job_id))
-            if row is None or row.state != PENDING or row.cancel_requested:
-                continue
+            if row is None or row.state != PENDING or row.cancel_requested or row.held_by:
+                continue  # cancelled or held between the sync and this write: it waits for a later cycle
             pool = self.live.snap.capacity.pool_by_name[adm.placement.pool]
             how = "borrowed capacity" if adm.borrowed else "reserved capacity" if adm.guaranteed else "shared capacity"
             transition(s, row, JobState.ADMITTED, now, f"placed on {pool.name} ({how}); {adm.rule}")
             row.placement = placement_to_json(adm.placement)
             row.borrowed, row.guaranteed = adm.borrowed, adm.guaranteed
             row.admitted_at_s, row.expected_start_s = now, adm.start_at_s
+            admitted.append(adm)
             row.attempt += 1
             row.launched = False
             row.backend = self.pool_backend[pool.name]
@@ -345,14 +420,26 @@ class Controller:
         changed = []
         for jid, reason in d.pending.items():
             start = reason.expected_start_s if reason.expected_start_s is not None else expected.get(jid)
-            key = (reason.code.value, reason.message, start)
+            estimate = self._expected.get(jid)
+            if start is None and estimate is not None:
+                start = estimate.start_s
+            key = (reason.code.value, reason.message, start, estimate.why if estimate and start is None else "")
             if self._reasons.get(jid) != key:
                 self._reasons[jid] = key
                 changed.append((int(jid), key))
-        for row_id, (code, message, start) in changed:
-            pending_row = s.get(t.Job, row_id)
-            if pending_row is not None and pending_row.state == PENDING:
-                pending_row.reason_code, pending_row.reason, pending_row.expected_start_s = code, message, start
+        if changed:
+            # one executemany for every changed reason instead of a load and an update per row: with a 10,000-task
+            # array pending the first cycle wrote 10,000 rows one by one (24 s measured; benchmarks/
+            # bench_array_cycle.py). Flushed first so the rows admitted above are no longer pending here.
+            s.flush()
+            s.execute(
+                _SET_PENDING_REASON,
+                [
+                    {"b_id": row_id, "b_code": code, "b_reason": message, "b_start": start, "b_why": why}
+                    for row_id, (code, message, start, why) in changed
+                ],
+            )
+        return preempted, admitted
 
     def _audit_admission(self, s: Session, row: t.Job, adm: Admission, how: str, now: float) -> None:
         """Why the job may run where it was placed: pool, nodes, GPUs, the sovereignty rule, the capacity it
@@ -410,16 +497,15 @@ class Controller:
                     launches.append((row.id, row.backend, self._spec(row)))
         self._flush(rep)  # log: the withdrawals and cancellations committed
         done: list[int] = []
-        for row_id, backend, spec in launches:
-            try:
-                self._require_lease()
-                self.backends[backend].launch(spec)
+        for row_id, backend, outcome in self._launch_all(launches):
+            if outcome is None:
                 done.append(row_id)
-            except Fenced as exc:
-                raise self._fenced_out(exc) from None
-            except BackendUnavailable as exc:
-                event(log, "job.launch_deferred", logging.WARNING, job_id=row_id, backend=backend, reason=str(exc))
-            except (ValueError, OSError) as exc:
+            elif isinstance(outcome, Fenced):
+                raise self._fenced_out(outcome) from None
+            elif isinstance(outcome, BackendUnavailable):
+                event(log, "job.launch_deferred", logging.WARNING, job_id=row_id, backend=backend, reason=str(outcome))
+            else:  # ValueError, OSError: the backend refused it
+                exc = outcome
                 self._launch_failed(row_id, str(exc), now)
                 rep.failures["launch_refused"] += 1  # metrics
                 rep.ended_states["failed"] += 1  # metrics
@@ -437,12 +523,46 @@ class Controller:
                 event(log, "job.terminate_deferred", logging.WARNING, job_id=job_id, attempt=attempt, backend=backend,
                       reason=str(exc))  # fmt: skip  # log
         if done:
-            with self._tx() as s:
-                for row_id in done:
-                    launched = s.get(t.Job, row_id)
-                    if launched is not None and launched.state == ADMITTED:
-                        launched.launched = True
+            with self._tx() as s:  # one statement per 500 launches (not a load and an update per job)
+                for k in range(0, len(done), 500):
+                    s.execute(
+                        update(t.Job)
+                        .where(t.Job.id.in_(done[k : k + 500]), t.Job.state == ADMITTED)
+                        .values(launched=True)
+                        .execution_options(synchronize_session=False)
+                    )
             rep.launched += len(done)
+
+    #: launches handed to a backend in one ``launch_many`` call; the lease is checked before each such batch
+    LAUNCH_BATCH = 64
+
+    def _launch_all(
+        self, launches: list[tuple[int, str, LaunchSpec]]
+    ) -> Iterator[tuple[int, str, BaseException | None]]:
+        """Hand the launches to their backends: in batches to a backend that takes several at once
+        (``launch_many``, e.g. Slurm's overlapped sbatch), one by one otherwise; ``(row id, backend, None or the
+        exception its launch raised)`` for each. The lease's local deadline is checked before every backend call."""
+        by_backend: dict[str, list[tuple[int, LaunchSpec]]] = {}
+        for row_id, name, spec in launches:
+            by_backend.setdefault(name, []).append((row_id, spec))
+        for name, items in by_backend.items():
+            backend = self.backends[name]
+            many = getattr(backend, "launch_many", None)
+            step = self.LAUNCH_BATCH if many is not None else 1
+            for k in range(0, len(items), step):
+                chunk = items[k : k + step]
+                self._require_lease()
+                outcomes: list[BaseException | None]
+                if many is not None:
+                    outcomes = list(many([spec for _, spec in chunk]))
+                else:
+                    try:
+                        backend.launch(chunk[0][1])
+                        outcomes = [None]
+                    except (BackendUnavailable, ValueError, OSError) as exc:
+                        outcomes = [exc]
+                for (row_id, _), outcome in zip(chunk, outcomes, strict=True):
+                    yield row_id, name, outcome
 
     def _fenced_out(self, exc: Fenced) -> NotLeader:
         server = self.leadership.server.id if self.leadership is not None else "this server"
@@ -457,10 +577,12 @@ class Controller:
                 credit.release(row)
                 row.ended_at_s = now
 
-    def _nodes_of(self, row: t.Job) -> set[int]:
-        return {share[0] for share in (row.placement or {}).get("shares", [])}
+    def _nodes_of(self, row: t.Job) -> set[tuple[int, int]]:
+        """The ``(node, GPU)`` pairs the row's placement holds: a launch waits only for GPUs a terminating victim
+        still holds (the twin starts work on free GPUs of such a node at once, ``sched.ledger``)."""
+        return {(share[0], gpu) for share in (row.placement or {}).get("shares", []) for gpu in share[1]}
 
-    def _terminating_nodes(self, s: Session) -> set[int]:
+    def _terminating_nodes(self, s: Session) -> set[tuple[int, int]]:
         rows = s.scalars(
             select(t.Job).where(
                 t.Job.state.in_((ADMITTED, RUNNING)), t.Job.launched.is_(True), t.Job.preempt_requested.is_(True)
@@ -476,19 +598,29 @@ class Controller:
         session = object_session(row)
         user = session.get(t.User, row.user_id) if session is not None else None
         nodes = tuple(NodeGpus(self.node_names[n], tuple(g), m, c, mem) for n, g, m, c, mem in row.placement["shares"])
+        # issue 19: -o/-e resolved now (%N is known), kept on the row (job show, job log); Slurm-style variables
+        name, posix = row.name or f"job-{row.id}", user.posix_user if user is not None else ""
+        files = bool(getattr(self.backends.get(row.backend), "output_files", True))
+        first = nodes[0].node if nodes else ""
+        out = job_output.for_launch(row, name, posix, user.name if user is not None else "", first, files)
+        row.stdout_path, row.stderr_path = out.stored()
         return LaunchSpec(
             job_id=str(row.id),
             attempt=row.attempt,
-            name=row.name or f"job-{row.id}",
+            name=name,
             command=str(spec.get("command", "")),
             nodes=nodes,
             time_limit_s=float(spec["time_limit_s"]),
-            env=tuple(sorted((spec.get("env") or {}).items())),
+            env=tuple(sorted({**(spec.get("env") or {}), **out.env}.items())),
             workdir=str(spec.get("workdir", "")),
             runtime_s=spec.get("runtime_estimate_s"),
             project=self.live.projects.get(row.project_id, ("", 0))[0],
             user=user.name if user is not None else f"#{row.user_id}",
-            posix_user=user.posix_user if user is not None else "",
+            posix_user=posix,
+            script=row.script or "",
+            stdout_path=out.stdout_path,
+            stderr_path=out.stderr_path,
+            open_mode=str(spec.get("open_mode") or "truncate"),
         )
 
     # ---- 4. accounting ----------------------------------------------------------------------------------------

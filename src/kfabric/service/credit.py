@@ -21,7 +21,8 @@ from kfabric.model.decision import Admission
 from kfabric.model.errors import NotFound, ValidationError
 from kfabric.model.job import JobState
 from kfabric.model.tenancy import OnExhausted
-from kfabric.sched.rules import CREDIT_EPS, su_hours
+from kfabric.sched import ledger
+from kfabric.sched.rules import su_hours
 from kfabric.service import audit
 from kfabric.service.actors import Actor
 from kfabric.service.programs import rules_of_json
@@ -64,9 +65,10 @@ def hold(session: Session, live: LiveState, row: t.Job, adm: Admission, now_s: f
     job = live.job(adm.job_id)
     if grant is None or grant.credit_su_hours <= 0 or job is None:
         return 0.0
-    need = su_hours(job, live.snap.capacity.pool_by_name[adm.placement.pool].su_weight)
+    su_weight = live.snap.capacity.pool_by_name[adm.placement.pool].su_weight
+    need = su_hours(job, su_weight)
     free = free_su_hours(session, grant)
-    if need > free + CREDIT_EPS:
+    if ledger.credit_hold(job, su_weight, free) <= 0:  # the twin's rule: the credit does not cover it
         program = session.get(t.Program, grant.program_id)
         demotes = program is not None and rules_of_json(program.rules).on_exhausted == OnExhausted.SCAVENGER
         if demotes and adm.borrowed:

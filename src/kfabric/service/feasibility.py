@@ -35,6 +35,7 @@ from kfabric.model.job import Job, MinTopology, PriorityClass
 from kfabric.model.reasons import ReasonCode
 from kfabric.model.sovereignty import Classification
 from kfabric.model.tenancy import OnExhausted, ProgramRules
+from kfabric.sched import ledger
 from kfabric.sched.capacity import Capacity, PoolInfo
 from kfabric.sched.eligibility import Eligibility, eligible_pools
 from kfabric.sched.rules import GrantRules
@@ -304,15 +305,17 @@ def _standing(
     cap: Capacity, view: ProjectView, project: str, job: Job, now_s: float, notes: list[str]
 ) -> GrantView | None:
     """The grant the scheduler will hold the job to (as :class:`GrantRules`); raises when it has none in force,
-    unless the program demotes such work to scavenger (then a note says so)."""
+    unless the program demotes such work to scavenger (then a note says so). Queue or refuse is the core's rule
+    (``sched.ledger.arrival``, which the twin applies to its arrivals too); only the messages are written here."""
     states = {g.state.id: g.state for g in view.grants}
-    rules = GrantRules(Snapshot(cap, grants=states), now_s)
+    snap = Snapshot(cap, grants=states)
+    rules = GrantRules(snap, now_s)
     started = [g for g in sorted(view.grants, key=lambda g: (g.state.start_s, g.state.id)) if g.state.start_s <= now_s]
     grant = started[-1] if started else None
-    reason = rules.check(job) if states else None
+    verdict = ledger.arrival(snap, job, now_s) if states else ledger.Arrival(False, ReasonCode.NO_GRANT)
     if grant is None:
         later = [g for g in view.grants if g.state.start_s > now_s and g.status != "reclaimed"]
-        if not later:
+        if not verdict.waits or not later:
             raise ValidationError(
                 "job.project",
                 f"project {project} has no grant; its jobs cannot run",
@@ -323,9 +326,13 @@ def _standing(
         notes.append(f"grant {first.state.id} of project {project} starts on {_day(first.state.start_s)}; "
                      "the job waits until then")  # fmt: skip
         return first
-    if reason is not None and reason.code in (ReasonCode.GRANT_EXPIRED, ReasonCode.CREDIT_EXHAUSTED):
+    if (
+        not verdict.queued
+        and verdict.code in (ReasonCode.GRANT_EXPIRED, ReasonCode.CREDIT_EXHAUSTED)
+        and (not verdict.demoted)
+    ):
         raise _not_in_force(grant, project, now_s)
-    if reason is not None and reason.code is ReasonCode.MAX_DURATION:
+    if not verdict.queued and verdict.code is ReasonCode.MAX_DURATION:
         most = grant.rules.max_job_duration_s or 0.0
         raise ValidationError(
             "job.time_limit_s",

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, object_session, sessionmaker
 from kfabric.model import tenancy as m
 from kfabric.model.errors import Conflict, NotFound, ValidationError, require, require_name
 from kfabric.model.fleet import Fleet
+from kfabric.sched import ledger
 from kfabric.service import audit, credit
 from kfabric.service.actors import Actor, Role
 from kfabric.service.programs import (
@@ -362,7 +363,7 @@ def grant_view(row: t.Grant, program: str | None = None, project: str | None = N
 
 
 def check_underuse(
-    sessions: sessionmaker[Session], now_s: float, window_s: float = 7 * DAY_S
+    sessions: sessionmaker[Session], now_s: float, window_s: float = ledger.UNDERUSE_WINDOW_S
 ) -> list[tuple[str, float, str]]:
     """Flag, reclaim or restore reserved grants by their use over the last ``window_s`` (one transaction).
 
@@ -412,33 +413,28 @@ def check_underuse(
                 if gid is None:
                     continue
                 g = by_id[gid]
-                w0 = max(now_s - window_s, g.start_s)
-                if model == g.reserved_model and r1 > r0:
-                    used[gid] += gpu_s * max(min(r1, now_s) - max(r0, w0), 0.0) / (r1 - r0)
+                if model == g.reserved_model:
+                    w0 = ledger.window_start_s(g.start_s, now_s, window_s)
+                    used[gid] += ledger.window_gpu_s(gpu_s, r0, r1, w0, now_s)
         for g, org_id, floor in checked:
-            span = now_s - max(now_s - window_s, g.start_s)
-            pct = 100.0 * used[g.id] / (g.reserved_gpus * span)
+            pct = ledger.utilization_pct(used[g.id], g.reserved_gpus, g.start_s, now_s, window_s)
             action = _underuse_step(s, g, pct, floor, org_id, now_s, window_s)
             out.append((g.name, pct, action))
     return out
 
 
 def _underuse_step(s: Session, g: t.Grant, pct: float, floor: float, org_id: int, now_s: float, window_s: float) -> str:
+    """The core's rule (``sched.ledger.underuse_action``, the twin's too) decides; this writes it and audits it."""
     detail: dict[str, Any] = {"utilization_pct": round(pct, 3), "floor_pct": floor, "window_s": window_s}
-    if pct >= floor:
-        if g.status != "flagged":
-            return "ok"
+    action = ledger.underuse_action(g.status == "flagged", g.flagged_at_s, pct, floor, now_s, window_s)
+    if action == ledger.RESTORED:
         g.status, g.flagged_at_s = "active", None
         audit.record(s, CONTROLLER, "grant.unflag", "grant", g.id, now_s, org_id, detail)
-        return "restored"
-    if g.status == "active":
+    elif action == ledger.FLAGGED:
         g.status, g.flagged_at_s = "flagged", now_s
         audit.record(s, CONTROLLER, "grant.flag", "grant", g.id, now_s, org_id, detail)
-        return "flagged"
-    flagged_at = g.flagged_at_s if g.flagged_at_s is not None else now_s
-    if now_s - flagged_at < window_s:
-        return "still-flagged"
-    detail["previous_end_s"] = g.end_s
-    g.status, g.end_s = "reclaimed", now_s
-    audit.record(s, CONTROLLER, "grant.reclaim", "grant", g.id, now_s, org_id, detail)
-    return "reclaimed"
+    elif action == ledger.RECLAIMED:
+        detail["previous_end_s"] = g.end_s
+        g.status, g.end_s = "reclaimed", now_s
+        audit.record(s, CONTROLLER, "grant.reclaim", "grant", g.id, now_s, org_id, detail)
+    return action

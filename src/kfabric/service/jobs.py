@@ -3,21 +3,24 @@ the same key returns the job the first call created, whatever happened to the fi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from kfabric.model.job import JobState, check_transition
-from kfabric.service import audit
+from kfabric.service import audit, notifications
 from kfabric.service.actors import Actor, Role
+from kfabric.service.dependencies import parse_dependency
 from kfabric.service.feasibility import Feasibility
-from kfabric.service.jobspec import build_job
-from kfabric.service.submissions import Submission, committer, key_conflict
+from kfabric.service.job_arrays import JobRef, parse_array
+from kfabric.service.jobspec import build_job, control_columns
+from kfabric.service.submissions import Submission, committer, key_conflict, task_values
 from kfabric.store import tables as t
 
 FINAL = {s.value for s in JobState if s.final}
@@ -44,19 +47,56 @@ def prepare(
     now_s: float,
     client_key: str | None = None,
     feasibility: Feasibility | None = None,
+    script: str | None = None,
+    sessions: sessionmaker[Session] | None = None,
 ) -> Prepared:
     """Check a submission before it queues (role, client key, every spec field and, given ``feasibility``, that
-    the job can ever run: :mod:`kfabric.service.feasibility`); raises naming the problem."""
+    the job can ever run: :mod:`kfabric.service.feasibility`); raises naming the problem. ``script`` is the batch
+    script's text (stored with the job). A dependency's jobs must exist and be visible to ``actor``, checked in
+    ``sessions`` (default: the feasibility's store)."""
     if actor.role not in (Role.OPERATOR, Role.ORG_ADMIN, Role.MEMBER):
         raise PermissionDenied("submit jobs", f"the {actor.role.value} role does not run work")
     if client_key is not None and not (0 < len(client_key) <= 200):
         raise ValidationError("client_key", "must be 1..200 characters", "use a UUID per logical submission")
+    tasks = parse_array(str(spec["array"]), "job.array").indices if spec.get("array") else ()
+    dependency = parse_dependency(str(spec.get("dependency", "")), "job.dependency")
+    if dependency is not None:
+        spec = {**spec, "dependency": str(dependency)}  # normalized: kinds in lower case, no blanks
+        store = sessions if sessions is not None else feasibility.sessions if feasibility is not None else None
+        if store is not None:
+            with store() as session:
+                check_refs(session, actor, dependency.refs, "job.dependency")
     try:
         job = build_job("new", project_name, actor.name, spec, now_s)  # validates; raises naming the field
     except ValidationError as e:  # the model names fields of "job 'new'" (no id yet): say "job.<field>"
         raise ValidationError(e.where.replace("job 'new'", "job", 1), e.problem, e.fix) from None
     notes = feasibility.check(actor, project_name, job, now_s) if feasibility is not None else ()
-    return Prepared(actor, project_name, spec, now_s, client_key, notes=notes)
+    columns = control_columns(spec, script)
+    return Prepared(actor, project_name, spec, now_s, client_key, columns=columns, tasks=tasks, notes=notes)
+
+
+def check_refs(session: Session, actor: Actor, refs: Iterable[JobRef], where: str) -> None:
+    """Every job (or array task) ``refs`` name exists and ``actor`` sees it; :class:`NotFound` (404) otherwise, the
+    same answer for a job of another tenant as for one that does not exist."""
+    wanted = sorted({r.job_id for r in refs})
+    found: dict[int, tuple[int | None, int, int]] = {}
+    for i in range(0, len(wanted), 500):
+        q = (
+            select(t.Job.id, t.Job.array_job_id, t.Project.id, t.Project.organization_id)
+            .join(t.Project, t.Project.id == t.Job.project_id)
+            .where(t.Job.id.in_(wanted[i : i + 500]))
+        )
+        found.update({jid: (arr, pid, org) for jid, arr, pid, org in session.execute(q)})
+    for ref in refs:
+        hit = found.get(ref.job_id)
+        if hit is None or not actor.sees_project(hit[1], hit[2]):
+            raise NotFound("job", str(ref), f"{where}: depend only on jobs you can see (kfabric queue lists them)")
+        if ref.task is not None:
+            task = session.scalar(
+                select(t.Job.id).where(t.Job.array_job_id == ref.job_id, t.Job.array_task_id == ref.task)
+            )
+            if task is None:
+                raise NotFound("job", str(ref), f"{where}: array {ref.job_id} has no task {ref.task}")
 
 
 def enqueue(sessions: sessionmaker[Session], sub: Submission) -> Future[tuple[t.Job, bool]]:
@@ -72,10 +112,12 @@ def submit(
     spec: dict[str, Any],
     now_s: float,
     client_key: str | None = None,
+    script: str | None = None,
 ) -> tuple[t.Job, bool]:
-    """Create a pending job; returns ``(job, created)``. ``created`` is False for a repeated client key.
-    Returns after the job is committed (with whatever other submissions shared its transaction)."""
-    return enqueue(sessions, prepare(actor, project_name, spec, now_s, client_key)).result()
+    """Create a pending job (an array: its first task); returns ``(job, created)``. ``created`` is False for a
+    repeated client key. Returns after the job is committed (with whatever other submissions shared its transaction)."""
+    sub = prepare(actor, project_name, spec, now_s, client_key, script=script, sessions=sessions)
+    return enqueue(sessions, sub).result()
 
 
 def _submit_alone(sessions: sessionmaker[Session], sub: Submission) -> tuple[t.Job, bool]:
@@ -87,7 +129,7 @@ def _submit_alone(sessions: sessionmaker[Session], sub: Submission) -> tuple[t.J
             if client_key is not None:
                 found = _by_key(session, project.id, client_key)
                 if found is not None:
-                    if found.spec != spec:
+                    if not sub.same_request(found):
                         raise key_conflict(client_key, found.id)
                     return found, False
             row = t.Job(
@@ -100,10 +142,14 @@ def _submit_alone(sessions: sessionmaker[Session], sub: Submission) -> tuple[t.J
                 reason_code="new",
                 reason="submitted; waiting for the next scheduling cycle",
                 submitted_at_s=now_s,
+                array_task_id=sub.tasks[0] if sub.tasks else None,
+                **sub.columns,
             )
             session.add(row)
             session.flush()  # the job's id, for its event and audit entry
-            audit.record(session, actor.name, "job.submit", "job", row.id, now_s, project.organization_id)
+            last_id = _insert_tasks(session, row, sub) if sub.tasks else None
+            detail = sub.audit_detail(row.id, last_id)
+            audit.record(session, actor.name, "job.submit", "job", row.id, now_s, project.organization_id, detail)
             # added after the audit entry so that one flush (at commit) writes the event, the entry and the head
             session.add(t.JobEvent(job_id=row.id, at_s=now_s, from_state="", to_state="pending", reason="submitted"))
             return row, True
@@ -116,9 +162,25 @@ def _submit_alone(sessions: sessionmaker[Session], sub: Submission) -> tuple[t.J
         found = _by_key(session, project.id, client_key)
         if found is None:
             raise Conflict("client_key", "a concurrent submission with this key failed", "retry the submission")
-        if found.spec != spec:
+        if not sub.same_request(found):
             raise key_conflict(client_key, found.id)
         return found, False
+
+
+def _insert_tasks(session: Session, head: t.Job, sub: Submission) -> int:
+    """The other tasks of the array whose first task is ``head`` (inserted, with its id), with their events;
+    returns the last task's id."""
+    head.array_job_id = head.id
+    columns = [c.key for c in t.Job.__table__.columns if c.key != "id"]
+    base = {c: getattr(head, c) for c in columns}
+    rows = [{k: v for k, v in task_values(base, head.id, k).items() if k != "id"} for k in sub.tasks[1:]]
+    if not rows:
+        return head.id
+    ids = list(session.scalars(insert(t.Job).returning(t.Job.id, sort_by_parameter_order=True), rows))
+    events = [{"job_id": i, "at_s": sub.now_s, "from_state": "", "to_state": "pending", "reason": "submitted"}
+              for i in ids]  # fmt: skip
+    session.execute(insert(t.JobEvent), events)
+    return ids[-1]
 
 
 def _by_key(session: Session, project_id: int, client_key: str) -> t.Job | None:
@@ -159,6 +221,7 @@ def transition(session: Session, row: t.Job, to: JobState, now_s: float, reason:
     """Move a job to ``to`` (checked against the state machine) and record the event."""
     check_transition(str(row.id), JobState(row.state), to)
     session.add(t.JobEvent(job_id=row.id, at_s=now_s, from_state=row.state, to_state=to.value, reason=reason))
+    notifications.enqueue(session, row, to.value, now_s, reason)  # --mail-type/--notify: same transaction
     row.state = to.value
     if to is not JobState.PENDING:
         row.reason_code, row.reason = "", reason
@@ -172,7 +235,11 @@ def list_jobs(
     project: str | None = None,
     limit: int = 1000,
     after_id: int = 0,
+    users: set[str] | None = None,
+    pool: str | None = None,
 ) -> list[tuple[t.Job, str]]:
+    """Jobs ``actor`` may see, by id, filtered in SQL: ``states``, ``project`` (name), ``users`` (names) and
+    ``pool`` (where the job is or was placed)."""
     q = select(t.Job, t.Project.name).join(t.Project, t.Project.id == t.Job.project_id).where(t.Job.id > after_id)
     if actor.role is Role.ORG_ADMIN:
         q = q.where(t.Project.organization_id == actor.organization_id)
@@ -184,4 +251,9 @@ def list_jobs(
         q = q.where(t.Job.state.in_(sorted(states)))
     if project:
         q = q.where(t.Project.name == project)
+    if users:
+        q = q.where(t.Job.user_id.in_(select(t.User.id).where(t.User.name.in_(sorted(users)))))
+    if pool:
+        q = q.where(t.Job.placement["pool"].as_string() == pool)
+    q = q.options(defer(t.Job.script))  # a list never shows scripts (up to 256 KiB each)
     return [(j, p) for j, p in session.execute(q.order_by(t.Job.id).limit(limit)).all()]

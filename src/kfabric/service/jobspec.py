@@ -32,7 +32,32 @@ SPEC_FIELDS: dict[str, Any] = {
     "image": "",
     "env": {},
     "workdir": "",
+    # Slurm-style fields (issue 19): output patterns (resolved at launch), and what the job asked of the gate
+    # (kfabric.service.eligibility_gate); the gate reads them from the row's columns (:func:`control_columns`)
+    "output": "",
+    "error": "",
+    "array": "",
+    "dependency": "",
+    "kill_on_invalid_dep": True,
+    "hold": False,
+    "begin_s": None,
+    # notifications (service/notifications.py): Slurm's mail types, the address, a signed webhook
+    "mail_type": [],
+    "mail_user": "",
+    "notify_url": "",
 }
+
+
+def control_columns(spec: dict[str, Any], script: str | None) -> dict[str, Any]:
+    """The job row's columns for what ``spec`` asks of the eligibility gate, and its script snapshot (the array
+    columns are set where the tasks are inserted)."""
+    return {
+        "script": script,
+        "dependency": str(spec.get("dependency", "")),
+        "kill_on_invalid_dep": bool(spec.get("kill_on_invalid_dep", True)),
+        "held_by": "user" if spec.get("hold") else "",
+        "begin_at_s": spec.get("begin_s"),
+    }
 
 
 def _enum(parse: Any, value: object, where: str) -> Any:

@@ -3,11 +3,14 @@
 The store is the truth: after a restart the state is rebuilt from it (running work from admitted/running
 rows, the queue from pending rows, fair-share usage from decayed usage records). Between ticks only what
 changed is read in full (new job rows); everything else is a light scan of ids and states.
+
+Runs start and finish, usage decays and accrues, and the estimator learns through ``sched.ledger`` (the twin's
+path too): the controller records its own admissions, preemptions and ends there as it commits them, and a sync
+catches what it did not see (a restart, a cancel before launch).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,10 +23,12 @@ from kfabric.model.job import Job, JobState
 from kfabric.model.tenancy import OnExhausted
 from kfabric.scenarios.loader import Scenario
 from kfabric.sched.fairshare import TenantInfo
+from kfabric.sched.ledger import Ledger
 from kfabric.sched.policy import Policy
 from kfabric.sched.queue import PendingQueue
 from kfabric.sched.snapshot import GrantState, Snapshot
 from kfabric.service.credit import held_by_grant
+from kfabric.service.eligibility_gate import GATE_COLUMNS, EligibilityGate
 from kfabric.service.jobspec import job_of_row, placement_of_json
 from kfabric.service.programs import rules_of_json
 from kfabric.store import tables as t
@@ -45,13 +50,21 @@ class LiveState:
         self.fleet: Fleet = scenario.fleet
         self.policy = policy
         self.snap = Snapshot.for_fleet(self.fleet)
+        #: every change between cycles goes through the ledger (``sched.ledger``); the store keeps under-use
+        self.ledger = Ledger(self.snap, policy.fairshare_half_life_s, track_underuse=False)
         self.queue = PendingQueue(self.snap.estimator)
         self.owners = {o.name for o in self.fleet.owners}
         self.projects: dict[int, tuple[str, int]] = {}
         self.users: dict[int, str] = {}
         self._grants_key: tuple[object, ...] | None = None
+        #: usage was rebuilt from the records (None: not yet); the time of the sync in progress
         self._usage_at_s: float | None = None
+        self._now_s = 0.0
+        #: after a reload: use up to then is in the usage already (runs re-entering count from there)
+        self._counted_to_s: float | None = None
         self._jobs: dict[str, Job] = {}
+        #: which pending jobs may enter the cycle (service/eligibility_gate.py)
+        self.gate = EligibilityGate()
         self.grant_rows: dict[int, t.Grant] = {}
         self._online_day: str = ""
         #: backend node name per fleet node index, and the index of each name
@@ -66,18 +79,23 @@ class LiveState:
     # ---- public --------------------------------------------------------------------------------------------
     def sync(self, session: Session, now_s: float) -> None:
         """Make the snapshot and queue match the store at ``now_s``."""
+        self._now_s = now_s
         self._sync_nodes(session, now_s)
         self._sync_tenants(session)
         self._sync_usage(session, now_s)
         self._sync_jobs(session)
+        self.ledger.accrue(now_s)
 
     def reload(self, fleet: Fleet) -> None:
         """Start over on another fleet (``kfabric fleet apply``): a new capacity index, node names and queue; the
         next :meth:`sync` rebuilds running work (placements already rewritten to the new fleet's node indices),
         the queue, tenants and node states from the store. Run-time history and decayed usage are kept."""
         estimator, usage = self.snap.estimator, self.snap.usage_su
+        self.ledger.accrue(self._now_s)
+        self._counted_to_s = self.ledger.usage_at_s
         self.fleet = fleet
         self.snap = Snapshot.for_fleet(fleet, estimator=estimator, usage_su=usage)
+        self.ledger = Ledger(self.snap, self.policy.fairshare_half_life_s, self.ledger.usage_at_s, track_underuse=False)
         self.queue = PendingQueue(self.snap.estimator)
         self.owners = {o.name for o in fleet.owners}
         self._grants_key = None
@@ -111,14 +129,12 @@ class LiveState:
     def set_policy(self, policy: Policy) -> None:
         """Use ``policy`` from the next sync and cycle on (``kfabric policy apply``)."""
         self.policy = policy
+        self.ledger.half_life_s = policy.fairshare_half_life_s
         self.snap.eligibility_cache.clear()
 
     def job(self, job_id: str) -> Job | None:
         """The core's view of an active job (None once it has left the queue and the running set)."""
         return self._jobs.get(job_id)
-
-    def add_usage(self, project: str, su: float) -> None:
-        self.snap.usage_su[project] = self.snap.usage_su.get(project, 0.0) + su
 
     # ---- parts ---------------------------------------------------------------------------------------------
     def _sync_nodes(self, session: Session, now_s: float) -> None:
@@ -198,6 +214,7 @@ class LiveState:
                 credit_left_su=credit,
                 on_exhausted=rules.on_exhausted if isinstance(rules.on_exhausted, OnExhausted) else OnExhausted.STOP,
                 max_job_duration_s=rules.max_job_duration_s,
+                utilization_floor_pct=rules.utilization_floor_pct,
             )
         tenants: dict[str, TenantInfo] = {}
         for name, org in self.projects.values():
@@ -211,49 +228,52 @@ class LiveState:
                 program_weight=program.weight if program else 1.0,
                 affiliation=program.owner if program and program.owner in self.owners else "",
             )
-        snap = self.snap
-        snap.grants = states
-        snap.tenants = tenants
-        snap._shares = None
-        snap.__post_init__()
-        snap.eligibility_cache.clear()
+        self.snap.set_tenants(tenants, states)
+        self.ledger.grants_changed()
 
     def _sync_usage(self, session: Session, now_s: float) -> None:
-        half = self.policy.fairshare_half_life_s
-        if self._usage_at_s is None:
-            # rebuild decayed usage from the records (after a restart)
-            usage: dict[str, float] = {}
-            q = select(t.UsageRecord.project_id, t.UsageRecord.end_s, t.UsageRecord.su)
-            for pid, end_s, su in session.execute(q):
-                name = self.projects.get(pid, ("?", 0))[0]
-                usage[name] = usage.get(name, 0.0) + su * math.pow(0.5, max(0.0, now_s - end_s) / half)
-            self.snap.usage_su.clear()
-            self.snap.usage_su.update(usage)
-        else:
-            decay = math.pow(0.5, max(0.0, now_s - self._usage_at_s) / half)
-            for p in list(self.snap.usage_su):
-                self.snap.usage_su[p] *= decay
+        """After a restart, decayed usage is rebuilt from the records; from then on the ledger keeps it (decay
+        and accrual at each sync, :meth:`sync`), so the records are not added twice."""
+        if self._usage_at_s is not None:
+            return
+        q = select(t.UsageRecord.project_id, t.UsageRecord.end_s, t.UsageRecord.su)
+        records = [(self.projects.get(pid, ("?", 0))[0], end_s, su) for pid, end_s, su in session.execute(q)]
+        self.ledger.rebuild_usage(records, now_s)
         self._usage_at_s = now_s
 
     def _sync_jobs(self, session: Session) -> None:
         rows = session.execute(
-            select(t.Job.id, t.Job.state, t.Job.attempt, t.Job.cancel_requested, t.Job.preempt_requested).where(
-                t.Job.state.in_(ACTIVE)
-            )
+            select(
+                t.Job.id, t.Job.state, t.Job.attempt, t.Job.cancel_requested, t.Job.preempt_requested, *GATE_COLUMNS
+            ).where(t.Job.state.in_(ACTIVE))
         ).all()
+        allowed = self.gate.admit(session, rows, self._now_s)  # held, --begin, dependencies, array caps (issue 19)
+        for stale in map(str, self.gate.stale):  # changed by `kfabric update`: read again
+            self._jobs.pop(stale, None)
+            if stale in self.queue:
+                self.queue.remove(stale)
         want_pending: set[str] = set()
         want_running: dict[str, int] = {}
-        for rid, state, attempt, cancel, preempt in rows:
+        for rid, state, attempt, cancel, preempt, *_ in rows:
             jid = str(rid)
             if state == JobState.PENDING.value:
-                if not cancel:
+                if not cancel and rid in allowed:
                     want_pending.add(jid)
             elif not preempt:
                 want_running[jid] = attempt
         snap, queue = self.snap, self.queue
-        # leave first (gives capacity back), then enter
-        for jid in [j for j in snap.running if j not in want_running]:
-            snap.finish(jid)
+        # leave first (gives capacity back), then enter; the controller recorded its own decisions and the ends
+        # it saw in the ledger already: this catches the rest (a placement withdrawn, a cancel before launch)
+        leaving = [j for j in snap.running if j not in want_running]
+        if leaving:
+            ended = dict(
+                session.execute(
+                    select(t.Job.id, t.Job.accounted_to_s).where(t.Job.id.in_([int(j) for j in leaving]))
+                ).all()
+            )
+            for jid in leaving:
+                at = ended.get(int(jid))
+                self.ledger.finish(jid, at if at is not None else self._now_s)
         for jid in [j.id for j in queue if j.id not in want_pending]:
             queue.remove(jid)
         new = [int(j) for j in (want_pending | set(want_running)) if j not in self._jobs]
@@ -271,8 +291,10 @@ class LiveState:
         }
         for jid, row in sorted(running_rows.items(), key=lambda kv: int(kv[0])):
             assert row.placement is not None
-            start = row.started_at_s or row.admitted_at_s or row.submitted_at_s
-            snap.start(self._jobs[jid], placement_of_json(row.placement), start, row.borrowed, row.guaranteed)
+            start = row.admitted_at_s or row.started_at_s or row.submitted_at_s
+            counted = max(row.accounted_to_s or start, self._counted_to_s or start)
+            placement = placement_of_json(row.placement)
+            self.ledger.start(self._jobs[jid], placement, start, row.borrowed, row.guaranteed, counted_to_s=counted)
             if row.last_checkpoint_s is not None:
                 snap.checkpointed(jid, row.last_checkpoint_s)
         for jid in sorted((j for j in want_pending if j not in queue), key=int):
@@ -282,6 +304,7 @@ class LiveState:
         for jid in [j for j in self._jobs if j not in want_pending and j not in want_running]:
             del self._jobs[jid]
             snap.attained_gpu_s.pop(jid, None)
+        self._counted_to_s = None
 
 
 def fleet_node_names(fleet: Fleet, snap: Snapshot) -> list[str]:

@@ -387,6 +387,7 @@ def review(
             app = _visible_application(s, actor, application_id)
             if app.status != "submitted":
                 raise Conflict(f"application {application_id}", f"is already {app.status}", "reviews come before")
+            _refuse_conflicted(s, actor, app)
             prog = s.get(t.Program, app.program_id)
             assert prog is not None
             rules = program_rules(prog)
@@ -428,3 +429,74 @@ def review(
             return row
     except IntegrityError:
         raise Conflict(f"application {application_id}", "reviewed concurrently by you", "retry") from None
+
+
+# ---- conflicts of interest ------------------------------------------------------------------------------------
+#: the audit action of a declared conflict of interest (the entry is the declaration: reviewer, application, note)
+CONFLICT_ACTION = "review.conflict"
+
+
+def declared_conflicts(session: Session, actor: Actor) -> set[int]:
+    """Ids of the applications ``actor`` declared a conflict of interest on (their ``review.conflict`` entries)."""
+    q = select(t.AuditEntry.object_id).where(
+        t.AuditEntry.action == CONFLICT_ACTION,
+        t.AuditEntry.object_type == "application",
+        t.AuditEntry.actor == actor.name,
+    )
+    return {int(oid) for oid in session.scalars(q) if oid.isdigit()}
+
+
+def _declared(session: Session, actor: Actor, app: t.Application) -> bool:
+    found = session.scalar(
+        select(t.AuditEntry.id)
+        .where(
+            t.AuditEntry.organization_id == app.organization_id,  # indexed: narrows the scan to the applicant's
+            t.AuditEntry.action == CONFLICT_ACTION,
+            t.AuditEntry.object_type == "application",
+            t.AuditEntry.object_id == str(app.id),
+            t.AuditEntry.actor == actor.name,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+def conflict_of(session: Session, actor: Actor, app: t.Application) -> str | None:
+    """Why ``actor`` may not review ``app`` (a reviewer of the applicant's organization, or a declared conflict of
+    interest), or None."""
+    if actor.organization_id is not None and actor.organization_id == app.organization_id:
+        return "you belong to the applicant's organization (a conflict of interest)"
+    return "you declared a conflict of interest on it" if _declared(session, actor, app) else None
+
+
+def _refuse_conflicted(session: Session, actor: Actor, app: t.Application) -> None:
+    why = conflict_of(session, actor, app)
+    if why is not None:
+        raise PermissionDenied(f"review application {app.id}", why, "leave it to the other reviewers")
+
+
+def declare_conflict(
+    sessions: sessionmaker[Session], actor: Actor, application_id: int, note: str, now_s: float
+) -> t.AuditEntry:
+    """Declare a conflict of interest on a submitted application (reviewers, operators): from then on the reviewer
+    may not score it, and a review they gave already is withdrawn (it no longer counts towards the program's
+    ``min_reviews`` or the mean). The declaration is the audit entry ``review.conflict`` (with the withdrawn scores,
+    if any); declaring twice is refused."""
+    if actor.role not in (Role.OPERATOR, Role.REVIEWER):
+        raise PermissionDenied("declare conflicts of interest", f"needs the reviewer role; you are {actor.role.value}")
+    require(len(note) <= 2000, "conflict.note", "longer than 2000 characters", "say it in fewer words")
+    with sessions.begin() as s:
+        app = _visible_application(s, actor, application_id)
+        if app.status != "submitted":
+            raise Conflict(f"application {application_id}", f"is already {app.status}", "conflicts are declared before")
+        if _declared(s, actor, app):
+            raise Conflict(f"application {application_id}", "you declared a conflict of interest on it already")
+        row = s.scalars(
+            select(t.Review).where(t.Review.application_id == app.id, t.Review.reviewer_id == actor.user_id)
+        ).first()
+        detail: dict[str, Any] = {"note": note.strip(), "withdrawn": None}
+        if row is not None:
+            detail["withdrawn"] = {"review": row.id, "scores": row.scores, "weighted": row.weighted}
+            s.delete(row)
+            s.flush()
+        return audit.record(s, actor.name, CONFLICT_ACTION, "application", app.id, now_s, app.organization_id, detail)

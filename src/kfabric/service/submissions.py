@@ -21,6 +21,7 @@ inserted values.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -67,11 +68,31 @@ class Submission:
     now_s: float
     client_key: str | None
     future: Future[Outcome] = field(default_factory=Future)
+    #: job-row columns beyond the spec (script snapshot, dependency, hold, begin: ``jobspec.control_columns``)
+    columns: dict[str, Any] = field(default_factory=dict)
+    #: an array's task indices, ascending (empty: not an array); the first task is the row the answer names
+    tasks: tuple[int, ...] = ()
+
+    def same_request(self, row: t.Job) -> bool:
+        """Whether ``row`` (found by this submission's client key) was created by the same request."""
+        return bool(row.spec == self.spec and row.script == self.columns.get("script"))
+
+    def audit_detail(self, job_id: int, last_id: int | None = None) -> dict[str, Any]:
+        """The ``job.submit`` audit entry's detail: the script as its SHA-256 and size, an array's size and ids."""
+        detail: dict[str, Any] = {}
+        script = self.columns.get("script")
+        if script is not None:
+            data = str(script).encode()
+            detail["script_sha256"], detail["script_bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+        if self.tasks:
+            detail["array"] = str(self.spec.get("array", ""))
+            detail["tasks"], detail["first_id"], detail["last_id"] = len(self.tasks), job_id, last_id or job_id
+        return detail
 
 
 def _job_values(sub: Submission, project_id: int) -> dict[str, Any]:
     """Every column of the new job row but its id (all given: one ``INSERT`` shape for the whole batch)."""
-    return {
+    values = {
         "project_id": project_id,
         "user_id": sub.actor.user_id,
         "client_key": sub.client_key,
@@ -111,6 +132,16 @@ def _job_values(sub: Submission, project_id: int) -> dict[str, Any]:
         "stderr_path": "",
         "expected_start_why": "",
     }
+    values.update(sub.columns)
+    if sub.tasks:
+        values["array_task_id"] = sub.tasks[0]
+    return values
+
+
+def task_values(head: dict[str, Any], array_job_id: int, task: int) -> dict[str, Any]:
+    """The row of task ``task`` of the array whose first task's values are ``head`` (only the first task carries
+    the client key)."""
+    return {**head, "id": None, "client_key": None, "array_job_id": array_job_id, "array_task_id": task}
 
 
 _JOB_CLASS = manager_of_class(t.Job)
@@ -147,6 +178,7 @@ class _Statements:
         self.insert_event = (
             f"INSERT INTO {_EVENTS.name} (job_id, at_s, from_state, to_state, reason) VALUES ({self._marks(5)})"
         )
+        self.set_array = f"UPDATE {_JOBS.name} SET array_job_id = {self.ph} WHERE id = {self.ph}"
         self.insert_head = f"INSERT INTO {_HEAD.name} (id, hash, count) VALUES (1, {self.ph}, {self.ph})"
         self.update_head = f"UPDATE {_HEAD.name} SET hash = {self.ph}, count = {self.ph} WHERE id = 1"
 
@@ -236,7 +268,7 @@ def commit_batch(sessions: sessionmaker[Session], batch: Sequence[Submission]) -
                     key = (pid, sub.client_key)
                     if key in existing:
                         hit = existing[key]
-                        out[i] = (hit, False) if hit.spec == sub.spec else key_conflict(sub.client_key, hit.id)
+                        out[i] = (hit, False) if sub.same_request(hit) else key_conflict(sub.client_key, hit.id)
                         continue
                     if key in first_of:
                         repeats.append((i, first_of[key]))
@@ -253,8 +285,18 @@ def commit_batch(sessions: sessionmaker[Session], batch: Sequence[Submission]) -
                 ring = audit_keys.for_engine(engine)
                 for (i, sub, org, values), job_id in zip(new, ids, strict=True):
                     name, object_id = sub.actor.name, str(job_id)
-                    kid, digest = entry_digest(ring, prev, sub.now_s, name, "job.submit", "job", object_id, org, {})
-                    entries.append((sub.now_s, name, "job.submit", "job", object_id, org, "{}", prev, digest, kid))
+                    last_id = None
+                    if sub.tasks:  # an array: the other tasks, all at once, under the first task's id
+                        values["array_job_id"] = job_id
+                        cur.execute(sql.set_array, (job_id, job_id))
+                        rest = [_row(task_values(values, job_id, k)) for k in sub.tasks[1:]]
+                        task_ids = sql.insert_jobs(cur, rest) if rest else []
+                        events.extend((tid, sub.now_s, "", "pending", "submitted") for tid in task_ids)
+                        last_id = task_ids[-1] if task_ids else job_id
+                    detail = sub.audit_detail(job_id, last_id)
+                    kid, digest = entry_digest(ring, prev, sub.now_s, name, "job.submit", "job", object_id, org, detail)
+                    text = json.dumps(detail)
+                    entries.append((sub.now_s, name, "job.submit", "job", object_id, org, text, prev, digest, kid))
                     events.append((job_id, sub.now_s, "", "pending", "submitted"))
                     prev = digest
                     values["id"] = job_id
@@ -271,7 +313,7 @@ def commit_batch(sessions: sessionmaker[Session], batch: Sequence[Submission]) -
         first = out[j]
         assert isinstance(first, tuple)
         sub = batch[i]
-        out[i] = (first[0], False) if first[0].spec == sub.spec else key_conflict(sub.client_key, first[0].id)
+        out[i] = (first[0], False) if sub.same_request(first[0]) else key_conflict(sub.client_key, first[0].id)
     assert all(o is not None for o in out)
     return [o for o in out if o is not None]
 

@@ -72,5 +72,4 @@ def account(session: Session, row: t.Job, until_s: float, live: LiveState) -> t.
     session.add(rec)
     row.accounted_to_s = until_s
     row.attained_gpu_s += gpu_s
-    live.add_usage(project.name, su)
     return rec

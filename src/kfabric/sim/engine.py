@@ -3,12 +3,15 @@ no policy of its own: it only advances a virtual clock and realizes decisions.
 
 Events (a heap of ``(time, seq, kind, payload)``; arrivals stream from the sorted workload): arrivals,
 completions, time-limit kills, preemptions with restart from the last checkpoint (lost work counted), node
-failures and repairs, pools coming online; grants start and expire by their dates inside the core.
+failures and repairs, pools coming online, hourly under-use checks of reserved grants; grants start and
+expire by their dates inside the core. Every state change between cycles (arrivals, starts, ends, estimator,
+usage, credit, under-use) goes through ``sched.ledger``, as in the live controller.
 Scheduling runs when something changed, at most once per ``interval_s``. Seeded: same inputs, same run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import heapq
 import math
@@ -22,20 +25,23 @@ import numpy as np
 from kfabric.model.decision import Admission, Decision
 from kfabric.model.fleet import Fleet
 from kfabric.model.job import Job
+from kfabric.model.reasons import PendingReason
+from kfabric.sched import ledger
 from kfabric.sched.capacity import Capacity
 from kfabric.sched.cycle import cycle
 from kfabric.sched.fairshare import TenantInfo, shares
+from kfabric.sched.ledger import Ledger
 from kfabric.sched.policy import Policy
 from kfabric.sched.queue import PendingQueue
-from kfabric.sched.rules import CREDIT_EPS, charged_grant, su_hours
 from kfabric.sched.snapshot import GrantState, Snapshot, placement_milli
 from kfabric.sim.metrics import JobRecord
+from kfabric.sim.speed import RunTimeScale
 from kfabric.sim.workload import SimJob, Workload
 
 #: Meta's Llama 3 report: 419 unexpected interruptions in 54 days on 16,384 GPUs
 LLAMA3_FAILURES_PER_GPU_S = 419 / (54 * 86_400 * 16_384)
 
-_END, _FAIL, _REPAIR, _ONLINE, _CYCLE = 0, 1, 2, 3, 4
+_END, _FAIL, _REPAIR, _ONLINE, _CYCLE, _UNDERUSE, _WAKE = 0, 1, 2, 3, 4, 5, 6
 #: new container objects between young garbage collections while a simulation runs (Python's default: 700)
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -64,7 +70,6 @@ class _Live:
     lost_gpu_s: float = 0.0
     gpu_s: float = 0.0
     su: float = 0.0
-    held_since_s: float = 0.0
     token: int = 0
     pool: str = ""
     timeout: bool = False
@@ -73,6 +78,8 @@ class _Live:
     credit_su: float = 0.0
     #: the job's run-time estimator key ids, interned once at arrival
     keys: tuple[int, ...] = ()
+    #: seconds on the current attempt's GPU model per second of reference run time (``sim.speed``)
+    scale: float = 1.0
 
 
 @dataclass
@@ -107,6 +114,10 @@ class Simulator:
         self.tenants.update(workload.tenants)
         cap = Capacity(fleet)
         self.snap = Snapshot(cap, tenants=self.tenants, grants=dict(grants or {}))
+        #: every state change between cycles goes through the ledger (the live controller's too)
+        self.ledger = Ledger(self.snap, policy.fairshare_half_life_s)
+        #: run times are true on the workload's reference GPU model; other models scale them (docs/gpu-speeds.md)
+        self.speed = RunTimeScale(fleet.gpu_models, workload.reference_model, workload.job_type_throughputs)
         #: projects with a credit-limited grant (the only ones whose starts reserve credit)
         self.credit_projects = frozenset(g.project for g in self.snap.grants.values() if g.credit_left_su is not None)
         self.queue = PendingQueue(self.snap.estimator)
@@ -116,14 +127,20 @@ class Simulator:
         self.live: dict[str, _Live] = {}
         self.records: list[JobRecord] = []
         self.node_jobs: dict[int, set[str]] = defaultdict(set)
-        self.su_rate: dict[str, float] = defaultdict(float)
         self.su_total: dict[str, float] = defaultdict(float)
-        self.usage_at = 0.0
         self.cycle_due = False
         self.cycle_pending = False
         self.last_cycle = -math.inf
         self.cycles = 0
         self.rejected = 0
+        #: arrivals refused by admission control, by reason code (``ReasonCode`` values)
+        self.rejected_by_reason: dict[str, int] = defaultdict(int)
+        #: GPU-seconds held per pool by attempts that ended (``running_gpu_s`` adds those still running), and the
+        #: part of it on borrowed capacity
+        self.gpu_s_by_pool: dict[str, float] = defaultdict(float)
+        self.borrowed_gpu_s_by_pool: dict[str, float] = defaultdict(float)
+        #: why each job was left waiting by the latest cycle
+        self.pending_reasons: Mapping[str, PendingReason] = {}
         self.cycle_s = 0.0
         self.allocated_milli = 0.0
         self.allocated_gpu_s = 0.0
@@ -138,6 +155,11 @@ class Simulator:
             else:
                 self._push(offset, _ONLINE, i)
         self._schedule_failure()
+        if self.ledger.watched():
+            self._push(0.0, _UNDERUSE, None)
+        # a grant starting or ending changes what a cycle may decide with no other event (the live cycles each tick)
+        for t in sorted({x for g in self.snap.grants.values() for x in (g.start_s, g.end_s) if 0 < x < math.inf}):
+            self._push(t, _WAKE, None)
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def run(self, progress: Progress | None = None) -> None:
@@ -177,7 +199,9 @@ class Simulator:
             if self.cycle_due and len(self.queue):
                 if t >= self.last_cycle + self.opt.interval_s:
                     self._cycle()
-                elif not self.cycle_pending:
+                # still due after a cycle whose preemptions requeued work: the next cycle comes one interval later,
+                # as the live controller's next tick (not at the next unrelated event)
+                if self.cycle_due and len(self.queue) and not self.cycle_pending:
                     self.cycle_pending = True
                     self._push(self.last_cycle + self.opt.interval_s, _CYCLE, None)
             if progress is not None and t - last_report >= 3600.0:
@@ -208,10 +232,11 @@ class Simulator:
 
     # ---- events --------------------------------------------------------------------------------------------
     def _arrive(self, sj: SimJob) -> None:
-        grants = self.snap.grants_by_project.get(sj.job.project)
-        if grants is not None and not any(g.start_s <= self.now < g.end_s for g in grants):
-            # the service refuses a submission whose project has no grant in force (admission control)
+        admitted = ledger.arrival(self.snap, sj.job, self.now)
+        if not admitted.queued:
+            # refused by its project's grants, by the service's own rule (sched.ledger.arrival)
             self.rejected += 1
+            self.rejected_by_reason[admitted.code.value if admitted.code is not None else "refused"] += 1
             return
         keys = self.snap.estimator.key_ids(sj.job)
         self.live[sj.job.id] = _Live(sj, remaining_s=sj.run_s, keys=keys)
@@ -242,13 +267,19 @@ class Simulator:
         elif kind == _CYCLE:
             self.cycle_pending = False
             self.cycle_due = True
+        elif kind == _WAKE:
+            self.cycle_due = True
+        elif kind == _UNDERUSE:
+            if any(action == ledger.RECLAIMED for _g, _p, action in self.ledger.check_underuse(self.now)):
+                self.cycle_due = True
+            self._push(self.now + ledger.UNDERUSE_INTERVAL_S, _UNDERUSE, None)
 
     def _end(self, job_id: str, lv: _Live) -> None:
         run_s = self.now - lv.work_start_s
         self._stop(job_id, lv)
         lv.remaining_s = 0.0
-        state = "timeout" if lv.timeout else "failed" if lv.sim.fails else "succeeded"
-        self.snap.estimator.observe(lv.sim.job, max(run_s, 1.0), lv.keys)
+        state = ledger.TIMEOUT if lv.timeout else ledger.FAILED if lv.sim.fails else ledger.SUCCEEDED
+        self.ledger.learn(lv.sim.job, state, run_s, lv.keys)
         self._record(job_id, lv, state)
         self.cycle_due = True
 
@@ -270,25 +301,26 @@ class Simulator:
                 su=lv.su,
                 state=state,
                 pool=lv.pool,
+                gpu_model=self.snap.capacity.pool_by_name[lv.pool].model if lv.pool else "",
             )
         )
 
     def _stop(self, job_id: str, lv: _Live, give: bool = True) -> float:
         """Take a running job off its GPUs; returns the seconds of work it did in this run."""
-        run = self.snap.finish(job_id, give)
-        held = self.now - lv.held_since_s
-        gpus = run.milli / 1000.0
-        lv.gpu_s += held * gpus
-        pool = self.snap.capacity.pool_by_name[run.placement.pool]
-        lv.su += held * gpus * pool.su_weight
-        self.su_total[run.job.project] += held * gpus * pool.su_weight
-        self.su_rate[run.job.project] -= gpus * pool.su_weight
+        done = self.ledger.finish(job_id, self.now, give)
+        run = done.run
+        lv.gpu_s += done.gpu_s
+        lv.su += done.su
+        self.su_total[run.job.project] += done.su
+        self.gpu_s_by_pool[run.placement.pool] += done.gpu_s
+        if run.borrowed:
+            self.borrowed_gpu_s_by_pool[run.placement.pool] += done.gpu_s
         if lv.credit_grant:
-            self._release_credit(lv, held * gpus * pool.su_weight / 3600.0)
+            self.ledger.release_credit(lv.credit_grant, lv.credit_su, done.su / 3600.0)
+            lv.credit_grant, lv.credit_su = "", 0.0
         self.allocated_milli -= run.milli
         for share in run.placement.shares:
             self.node_jobs[share.node].discard(job_id)
-        self.snap.attained_gpu_s[job_id] = self.snap.attained_gpu_s.get(job_id, 0.0) + held * gpus
         return max(0.0, self.now - lv.work_start_s)
 
     def _interrupt(self, job_id: str, why: str, give: bool = True) -> None:
@@ -300,7 +332,7 @@ class Simulator:
         useful = max(0.0, done - restart)
         interval = job.checkpoint_interval_s
         saved = math.floor(useful / interval) * interval if interval else 0.0
-        lv.remaining_s = max(lv.remaining_s - saved, 1.0)
+        lv.remaining_s = max(lv.remaining_s - saved / lv.scale, 1.0)  # back to reference-model seconds
         lv.lost_gpu_s += (done - saved) * job.whole_gpus
         lv.token += 1
         if why == "preempted":
@@ -334,7 +366,7 @@ class Simulator:
 
     # ---- scheduling ----------------------------------------------------------------------------------------
     def _cycle(self) -> None:
-        self._account_usage()
+        self.ledger.accrue(self.now)
         t0 = self.wall_clock()
         # keep: the cycle leaves the capacity as its decision does, so applying it below touches no GPUs twice
         decision = cycle(self.snap, self.queue, self.policy, self.now, keep=True)
@@ -342,78 +374,43 @@ class Simulator:
         self.cycles += 1
         self.last_cycle = self.now
         self.cycle_due = False
+        self.pending_reasons = decision.pending
         self._apply(decision)
 
     def _apply(self, decision: Decision) -> None:
+        starts = ledger.start_times(self.snap, decision, self.now, ledger.grace_s(self.policy))
         for pre in decision.preemptions:
             self._interrupt(pre.job_id, "preempted", give=False)
         for adm in decision.admissions:
-            self._start(adm)
+            at = starts[adm.job_id]
+            self._start(adm if at == adm.start_at_s else dataclasses.replace(adm, start_at_s=at))
 
     def _start(self, adm: Admission) -> None:
         job = self.queue.remove(adm.job_id)
         lv = self.live[adm.job_id]
-        self.snap.start(job, adm.placement, self.now, adm.borrowed, adm.guaranteed, take=False)
+        self.ledger.start(job, adm.placement, self.now, adm.borrowed, adm.guaranteed, take=False)
         if lv.first_start_s < 0:
             lv.first_start_s = adm.start_at_s
-        lv.held_since_s = self.now
         lv.work_start_s = adm.start_at_s
         lv.pool = adm.placement.pool
-        need = lv.remaining_s + (job.restart_cost_s if lv.restarts else 0.0)
+        # the work left is in seconds on the reference model: this pool's GPU model runs it faster or slower
+        lv.scale = self.speed.factor(job, self.snap.capacity.pool_by_name[lv.pool].model)
+        need = lv.remaining_s * lv.scale + (job.restart_cost_s if lv.restarts else 0.0)
         lv.restarts += 1
-        limit = job.time_limit_s - (adm.start_at_s - self.now)
+        limit = job.time_limit_s  # from the attempt's start, as every backend counts it (not from the admission)
         lv.timeout = need > limit
         lv.token += 1
         self._push(adm.start_at_s + min(need, limit), _END, (adm.job_id, lv.token))
-        milli = placement_milli(adm.placement)
-        self.allocated_milli += milli
-        pool = self.snap.capacity.pool_by_name[adm.placement.pool]
-        self.su_rate[job.project] += milli / 1000.0 * pool.su_weight
+        self.allocated_milli += placement_milli(adm.placement)
+        victim_at = ledger.victim_from_s(self.policy, job, self.now)
+        if victim_at is not None:
+            self._push(victim_at, _WAKE, None)
         if job.project in self.credit_projects:
-            self._hold_credit(lv, job, pool.model, pool.su_weight, adm.guaranteed)
+            pool = self.snap.capacity.pool_by_name[adm.placement.pool]
+            held = self.ledger.hold_credit(job, pool.model, pool.su_weight, adm.guaranteed, self.now)
+            lv.credit_grant, lv.credit_su = held
         for share in adm.placement.shares:
             self.node_jobs[share.node].add(adm.job_id)
-
-    # ---- credit: held at admission for the time limit, the unused part released at the end (sched.rules) ----
-    def _hold_credit(self, lv: _Live, job: Job, model: str, su_weight: float, guaranteed: bool) -> None:
-        grant = charged_grant(self.snap, job, model, guaranteed, self.now)
-        if grant is None or grant.credit_left_su is None:
-            return
-        need = su_hours(job, su_weight)
-        if need > grant.credit_left_su + CREDIT_EPS:
-            return  # demoted to scavenger by its grant's program: draws no credit (as the core decided)
-        self._set_credit(grant.id, grant.credit_left_su - need)
-        lv.credit_grant, lv.credit_su = grant.id, need
-
-    def _release_credit(self, lv: _Live, used_su: float) -> None:
-        """Charge what the attempt used (at most what it held: a start delayed by a preemption's grace period is
-        not use) and give the rest back."""
-        grant = self.snap.grants[lv.credit_grant]
-        assert grant.credit_left_su is not None
-        self._set_credit(grant.id, grant.credit_left_su + lv.credit_su - min(used_su, lv.credit_su))
-        lv.credit_grant, lv.credit_su = "", 0.0
-
-    def _set_credit(self, grant_id: str, left_su: float) -> None:
-        grants = self.snap.grants
-        assert isinstance(grants, dict)
-        g = grants[grant_id] = grants[grant_id].with_credit(left_su)
-        same = self.snap.grants_by_project[g.project]
-        same[:] = [g if x.id == grant_id else x for x in same]
-
-    def _account_usage(self) -> None:
-        """Decay fair-share usage and add what ran since the last cycle (grant credit is held and charged per
-        attempt: ``_hold_credit``, ``_release_credit``)."""
-        dt = self.now - self.usage_at
-        if dt <= 0:
-            return
-        decay = 0.5 ** (dt / self.policy.fairshare_half_life_s)
-        usage = self.snap.usage_su
-        for p in list(usage):
-            usage[p] *= decay
-        for p, rate in self.su_rate.items():
-            if rate > 0:
-                usage[p] = usage.get(p, 0.0) + rate * dt
-        self.usage_at = self.now
 
     # ---- observation ---------------------------------------------------------------------------------------
     def _sample(self, t: float) -> None:
@@ -452,6 +449,53 @@ class Simulator:
         per_node = np.minimum(typical, cap.node_gpus)
         stranded = float(free[free < per_node].sum())
         return stranded / total
+
+    def unfinished_records(self) -> list[JobRecord]:
+        """Jobs still in the system at the end (running or never started), as records at ``now`` (the window's
+        end): a running job's GPU time and service units include its current attempt; a job that never started
+        is ``censored`` (its wait is at least ``now - submit``) with the latest cycle's reason for its wait."""
+        out: list[JobRecord] = []
+        for job_id, lv in self.live.items():
+            job = lv.sim.job
+            run = self.snap.running.get(job_id)
+            gpu_s, su = lv.gpu_s, lv.su
+            if run is not None:
+                held = max(0.0, self.now - run.start_s) * run.milli / 1000.0
+                gpu_s += held
+                su += held * self.snap.capacity.pool_by_name[run.placement.pool].su_weight
+            reason = self.pending_reasons.get(job_id) if lv.first_start_s < 0 else None
+            out.append(
+                JobRecord(
+                    job_id=job_id,
+                    project=job.project,
+                    gpus=job.whole_gpus,
+                    submit_s=job.submit_s,
+                    start_s=lv.first_start_s if lv.first_start_s >= 0 else math.nan,
+                    end_s=math.nan,
+                    run_s=lv.sim.run_s,
+                    preemptions=lv.preemptions,
+                    lost_gpu_s=lv.lost_gpu_s,
+                    gpu_s=gpu_s,
+                    su=su,
+                    state="running" if run is not None else "pending",
+                    pool=lv.pool,
+                    gpu_model=self.snap.capacity.pool_by_name[lv.pool].model if lv.pool else "",
+                    window_end_s=self.now,
+                    reason=reason.code.value if reason is not None else "",
+                )
+            )
+        return out
+
+    def running_gpu_s(self) -> tuple[dict[str, float], dict[str, float]]:
+        """GPU-seconds per pool held by the attempts running now (all, and on borrowed capacity), up to ``now``."""
+        held: dict[str, float] = defaultdict(float)
+        borrowed: dict[str, float] = defaultdict(float)
+        for run in self.snap.running.values():
+            gpu_s = max(0.0, self.now - run.start_s) * run.milli / 1000.0
+            held[run.placement.pool] += gpu_s
+            if run.borrowed:
+                borrowed[run.placement.pool] += gpu_s
+        return held, borrowed
 
     def entitlement(self) -> dict[str, float]:
         return shares(self.tenants) if self.tenants else {}

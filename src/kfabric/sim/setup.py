@@ -48,6 +48,7 @@ def grants_of(scenario: Scenario, start: date) -> dict[str, GrantState]:
             credit_left_su=g.credit_su_hours if g.credit_su_hours > 0 else None,
             on_exhausted=rules.on_exhausted,
             max_job_duration_s=rules.max_job_duration_s,
+            utilization_floor_pct=rules.utilization_floor_pct,
         )
     return out
 

@@ -28,3 +28,9 @@ class Workload:
     tenants: Mapping[str, TenantInfo] = field(default_factory=dict)
     #: share of service each project is entitled to (defaults to its fair-share share)
     description: str = ""
+    #: the GPU model on which ``SimJob.run_s`` is true; on another model the twin scales it by speed
+    #: (``sim.speed``, docs/gpu-speeds.md). None: run times do not depend on the model (hand-made workloads)
+    reference_model: str | None = None
+    #: measured throughput per job type, Gavel's shape ``{gpu_type: {"job_type|gpus": steps/s}}`` (``job.name`` is
+    #: the job type); it wins over the catalog's per-model speed where both models have the job type
+    job_type_throughputs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)

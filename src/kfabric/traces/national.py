@@ -12,31 +12,49 @@ weekdays (a, weekend w: grant 0.4, 0.6; small 0.6, 0.6; owner 0.3, 0.8; fm flat)
 The diurnal pattern follows Hu et al. (Helios, SC'21), cited in :mod:`kfabric.traces.national_templates`.
 
 **Offered load**: with C the GPUs of the pools online on ``on`` (all pools when None), public pools (government
-owners, or sharing ``shared``) and each private owner's own pools are loaded separately to ``load`` (default
-0.85): fm streams take 90% of their reservations (at most half of the public target), the rest of the public
-target goes 65% to ``grant`` and 35% to ``small``; each owner stream gets ``load`` x its pools' GPUs. A stream's
-rate is ``scale x target GPUs / E[GPU-seconds per job]``, the expectation computed exactly over its templates
-(clipped lognormal). Job sizes are capped at the largest cluster of their allowed pools. Expected and realized
-offered load are in ``Workload.description``. Generation is vectorized (:func:`national_arrays`); Job objects
-are built afterwards. Time limits: :func:`kfabric.traces.philly.user_time_limits`.
+owners, or sharing ``shared``) and each private owner's own pools (its *segments*) are loaded separately to
+``load`` (default 0.85) of what they can deliver: fm streams take 90% of their reservations (at most half of the
+public target), the rest of the public target goes 65% to ``grant`` and 35% to ``small``; each owner stream gets
+``load`` x its pools' GPUs. Targets are GPUs busy on the segment's own models. Run times are stated on H100
+(``REFERENCE_MODEL``); a GPU-second of H100 work keeps a GPU of model M busy ``f(M) = speed(H100) / speed(M)``
+seconds (the twin's factor, :class:`kfabric.sim.speed.RunTimeScale`). A template counts its work at
+``f_eff = sum(GPUs) / sum(GPUs / f)`` over the pools of its segment it may use (work spread in proportion to
+what each pool delivers keeps every pool equally busy). A stream's rate is ``scale x target GPUs /
+E[f_eff x GPU-seconds per job]``, the expectation computed exactly over its templates (clipped lognormal). Job
+sizes are capped at the largest cluster of their allowed pools. Expected and realized offered load (in segment
+time, and in H100 time) are in ``Workload.description``. Generation is vectorized (:func:`national_arrays`); Job
+objects are built afterwards.
+
+**Time limits**: a user sets the limit for the slowest GPU model the job may run on: the slowest model of the
+pools of the whole fleet (any online date) where the scheduler could place it (the static rules of
+:func:`kfabric.sched.eligibility.eligible_pools`: model, clearance, ownership, topology), padded as every trace
+pads (:func:`kfabric.traces.philly.user_time_limits`: the smallest standard limit ``>= run x f_max x U``,
+``U ~ U[1, 5]``). No job is made to overrun: its run time on every model it may use is within its limit.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
+from kfabric.model.fleet import Fleet, NodePool, Sharing
+from kfabric.model.gpu import REFERENCE_MODEL
 from kfabric.model.job import Job
 from kfabric.scenarios.loader import Scenario
+from kfabric.sched.capacity import Capacity, PoolInfo
 from kfabric.sched.fairshare import TenantInfo
+from kfabric.sched.placement import topology_ok
+from kfabric.sim.speed import RunTimeScale
 from kfabric.sim.workload import SimJob, Workload
-from kfabric.traces.national_projects import build_projects, public_pools
+from kfabric.traces.national_projects import NationalProject, build_projects, public_pools
 from kfabric.traces.national_templates import CLASSES, TEMPLATES, WITHIN_SIGMA, JobClass, TemplateBuilder
 from kfabric.traces.philly import DAY_S, HOUR_S, user_time_limits
 
@@ -46,6 +64,7 @@ __all__ = [
     "FM_UTILIZATION",
     "MODULATION",
     "PEAK_HOUR_KST",
+    "PUBLIC_SEGMENT",
     "TEMPLATES",
     "WITHIN_SIGMA",
     "JobClass",
@@ -55,6 +74,8 @@ __all__ = [
 ]
 
 DEFAULT_LOAD = 0.85
+#: the segment of the public pools (government-owned or shared); a private owner's segment is named after it
+PUBLIC_SEGMENT = "public"
 FM_UTILIZATION = 0.9
 PEAK_HOUR_KST = 15.0
 #: stream kind -> (diurnal amplitude, weekend factor)
@@ -80,7 +101,14 @@ class NationalArrays:
     users: list[str]
     tenants: dict[str, TenantInfo]
     capacity_gpus: int
-    target_gpus: float
+    target_gpus: float  # summed stream targets x scale: GPUs busy on the segments' own models
+    #: per template: the segment whose target its stream loads (``PUBLIC_SEGMENT`` or a private owner)
+    template_segment: list[str]
+    #: per template: GPU-seconds of its segment per GPU-second of H100 work (``f_eff``, module docstring)
+    segment_factor: npt.NDArray[np.float64]
+    #: per template: run time on the slowest model it may run on, per second of H100 run time (``f_max``)
+    slowest_factor: npt.NDArray[np.float64]
+    segment_gpus: dict[str, int]  # GPUs online per segment
     description: str = ""
 
 
@@ -99,7 +127,9 @@ def national_arrays(
     projects = build_projects(scenario, pools, rng, on)
     builder = TemplateBuilder(scenario, rng)
     streams: list[tuple[str, list[int], float]] = []  # (kind, template ids, target GPUs)
-    public_gpus = sum(p.gpus for p in public_pools(scenario, pools))
+    public = public_pools(scenario, pools)
+    public_gpus = sum(p.gpus for p in public)
+    segment_gpus = {PUBLIC_SEGMENT: public_gpus} if public_gpus else {}
     fm = [p for p in projects if p.kind == "fm" and p.pools]
     fm_targets = [FM_UTILIZATION * (p.reserved_gpus or min(1024, public_gpus)) for p in fm]
     cap = 0.5 * load * public_gpus
@@ -117,10 +147,19 @@ def national_arrays(
     for i, p in enumerate(projects):
         if p.kind == "owner" and p.pools:
             by_owner[p.info.affiliation].append(i)
-    for _owner, members in sorted(by_owner.items()):
+    for owner, members in sorted(by_owner.items()):
         ids = [t for i in members for t in builder.add(i, projects[i], "owner", TEMPLATES["owner"], activity[i])]
-        streams.append(("owner", ids, load * sum(p.gpus for p in projects[members[0]].pools)))
-    arrays = _arrivals(streams, builder, days * DAY_S, scale, np.random.default_rng([seed, 2]))
+        segment_gpus[owner] = sum(p.gpus for p in projects[members[0]].pools)
+        streams.append(("owner", ids, load * segment_gpus[owner]))
+    speeds = _Speeds(scenario.fleet)
+    segment_factor = np.array(
+        [speeds.segment_factor(builder, projects[i].pools, t) for t, i in enumerate(builder.project)], dtype=np.float64
+    )
+    slowest = np.array(
+        [speeds.slowest_factor(builder, projects[i], t) for t, i in enumerate(builder.project)], dtype=np.float64
+    )
+    segment = [projects[i].info.affiliation or PUBLIC_SEGMENT for i in builder.project]
+    arrays = _arrivals(streams, builder, segment_factor, days * DAY_S, scale, np.random.default_rng([seed, 2]))
     users: list[str] = []
     offsets = []
     for p in projects:
@@ -132,21 +171,44 @@ def national_arrays(
     submit, run, tpl = arrays
     pick = np.random.default_rng([seed, 3]).random(len(tpl))
     user = first[tpl] + (pick * n_users[tpl]).astype(np.int64)
-    limits = user_time_limits(run, seed)
+    # the padding rule of every trace, applied to the run time on the slowest model the job may use
+    limits = user_time_limits(run * slowest[tpl], seed)
     capacity = sum(p.gpus for p in pools)
     target = sum(t for _, _, t in streams) * scale
     horizon = days * DAY_S
-    gpu_seconds = float(np.sum(np.minimum(run, horizon - submit) * builder.gpu_equivalent()[tpl]))
+    gpus = builder.gpu_equivalent()[tpl]
+    busy = run * segment_factor[tpl]  # seconds of the segment's GPUs each job keeps busy
+    gpu_seconds = float(np.sum(np.minimum(busy, horizon - submit) * gpus))
+    h100_seconds = float(np.sum(np.minimum(run, horizon - submit) * gpus))
     tenants = {p.info.project: p.info for p in projects if p.pools}  # every project that may submit
-    counts = {c: int(np.count_nonzero(np.array(builder.cls)[tpl] == c)) for c in CLASSES} if len(tpl) else {}
+    class_of = np.array([list(CLASSES).index(c) for c in builder.cls], dtype=np.int64)
+    per_class = np.bincount(class_of[tpl], minlength=len(CLASSES)) if len(tpl) else None
+    counts = {c: int(per_class[k]) for k, c in enumerate(CLASSES)} if per_class is not None else {}
     description = (
         f"synthetic national workload for {scenario.name}: {len(tpl)} jobs over {days:g} d, seed {seed}, "
         f"scale {scale:g}; {capacity} GPUs online ({on or 'all pools'}); offered load target "
-        f"{target / capacity:.1%}, realized {gpu_seconds / (capacity * horizon):.1%} (work inside the window); "
-        f"jobs by class {counts}; projects {len(tenants)}, users {len(set(user.tolist()))}"
+        f"{target / capacity:.1%} of GPU time on the models that run it, realized "
+        f"{gpu_seconds / (capacity * horizon):.1%} ({h100_seconds / (capacity * horizon):.1%} in H100 time; work "
+        "inside the window); "
+        f"jobs by class {counts}; projects {len(tenants)}, users {len(np.unique(user))}"
     )
     return NationalArrays(
-        submit, run, limits, tpl, user, builder.kwargs, builder.cls, users, tenants, capacity, target, description
+        submit,
+        run,
+        limits,
+        tpl,
+        user,
+        builder.kwargs,
+        builder.cls,
+        users,
+        tenants,
+        capacity,
+        target,
+        segment,
+        segment_factor,
+        slowest,
+        segment_gpus,
+        description,
     )
 
 
@@ -167,7 +229,74 @@ def synthetic_national(
     finally:
         if enabled:
             gc.enable()
-    return Workload(name=f"national-{scenario.name}", jobs=jobs, tenants=a.tenants, description=a.description)
+    # run times are stated on H100, the catalog's speed unit; other models scale them (sim.speed, docs/gpu-speeds.md)
+    return Workload(
+        name=f"national-{scenario.name}",
+        jobs=jobs,
+        tenants=a.tenants,
+        description=a.description,
+        reference_model=REFERENCE_MODEL,
+    )
+
+
+# ---- GPU speeds -------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _pool_shapes(fleet: Fleet) -> tuple[PoolInfo, ...]:
+    """The scheduler's view of the fleet's pools (geometry, site, owner, sharing), for ``topology_ok``."""
+    return Capacity(fleet).pools
+
+
+class _Speeds:
+    """Per template: how long its H100 work keeps its segment's GPUs busy, and how long it runs at worst."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        # run time on a model per second on H100: the twin's own factor (a national job name is no Gavel job type)
+        scale = RunTimeScale(fleet.gpu_models, REFERENCE_MODEL)
+        probe = Job(id="probe", project="probe", time_limit_s=1.0)
+        self.factor = {m.name: scale.factor(probe, m.name) for m in fleet.gpu_models}
+        self._segment: dict[tuple[int, tuple[str, ...]], float] = {}
+        self._slowest: dict[tuple[object, ...], float] = {}
+
+    def segment_factor(self, builder: TemplateBuilder, pools: list[NodePool], t: int) -> float:
+        """``f_eff`` over the pools of the template's segment it may use: ``sum(GPUs) / sum(GPUs / f)``."""
+        models = cast(tuple[str, ...], builder.kwargs[t]["gpu_models"])
+        key = (id(pools), models)
+        got = self._segment.get(key)
+        if got is None:
+            allowed = builder.allowed(pools, models).pools or pools
+            gpus = sum(p.gpus for p in allowed)
+            delivered = sum(p.gpus / self.factor[p.gpu_model] for p in allowed)
+            got = self._segment[key] = gpus / delivered if delivered > 0 else 1.0
+        return got
+
+    def slowest_factor(self, builder: TemplateBuilder, project: NationalProject, t: int) -> float:
+        """``f_max``: the largest factor over the pools of the whole fleet where the scheduler could ever place the
+        template's jobs (the static rules of ``sched.eligibility.eligible_pools``, every pool online: GPU model,
+        site clearance, dedicated pools for their owner only, topology), else over the pools its stream loads."""
+        kw = builder.kwargs[t]
+        affiliation = project.info.affiliation
+        models = cast(tuple[str, ...], kw["gpu_models"])
+        key = (kw["gpus"], kw["gpu_milli"], models, kw["min_topology"], kw["classification"], affiliation)
+        got = self._slowest.get(key)
+        if got is None:
+            job = Job(id="probe", time_limit_s=1.0, **kw)  # type: ignore[arg-type]
+            sites = self.fleet.sites
+            found = {
+                p.model
+                for p in _pool_shapes(self.fleet)
+                if (p.gpus_per_node > 0 or job.gpus == 0)
+                and (not models or p.model in models)
+                and sites[p.site].clearance >= job.classification
+                and (p.sharing is not Sharing.DEDICATED or p.owner == affiliation)
+                and topology_ok(job, p)
+            }
+            if not found:  # no pool can ever take it (a size no single pool holds): the pools its stream loads
+                found = {p.gpu_model for p in builder.allowed(project.pools, models).pools}
+            got = self._slowest[key] = max((self.factor[m] for m in found), default=1.0)
+        return got
 
 
 # ---- arrivals --------------------------------------------------------------------------------------------------
@@ -196,16 +325,18 @@ def _clipped_lognormal_mean(
 def _arrivals(
     streams: list[tuple[str, list[int], float]],
     builder: TemplateBuilder,
+    segment_factor: npt.NDArray[np.float64],
     horizon_s: float,
     scale: float,
     rng: np.random.Generator,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """``(submit_s, run_s, template)`` of every job, sorted by arrival (ties by stream, then draw order)."""
+    """``(submit_s, run_s, template)`` of every job, sorted by arrival (ties by stream, then draw order).
+    Targets are GPUs of the segment busy: a template's work counts at its ``segment_factor``."""
     lo = np.array([CLASSES[c].lo_s for c in builder.cls])
     hi = np.array([CLASSES[c].hi_s for c in builder.cls])
     median = np.array(builder.median_s)
     mean_run = _clipped_lognormal_mean(median, lo, hi)
-    work = builder.gpu_equivalent() * mean_run
+    work = builder.gpu_equivalent() * mean_run * segment_factor
     weights = np.array(builder.weight)
     times, templates = [], []
     for kind, ids, target in streams:

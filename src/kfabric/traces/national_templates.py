@@ -37,7 +37,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -181,7 +180,7 @@ def _pick(values: tuple[_T, ...], probabilities: tuple[float, ...], u: float) ->
 
 @dataclass(frozen=True)
 class _Allowed:
-    """What a set of pools allows a template: the pools, their largest NVLink domain and cluster, clearance."""
+    """What a set of pools allows a template: the pools, their largest NVLink domain and pool, clearance."""
 
     pools: list[NodePool]
     domain: int
@@ -212,13 +211,11 @@ class TemplateBuilder:
         key = (id(pools), models)
         if key not in self._allowed:
             chosen = [p for p in pools if not models or p.gpu_model in models]
-            clusters: dict[str, int] = defaultdict(int)
-            for p in chosen:
-                clusters[p.cluster] += p.gpus
             self._allowed[key] = _Allowed(
                 chosen,
                 max((p.nvlink_domain_gpus for p in chosen), default=1),
-                max(clusters.values(), default=0),
+                # a job is placed inside one pool (sched/placement.py): a size over the largest pool never starts
+                max((p.gpus for p in chosen), default=0),
                 max((self.fleet.site_of(p).clearance for p in chosen), default=Classification.PUBLIC),
             )
         return self._allowed[key]

@@ -209,7 +209,8 @@ def read_gavel(
     files = sorted(trace_dir.glob("*.trace")) if trace_dir.is_dir() else []
     if not files:
         raise row_error(trace_dir, None, "trace_dir", "no *.trace files here", "pass Gavel's msr/seed=N folder")
-    lookup = ThroughputLookup(load_throughputs(throughputs_json), gpu_type, gpus_per_server, str(throughputs_json))
+    table = load_throughputs(throughputs_json)
+    lookup = ThroughputLookup(table, gpu_type, gpus_per_server, str(throughputs_json))
     rows: list[tuple[float, str, int, str, int, float]] = []
     for path in files:
         vc = path.stem
@@ -249,4 +250,12 @@ def read_gavel(
         f"derived_throughput={lookup.derived} (nearest measured scale factor, linear scaling); "
         f"limit_over_90d={count_over_max_limit(runs)}; time limits seed {time_limit_seed}"
     )
-    return Workload(name="philly", jobs=jobs, tenants=tenants, description=description)
+    # run times are true on the trace's GPU type; on another model the twin scales them by this table (sim.speed)
+    return Workload(
+        name="philly",
+        jobs=jobs,
+        tenants=tenants,
+        description=description,
+        reference_model=model,
+        job_type_throughputs=table,
+    )

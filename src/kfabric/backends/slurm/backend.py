@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from kfabric.backends.slurm.config import SlurmClusterConfig
 from kfabric.backends.slurm.discover import gpu_gres
 from kfabric.backends.slurm.nodes import NODE_FACTS_EVERY_S, node_facts
 from kfabric.backends.slurm.records import JobcompReader, SlurmRecord, from_sacct, from_squeue, run_state
-from kfabric.backends.slurm.submit import attempt_dir, check_spec, sbatch_request
+from kfabric.backends.slurm.submit import SbatchRequest, attempt_dir, check_spec, sbatch_request
 
 log = logging.getLogger(__name__)
 Key = tuple[str, int]
@@ -92,34 +94,95 @@ class SlurmBackend:
         self._facts_error: Exception | None = None
         self._facts_at_s: float | None = None
         self._lost_seen: set[Key] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        #: when the last complete read of Slurm began (``time.monotonic``); ``poll`` reads again after the interval
+        self._read_at = -math.inf
 
     # ------------------------------------------------------------------------------------------- protocol
 
     def launch(self, spec: LaunchSpec) -> None:
-        key = (spec.job_id, spec.attempt)
-        check_spec(spec)  # ValueError: this spec cannot be run (the controller fails the job)
-        self._ensure_synced()
-        if key in self._attempts:
-            return  # launched before (maybe by a controller that died since): never twice
-        if key in self._uncertain:
-            self._refresh()  # the last sbatch may have created it after all
-            self._uncertain.discard(key)
-            if key in self._attempts:
-                return
-        account = account_for(spec.user or f"of job {spec.job_id}", spec.posix_user)
-        as_root = server_is_root()
-        request = sbatch_request(self.config, spec, self._gres_type, account, as_root)
+        error = self.launch_many([spec])[0]
+        if error is not None:
+            raise error
+
+    def launch_many(self, specs: Sequence[LaunchSpec]) -> list[Exception | None]:
+        """Launch several attempts, each as :meth:`launch` would, with up to ``submit_parallel`` sbatch commands
+        in flight at once. One outcome per spec, in order: None (launched, or launched before) or the exception
+        its :meth:`launch` would raise (:class:`BackendUnavailable`: retry later; ``ValueError``/``OSError``:
+        refused). Idempotent per attempt as :meth:`launch` is: every attempt is marked uncertain before its
+        sbatch runs and stays so unless Slurm's answer (its job id) came back, so a retry reads Slurm first."""
+        out: list[Exception | None] = [None] * len(specs)
+        ready: list[tuple[int, LaunchSpec]] = []
+        for i, spec in enumerate(specs):
+            try:
+                check_spec(spec)  # ValueError: this spec cannot be run (the controller fails the job)
+                ready.append((i, spec))
+            except ValueError as exc:
+                out[i] = exc
         try:
-            self._output_dir(spec, account if as_root else None)
-        except OSError as exc:
-            raise BackendUnavailable(f"cannot create the output directory of {spec.key}: {exc}") from exc
-        self._uncertain.add(key)
-        slurm_id = self.cli.sbatch(request.args, request.script)
-        self._uncertain.discard(key)
-        outputs = self._outputs(key, slurm_id)
-        self._attempts[key] = _Attempt(
-            spec.job_id, spec.attempt, slurm_id, self.clock(), len(spec.nodes), outputs=outputs
-        )
+            self._ensure_synced()
+            if any((s.job_id, s.attempt) in self._uncertain and (s.job_id, s.attempt) not in self._attempts
+                   for _, s in ready):  # fmt: skip
+                self._refresh()  # an earlier sbatch may have created them after all: one read for the batch
+        except BackendUnavailable as exc:
+            for i, _ in ready:
+                out[i] = exc
+            return out
+        todo: list[tuple[int, LaunchSpec, SbatchRequest]] = []
+        keys: set[Key] = set()
+        as_root = server_is_root()
+        for i, spec in ready:
+            key = (spec.job_id, spec.attempt)
+            self._uncertain.discard(key)
+            if key in self._attempts or key in keys:
+                continue  # launched before (maybe by a controller that died since): never twice
+            try:
+                account = account_for(spec.user or f"of job {spec.job_id}", spec.posix_user)
+                request = sbatch_request(self.config, spec, self._gres_type, account, as_root)
+                try:
+                    self._output_dir(spec, account if as_root else None)
+                except OSError as exc:
+                    raise BackendUnavailable(f"cannot create the output directory of {spec.key}: {exc}") from exc
+            except (ValueError, OSError, BackendUnavailable) as exc:
+                out[i] = exc
+                continue
+            self._uncertain.add(key)
+            keys.add(key)
+            todo.append((i, spec, request))
+        for (i, spec, _), result in zip(todo, self._submit_all([r for _, _, r in todo]), strict=True):
+            if isinstance(result, Exception):
+                out[i] = result  # stays uncertain: the job may exist all the same
+                continue
+            key = (spec.job_id, spec.attempt)
+            self._uncertain.discard(key)
+            outputs = self._outputs(key, result)
+            self._attempts[key] = _Attempt(
+                spec.job_id, spec.attempt, result, self.clock(), len(spec.nodes), outputs=outputs
+            )
+        return out
+
+    def _submit_all(self, requests: Sequence[SbatchRequest]) -> list[int | Exception]:
+        """Run one sbatch per request, up to ``submit_parallel`` at once; each one's Slurm job id or exception.
+        Once slurmctld is found unreachable the client fails the remaining calls fast (its back-off)."""
+
+        def one(request: SbatchRequest) -> int | Exception:
+            try:
+                return self.cli.sbatch(request.args, request.script)
+            except (BackendUnavailable, ValueError, OSError) as exc:
+                return exc
+
+        workers = min(self.config.submit_parallel, len(requests))
+        if workers <= 1:
+            return [one(r) for r in requests]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.config.submit_parallel, thread_name_prefix=f"sbatch-{self.name}")
+        return list(self._pool.map(one, requests))
+
+    def close(self) -> None:
+        """Stop the submission threads (a backend is usable again afterwards: they start on the next batch)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def _output_dir(self, spec: LaunchSpec, owner: Account | None) -> None:
         """``workdir_root`` (made 0711 when kfabric creates it: jobs pass through, list nothing) and the attempt's
@@ -166,9 +229,13 @@ class SlurmBackend:
         run.killed = True
 
     def poll(self) -> list[RunReport]:
+        """Every attempt's state. Slurm is read (squeue, then the completion records) when the last read is
+        ``poll_interval_s`` old, so a controller ticking faster than that does not pay a read per tick; in between
+        the answer comes from memory (launches and terminations since are in it; facts are never made up: an
+        attempt is called lost only by a read that began after its sbatch returned)."""
         synced_now = not self._synced
         self._ensure_synced()
-        if not synced_now:
+        if not synced_now and time.monotonic() - self._read_at >= self.config.poll_interval_s:
             self._refresh()
         self._finish_overdue()
         reports = [self._report(key, run) for key, run in sorted(self._attempts.items())]
@@ -231,12 +298,16 @@ class SlurmBackend:
     def _refresh(self, initial: bool = False) -> None:
         """Bring every attempt up to date: squeue first, then the completion records (a job that ends between
         the two calls is then found in the records). An unfinished attempt found in neither is LOST."""
+        began = time.monotonic()
         live: dict[Key, list[SlurmRecord]] = {}
-        for job in self.cli.squeue_jobs():
-            rec = from_squeue(job)
-            key = self._key_of(rec.name)
-            if key is not None:
-                live.setdefault(key, []).append(rec)
+        for job in self.cli.squeue_rows():
+            key = self._key_of(str(job.get("name") or ""))
+            if key is None:
+                continue
+            known = self._attempts.get(key)
+            if known is not None and known.final and str(known.slurm_id) == str(job.get("job_id")):
+                continue  # its end is a fact already (squeue shows ended jobs for MinJobAge): nothing to read
+            live.setdefault(key, []).append(from_squeue(job))
         done: dict[Key, list[SlurmRecord]] = {}
         if self._jobcomp is not None:
             for rec in self._jobcomp.read_new():
@@ -263,6 +334,7 @@ class SlurmBackend:
         for key, run in self._attempts.items():
             if not run.final and key not in seen:
                 self._lose(run, "is known to Slurm no more (neither queued nor in its completion records)")
+        self._read_at = began
 
     def _from_sacct(
         self, live: dict[Key, list[SlurmRecord]], done: dict[Key, list[SlurmRecord]], initial: bool

@@ -70,6 +70,10 @@ class SlurmClusterConfig:
     backoff_max_s: float = 30.0
     #: directory holding sbatch/squeue/...; "" = PATH
     bin_dir: str = ""
+    #: sbatch commands in flight at once when the controller hands over several launches (``launch_many``)
+    submit_parallel: int = 8
+    #: seconds between two reads of squeue and the completion records; a ``poll`` sooner answers from memory
+    poll_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         where = f"slurm cluster {self.name!r}"
@@ -90,6 +94,12 @@ class SlurmClusterConfig:
                 f"{where}: job_name_prefix must be a letter then up to 15 letters, digits, '-' or '_', "
                 f"got {self.job_name_prefix!r}"
             )
+        if isinstance(self.submit_parallel, bool) or not isinstance(self.submit_parallel, int):
+            raise SlurmConfigError(f"{where}: submit_parallel must be a whole number, got {self.submit_parallel!r}")
+        if not 1 <= self.submit_parallel <= 64:
+            raise SlurmConfigError(f"{where}: submit_parallel must be 1..64, got {self.submit_parallel}")
+        if not float(self.poll_interval_s) >= 0:
+            raise SlurmConfigError(f"{where}: poll_interval_s must be >= 0, got {self.poll_interval_s!r}")
         for key in ("command_timeout_s", "backoff_max_s"):
             if not float(getattr(self, key)) > 0:
                 raise SlurmConfigError(f"{where}: {key} must be > 0, got {getattr(self, key)!r}")
@@ -118,6 +128,9 @@ class SlurmClusterConfig:
             if kind == "bool":
                 if not isinstance(value, bool):
                     raise SlurmConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+            elif kind == "int":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise SlurmConfigError(f"{where}.{key}: expected a whole number, got {value!r}")
             elif kind == "float":
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise SlurmConfigError(f"{where}.{key}: expected a number, got {value!r}")

@@ -14,8 +14,11 @@ the user's POSIX account               ``--uid=UID --gid=GID`` when kfabric runs
                                        loads the account's login environment); otherwise the job is the
                                        service account's, and only users mapped to it may run
 working directory                      ``--chdir`` (the spec's, else ``workdir_root/JOB.ATTEMPT``)
-outputs                                ``--output/--error=workdir_root/JOB.ATTEMPT/std{out,err}``, in a
-                                       directory of the job's account (0700)
+outputs                                ``--output/--error`` = the job's ``-o``/``-e`` files, resolved by
+                                       kfabric (``%`` escaped as ``%%``: Slurm's ``%j`` would be its own id;
+                                       no ``--error`` when both are one file); ``--open-mode=append`` when
+                                       asked. A spec without output paths: ``workdir_root/JOB.ATTEMPT/
+                                       std{out,err}``, in a directory of the job's account (0700)
 environment                            ``--export=KFABRIC_JOB_ID=..,KFABRIC_ATTEMPT=..`` (never ``ALL``: the
                                        service's environment stays out) + ``export`` lines in the script
                                        for the allow-list and the job's own variables
@@ -24,6 +27,12 @@ environment                            ``--export=KFABRIC_JOB_ID=..,KFABRIC_ATTE
 Slurm's own requeue                    ``--no-requeue``: kfabric requeues (a LOST attempt)
 =====================================  =================================================================
 
+A job with a stored script (``LaunchSpec.script``) runs that copy, never a file on disk: the batch script carries it
+in a quoted here-document (its delimiter derived from the script's SHA-256, so the script cannot end it early) and
+runs it with its ``#!`` interpreter (default ``/bin/bash``) from ``/dev/fd/3``, once, on the first node, as sbatch
+runs a batch script (it starts its own ``srun``). The script's environment is kfabric's (below), except
+``SLURM_JOB_ID``, which stays Slurm's (``srun`` finds its allocation by it); ``KFABRIC_JOB_ID`` is kfabric's id.
+
 A one-node job's batch script runs the command itself. A multi-node job's runs it on every node of the gang
 (``srun``, one task per node), all of a gang's GPUs starting together as one Slurm job; with
 ``use_srun: false`` it runs once, on the first node (the command starts its own ``srun``/``mpirun``).
@@ -31,6 +40,7 @@ A one-node job's batch script runs the command itself. A multi-node job's runs i
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import shlex
@@ -99,12 +109,38 @@ STEP_RETRIES = 30
 STEP_RETRY_S = 10
 
 
+#: variables Slurm sets that the batch script never overrides (``srun`` inside the job finds its allocation by them)
+SLURM_OWN = ("SLURM_JOB_ID", "SLURM_JOBID")
+
+
 def _job_env(spec: LaunchSpec, account: Account | None) -> list[tuple[str, str]]:
     """The variables the script exports: the allow-list and the declared ones (only those without an account)."""
+    declared = [(k, v) for k, v in spec.env if k not in SLURM_OWN]
     if account is None:
-        return list(spec.env)
+        return declared
     ids = {"KFABRIC_JOB_ID": spec.job_id, "KFABRIC_ATTEMPT": str(spec.attempt)}
-    return sorted(job_env(account, spec.env, ids).items())
+    return sorted(job_env(account, declared, ids).items())
+
+
+def interpreter_of(script: str) -> list[str]:
+    """The interpreter (and its one argument, as Linux reads a ``#!`` line) of a stored script; default bash."""
+    first = script.split("\n", 1)[0]
+    if not first.startswith("#!") or not first[2:].strip():
+        return ["/bin/bash"]
+    return first[2:].strip().split(None, 1)
+
+
+def _script_lines(script: str) -> list[str]:
+    """Run the stored ``script`` from a quoted here-document on descriptor 3 (nothing written to disk)."""
+    body = script if script.endswith("\n") else script + "\n"
+    mark = f"KFABRIC_SCRIPT_{hashlib.sha256(body.encode()).hexdigest()[:24]}"
+    run = " ".join(shlex.quote(part) for part in interpreter_of(script))
+    return [f"exec {run} /dev/fd/3 3<<'{mark}'", body + mark]
+
+
+def slurm_path(path: str) -> str:
+    """``path`` for ``--output``/``--error``: Slurm expands ``%`` escapes itself, so every ``%`` is doubled."""
+    return path.replace("%", "%%")
 
 
 def script_of(config: SlurmClusterConfig, spec: LaunchSpec, account: Account | None = None) -> str:
@@ -120,6 +156,8 @@ def script_of(config: SlurmClusterConfig, spec: LaunchSpec, account: Account | N
         "export SLURM_EXPORT_ENV=ALL",  # job steps (srun) get the script's environment, not just --export's
     ]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in _job_env(spec, account)]
+    if spec.script:
+        return "\n".join([*lines, *_script_lines(spec.script)]) + "\n"
     command = shlex.quote(spec.command or "true")
     if not config.use_srun or len(spec.nodes) == 1:
         return "\n".join([*lines, f"exec /bin/bash -c {command}"]) + "\n"
@@ -137,6 +175,18 @@ def script_of(config: SlurmClusterConfig, spec: LaunchSpec, account: Account | N
         'exit "$rc"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def _output_flags(spec: LaunchSpec, where: Path) -> list[str]:
+    """``--output``/``--error`` (and ``--open-mode``) for the spec's output files (see the module docstring)."""
+    if not spec.stdout_path:
+        return [f"--output={where / 'stdout'}", f"--error={where / 'stderr'}"]
+    flags = [f"--output={slurm_path(spec.stdout_path)}"]
+    if spec.stderr_path and spec.stderr_path != spec.stdout_path:
+        flags.append(f"--error={slurm_path(spec.stderr_path)}")
+    if spec.open_mode == "append":
+        flags.append("--open-mode=append")
+    return flags
 
 
 def sbatch_request(
@@ -159,8 +209,7 @@ def sbatch_request(
         "--ntasks-per-node=1",
         f"--time={max(1, math.ceil(spec.time_limit_s / 60))}",
         "--no-requeue",
-        f"--output={where / 'stdout'}",
-        f"--error={where / 'stderr'}",
+        *_output_flags(spec, where),
         f"--chdir={spec.workdir or where}",
         f"--export=KFABRIC_JOB_ID={spec.job_id},KFABRIC_ATTEMPT={spec.attempt}",
     ]

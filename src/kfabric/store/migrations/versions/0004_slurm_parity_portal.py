@@ -87,7 +87,16 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_array_job_id"))
         for name in (
-            "expected_start_why", "stderr_path", "stdout_path", "priority_adjust", "begin_at_s", "held_by",
-            "kill_on_invalid_dep", "dependency", "array_task_id", "array_job_id", "script",
+            "expected_start_why",
+            "stderr_path",
+            "stdout_path",
+            "priority_adjust",
+            "begin_at_s",
+            "held_by",
+            "kill_on_invalid_dep",
+            "dependency",
+            "array_task_id",
+            "array_job_id",
+            "script",
         ):
             batch_op.drop_column(name)
