@@ -339,15 +339,16 @@ class Client:
         params = {"state": states or None, "project": project, "user": users or None, "pool": pool}
         return self._paged("/v1/jobs", params, page=_JOB_PAGE)
 
-    def job(self, job_id: int) -> dict[str, Any]:
-        return cast(dict[str, Any], self._json("GET", f"/v1/jobs/{job_id}"))
+    def job(self, job_id: int | str) -> dict[str, Any]:
+        """A job by id, or a task of an array as ``"12_3"``."""
+        return cast(dict[str, Any], self._json("GET", f"/v1/jobs/{quote(str(job_id), safe='')}"))
 
-    def job_events(self, job_id: int) -> list[dict[str, Any]]:
-        return cast(list[dict[str, Any]], self._json("GET", f"/v1/jobs/{job_id}/events"))
+    def job_events(self, job_id: int | str) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._json("GET", f"/v1/jobs/{quote(str(job_id), safe='')}/events"))
 
     def job_log(
         self,
-        job_id: int,
+        job_id: int | str,
         stream: str = "out",
         offset: int = 0,
         max_bytes: int | None = None,

@@ -4,6 +4,7 @@ hold/release/update, array-aware cancel."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -142,6 +143,12 @@ def test_array_afterok_chain_hold_release_and_cancel(env: Server, capsys: pytest
     second = int(ok(capsys, "submit", "-A", "default", "-t", "1", "-a", "0-2", "-H", "--parsable", "--wrap", "true"))
     assert "updated 3 task(s)" in ok(capsys, "update", str(second), "--time", "0:30", "--name", "renamed")
     assert ok(capsys, "cancel", f"{second}_1") == f"Cancelled job {second}_1\n"
+    # a task is named ARRAYID_TASK everywhere a job id is taken: show, events, log
+    task = json.loads(ok(capsys, "job", "show", f"{second}_1", "--json"))
+    assert (task["array_job_id"], task["array_task_id"], task["state"]) == (second, 1, "cancelled")
+    assert "cancelled" in ok(capsys, "job", "events", f"{second}_1")
+    code, _, err = cli(capsys, "job", "show", f"{second}_9")
+    assert code == 2 and "not found" in err.lower()
     out = ok(capsys, "cancel", str(second))
     assert out.startswith(f"Array {second}: cancelled 2 task(s)")
     code, _, err = cli(capsys, "cancel", "12_x")

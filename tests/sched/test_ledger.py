@@ -7,7 +7,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from tests.sched.builders import DAY_S, HOUR_S, a_grant, a_job, hgx_fleet, place, share, snapshot_of, tenant
+from builders import DAY_S, HOUR_S, a_grant, a_job, hgx_fleet, place, share, snapshot_of, tenant
 
 from kfabric.model.reasons import ReasonCode
 from kfabric.model.tenancy import OnExhausted

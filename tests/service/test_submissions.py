@@ -271,3 +271,20 @@ def test_a_failing_writer_fails_its_batch_and_the_queue_goes_on(store: Store, mo
 def test_the_batch_insert_names_every_job_column() -> None:
     """The batch writes jobs with its own SQL: a column added to ``jobs`` must be added there too."""
     assert sorted(submissions.JOB_COLUMNS) == sorted(c.name for c in t.Job.__table__.columns if c.name != "id")
+
+
+@pytest.mark.parametrize(
+    ("field", "pattern", "problem"),
+    [
+        ("output", "out-%q.log", "%q is not a known pattern"),
+        ("error", "err-%", "a trailing % is not a known pattern"),
+        ("output", "", "is empty"),
+    ],
+)
+def test_an_output_pattern_kfabric_cannot_expand_is_refused_at_submit(
+    store: Store, field: str, pattern: str, problem: str
+) -> None:
+    """``-o``/``-e`` are checked when the job is submitted, not when it starts (issue 19)."""
+    with pytest.raises(KfabricError) as err:
+        jobs.prepare(store.actors["ma"], "pa", {**SPEC, field: pattern}, NOW, None)
+    assert err.value.where == f"job.{field}" and problem in str(err.value)

@@ -13,6 +13,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from kfabric.cli.cancel_cmd import parse_job_ref
 from kfabric.cli.console import stdout_console
 from kfabric.cli.errors import UsageError
 from kfabric.cli.queue_cmd import (
@@ -24,7 +25,6 @@ from kfabric.cli.queue_cmd import (
     fmt_gpus,
     fmt_nodes,
     fmt_time,
-    parse_id,
     where_or_why,
 )
 from kfabric.client import ApiError, Client
@@ -117,7 +117,7 @@ def events_table(events: list[dict[str, Any]]) -> Table:
 
 
 def show_cmd(args: argparse.Namespace) -> int:
-    job_id = parse_id(args.job_id)
+    job_id = parse_job_ref(args.job_id)
     with connect(args) as client:
         job = client.job(job_id)
         if args.json:
@@ -153,7 +153,7 @@ def _stderr_tail(client: Client, job: dict[str, Any]) -> Text:
 
 
 def events_cmd(args: argparse.Namespace) -> int:
-    job_id = parse_id(args.job_id)
+    job_id = parse_job_ref(args.job_id)
     with connect(args) as client:
         events = client.job_events(job_id)
     if args.json:
@@ -164,7 +164,7 @@ def events_cmd(args: argparse.Namespace) -> int:
 
 
 def log_cmd(args: argparse.Namespace) -> int:
-    job_id = parse_id(args.job_id)
+    job_id = parse_job_ref(args.job_id)
     if args.tail is not None and args.tail < 0:
         raise UsageError(f"--tail: expected a number of lines >= 0, got {args.tail}")
     stream = "err" if args.err else "out"

@@ -18,7 +18,8 @@ from kfabric.service import audit, notifications
 from kfabric.service.actors import Actor, Role
 from kfabric.service.dependencies import parse_dependency
 from kfabric.service.feasibility import Feasibility
-from kfabric.service.job_arrays import JobRef, parse_array
+from kfabric.service.job_arrays import JobRef, parse_array, parse_ref
+from kfabric.service.job_output import check_pattern
 from kfabric.service.jobspec import build_job, control_columns
 from kfabric.service.submissions import Submission, committer, key_conflict, task_values
 from kfabric.store import tables as t
@@ -59,6 +60,9 @@ def prepare(
     if client_key is not None and not (0 < len(client_key) <= 200):
         raise ValidationError("client_key", "must be 1..200 characters", "use a UUID per logical submission")
     tasks = parse_array(str(spec["array"]), "job.array").indices if spec.get("array") else ()
+    for stream in ("output", "error"):  # Slurm's -o/-e patterns: an unknown %q is refused here, not at launch
+        if spec.get(stream) is not None:
+            check_pattern(str(spec[stream]), f"job.{stream}")
     dependency = parse_dependency(str(spec.get("dependency", "")), "job.dependency")
     if dependency is not None:
         spec = {**spec, "dependency": str(dependency)}  # normalized: kinds in lower case, no blanks
@@ -189,8 +193,18 @@ def _by_key(session: Session, project_id: int, client_key: str) -> t.Job | None:
     ).one_or_none()
 
 
-def visible_job(session: Session, actor: Actor, job_id: int) -> tuple[t.Job, t.Project]:
-    row = session.get(t.Job, job_id)
+def visible_job(session: Session, actor: Actor, job_id: int | str) -> tuple[t.Job, t.Project]:
+    """The job ``job_id`` names (a job id, or ``ARRAYID_TASK`` for a task of an array) if ``actor`` may see it."""
+    row: t.Job | None
+    if isinstance(job_id, str):
+        ref = parse_ref(job_id)
+        if ref.task is None:
+            row = session.get(t.Job, ref.job_id)
+        else:
+            query = select(t.Job).where(t.Job.array_job_id == ref.job_id, t.Job.array_task_id == ref.task)
+            row = session.scalars(query).one_or_none()
+    else:
+        row = session.get(t.Job, job_id)
     project = session.get(t.Project, row.project_id) if row is not None else None
     if row is None or project is None or not actor.sees_project(project.id, project.organization_id):
         raise NotFound("job", job_id, "kfabric queue lists the jobs you can see")

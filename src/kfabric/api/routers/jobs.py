@@ -141,7 +141,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def show(job_id: JobId, c: Caller) -> JobPublic:
+def show(job_id: JobRefText, c: Caller) -> JobPublic:
     with c.rt.sessions() as s:
         row, project = jobs.visible_job(s, c.actor, job_id)
         user = s.scalar(select(t.User.name).where(t.User.id == row.user_id)) or ""
@@ -149,7 +149,7 @@ def show(job_id: JobId, c: Caller) -> JobPublic:
 
 
 @router.get("/{job_id}/events", response_model=list[JobEventPublic])
-def events(job_id: JobId, c: Caller) -> list[JobEventPublic]:
+def events(job_id: JobRefText, c: Caller) -> list[JobEventPublic]:
     with c.rt.sessions() as s:
         row, _ = jobs.visible_job(s, c.actor, job_id)
         evs = s.scalars(select(t.JobEvent).where(t.JobEvent.job_id == row.id).order_by(t.JobEvent.id)).all()
@@ -158,7 +158,7 @@ def events(job_id: JobId, c: Caller) -> list[JobEventPublic]:
 
 @router.get("/{job_id}/log", response_model=JobLogPublic)
 def log(
-    job_id: JobId,
+    job_id: JobRefText,
     c: Caller,
     stream: Annotated[Literal["out", "err"], Query()] = "out",
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,

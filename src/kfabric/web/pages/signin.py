@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from fastapi import APIRouter, Response
 
 from kfabric.model.errors import Unauthenticated
 from kfabric.service.actors import Role
 from kfabric.web import i18n, nav, sessions, timefmt
+from kfabric.web.throttle import SignInThrottle
 from kfabric.web.view import (
     LANG_COOKIE,
     SESSION_COOKIE,
@@ -40,14 +44,39 @@ def signin_page(view: Visitor, next: str = "/") -> Response:
     return view.render("signin.html", next=safe_next(next), problem=None)
 
 
+def _throttle(view: Visitor) -> SignInThrottle:
+    """Failed sign-ins per client address (web/throttle.py), one table per application."""
+    state = view.request.app.state
+    if not hasattr(state, "signin_throttle"):
+        state.signin_throttle = SignInThrottle()
+    throttle: SignInThrottle = state.signin_throttle
+    return throttle
+
+
+@dataclass(frozen=True)
+class _Problem:
+    problem: str
+    fix: str
+
+
 @router.post("/signin")
 def signin(view: Visitor, form: Posted) -> Response:
     token = form.get("token").strip()
     target = safe_next(form.get("next", "/"))
+    address = view.request.client.host if view.request.client is not None else ""
+    throttle = _throttle(view)
+    wait_s = throttle.retry_after_s(address, view.now)
+    if wait_s > 0:
+        problem = _Problem(view.t("signin.throttled"), view.t("signin.throttled.fix", seconds=math.ceil(wait_s)))
+        page = view.render("signin.html", status=429, next=target, problem=problem)
+        page.headers["Retry-After"] = str(math.ceil(wait_s))
+        return page
     try:
         session_id, _web = sessions.begin(view.rt.sessions, token, view.now, view.lang, "")
     except Unauthenticated as exc:
+        throttle.failed(address, view.now)
         return view.render("signin.html", status=401, next=target, problem=exc)
+    throttle.succeeded(address)
     view.cookies[SESSION_COOKIE] = session_id
     return view.redirect(target)
 
