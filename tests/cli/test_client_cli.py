@@ -247,7 +247,7 @@ BAD_FLAGS = [
     ("priority", ["submit", "-A", "default", "-t", "5", "--priority", "vip", "--wrap", "x"], "--priority: unknown"),
     ("env", ["submit", "-A", "default", "-t", "5", "--env", "NOVALUE", "--wrap", "x"], "--env: expected NAME=VALUE"),
     ("state", ["queue", "--state", "done"], "--state: unknown job state 'done'"),
-    ("jobid", ["job", "show", "x1"], "JOBID: expected a number"),
+    ("jobid", ["job", "show", "x1"], "JOBID: 'x1' is not a job id"),
     ("by", ["usage", "--by", "color"], "--by: cannot group usage by 'color'"),
     ("since", ["usage", "--since", "2026-02-30"], "--since: '2026-02-30' is not a valid date"),
     ("score", ["review", "1", "--score", "impact"], "--score: expected CRITERION=N"),

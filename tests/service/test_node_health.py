@@ -309,8 +309,8 @@ def test_fleet_live_content_and_who_may_see_it(
     ("argv", "message"),
     [
         (["fleet", "show"], "name a SCENARIO"),
-        (["fleet", "show", "lab", "--live"], "drop SCENARIO"),
-        (["fleet", "show", "--live", "--at", "2027-01-01"], "drop SCENARIO and --at"),
+        (["fleet", "show", "--live", "--at", "2027-01-01"], "drop --at"),
+        (["fleet", "show", "local", "--live", "--local-gpus", "2"], "drop --at and --local-gpus"),
         (["fleet", "show", "lab", "--url", "http://x"], "--url and --token go with --live"),
     ],
 )

@@ -23,7 +23,7 @@ def parse_job_ref(text: str) -> str:
     try:
         return str(parse_ref(text))
     except ValidationError as exc:
-        raise UsageError(f"JOBID: {exc} (kfabric queue lists job ids)") from None
+        raise UsageError(f"{exc} (kfabric queue lists job ids)") from None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -10,6 +10,7 @@ script started, by pid) at the end of the session.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import socket
 import subprocess
@@ -219,3 +220,13 @@ def two_site_fleet(a: SlurmLab, b: SlurmLab) -> str:
         ],
     }
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+_prefixes = itertools.count(1)
+
+
+def fresh_prefix() -> str:
+    """A job-name prefix no other test of this run uses: the clusters are shared by the whole session, and a new
+    backend adopts every Slurm job named ``PREFIX-JOB.ATTEMPT`` it finds (a restarted controller must), so two
+    tests whose stores both number their jobs from 1 would otherwise see each other's jobs."""
+    return f"t{os.getpid() % 100_000}x{next(_prefixes)}"

@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_lab import SlurmLab, two_site_fleet
+from slurm_lab import SlurmLab, fresh_prefix, two_site_fleet
 from sqlalchemy import func, select
 
-from kfabric.backends.slurm import SlurmBackend
 from kfabric.scenarios.policies import load_policy
 from kfabric.service import jobs
 from kfabric.service.auth import authenticate
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.integration
 def test_two_slurm_clusters_are_one_fleet(
     slurm_a: SlurmLab, slurm_b: SlurmLab, tmp_path: Path, job_account: str
 ) -> None:
-    backends = {slurm_a.name: SlurmBackend(slurm_a.config), slurm_b.name: SlurmBackend(slurm_b.config)}
+    backends = {lab.name: lab.backend(job_name_prefix=fresh_prefix()) for lab in (slurm_a, slurm_b)}
     rt = open_runtime(
         f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), backends, fleet_document=two_site_fleet(slurm_a, slurm_b)
     )

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from slurm_lab import SlurmLab, up_pools
+from slurm_lab import SlurmLab, fresh_prefix, up_pools
 
 from kfabric.api.app import create_app
 from kfabric.backends.slurm import SlurmBackend
@@ -47,10 +47,10 @@ def _fleet(lab: SlurmLab) -> str:
 
 @pytest.fixture
 def service(slurm_a: SlurmLab, tmp_path: Path, job_account: str) -> Iterator[tuple[Runtime, TestClient]]:
+    backend = slurm_a.backend(job_name_prefix=fresh_prefix())
     rt = open_runtime(
-        f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), {slurm_a.name: SlurmBackend(slurm_a.config)},
-        fleet_document=_fleet(slurm_a),
-    )  # fmt: skip
+        f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), {slurm_a.name: backend}, fleet_document=_fleet(slurm_a)
+    )
     try:
         map_users(rt.sessions, job_account)  # sbatch --uid: jobs run as the test account
         with TestClient(create_app(rt), raise_server_exceptions=False) as client:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_lab import SlurmLab, up_pools
+from slurm_lab import SlurmLab, fresh_prefix, up_pools
 from sqlalchemy import select
 
 from kfabric.scenarios.policies import load_policy
@@ -41,8 +41,10 @@ def _fleet(lab: SlurmLab) -> str:
 
 
 def test_array_cap_and_afterok_chain_on_slurm(slurm_a: SlurmLab, tmp_path: Path, job_account: str) -> None:
-    rt = open_runtime(f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), {slurm_a.name: slurm_a.backend()},
-                      fleet_document=_fleet(slurm_a))  # fmt: skip
+    backend = slurm_a.backend(job_name_prefix=fresh_prefix())
+    rt = open_runtime(
+        f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), {slurm_a.name: backend}, fleet_document=_fleet(slurm_a)
+    )
     try:
         map_users(rt.sessions, job_account)
         with rt.sessions() as s:

@@ -36,7 +36,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 #: a job id in a path: bounded, so a huge number is a 422, not a storage error (64-bit ids)
 JobId = Annotated[int, Path(ge=1, le=2**62)]
 #: a job reference in a path: ``12`` (a job, or every task of array 12) or ``12_3`` (task 3 of array 12)
-JobRefText = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[0-9]{1,19}(_[0-9]{1,10})?$")]
+JobRefText = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[1-9][0-9]{0,18}(_[0-9]{1,10})?$")]
 
 
 def job_public(row: t.Job, project: str, user: str, node_names: list[str]) -> JobPublic:
