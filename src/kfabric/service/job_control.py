@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError
-from kfabric.model.job import JobState, PriorityClass
+from kfabric.model.job import Job, JobState, PriorityClass
 from kfabric.service import audit
 from kfabric.service.actors import Actor, Role
 from kfabric.service.dependencies import parse_dependency
@@ -212,7 +212,9 @@ def update(
     dependency = None
     if "dependency" in changes:
         dependency = parse_dependency(str(changes["dependency"] or ""), "update.dependency")
-    with sessions.begin() as session:
+
+    def change(session: Session) -> tuple[Job, t.Project, list[t.Job], bool, dict[str, Any]]:
+        """Apply the change to the rows in ``session``; returns the first pending job as changed."""
         rows, project, whole = targets(session, actor, jr)
         _owner_or_admin(actor, rows, "update", jr)
         pending = [r for r in rows if r.state == PENDING]
@@ -229,15 +231,28 @@ def update(
             old = _current(first, key)
             _check_right(actor, key, old, value)
             detail[key] = [old, value]
+        first_job: Job | None = None
         for r in pending:
             _apply(r, changes, dependency)
             try:
                 job = build_job(str(r.id), project.name, actor.name, r.spec, r.submitted_at_s)
             except ValidationError as e:
                 raise ValidationError(e.where.replace(f"job '{r.id}'", "update", 1), e.problem, e.fix) from None
-            if feasibility is not None and r is first:
-                feasibility.check(actor, project.name, job, now_s)
+            first_job = first_job or job
             r.reason_code, r.reason = UPDATED, f"updated by {actor.name}; waiting for the next scheduling cycle"
+        assert first_job is not None
+        return first_job, project, pending, whole, detail
+
+    if feasibility is not None:
+        # checked on the changed job before the write transaction, never inside it: the check reads the store
+        # in its own session, which would wait for this transaction's lock on SQLite (BEGIN IMMEDIATE)
+        with sessions() as probe:
+            job, project, *_ = change(probe)
+            project_name = project.name
+            probe.rollback()
+        feasibility.check(actor, project_name, job, now_s)
+    with sessions.begin() as session:
+        _job, project, pending, whole, detail = change(session)
         _record(session, actor, "job.update", jr, pending, project, now_s, {"changes": detail})
         return Changed(str(jr), "update", tuple(r.id for r in pending), _count("updated", pending, whole))
 
