@@ -29,7 +29,7 @@ SPREAD_SUFFIX = "_unconsolidated"
 TypeTable = dict[str, dict[str, dict[int, float]]]
 
 
-def type_tables(throughputs: Mapping[str, Mapping[str, float]]) -> tuple[TypeTable, TypeTable]:
+def type_tables(throughputs: Mapping[str, Mapping[str, object]]) -> tuple[TypeTable, TypeTable]:
     """Gavel's ``{gpu_type: {"job_type|gpus": steps/s}}`` as (consolidated, spread) tables keyed by catalog model
     name (``gpu_type`` upper-cased: ``v100`` -> ``V100``). Entries that are not positive numbers are skipped."""
     packed: TypeTable = {}
@@ -40,9 +40,11 @@ def type_tables(throughputs: Mapping[str, Mapping[str, float]]) -> tuple[TypeTab
         table = (spread if is_spread else packed).setdefault(model, {})
         for key, value in entries.items():
             job_type, _, gpus = key.rpartition("|")
-            if not job_type or not gpus.isdigit() or not value or not value > 0:  # Gavel writes null or 0: unmeasured
+            # Gavel writes null or 0 for unmeasured pairs (typed object: the compiled build checks element types)
+            if not job_type or not gpus.isdigit() or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
-            table.setdefault(job_type, {})[int(gpus)] = float(value)
+            if value > 0:
+                table.setdefault(job_type, {})[int(gpus)] = float(value)
     return packed, spread
 
 
