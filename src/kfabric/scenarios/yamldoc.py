@@ -21,7 +21,7 @@ class Doc:
     lines: dict[str, int]
 
     def error(self, path: str, expected: str, found: object) -> ScenarioError:
-        return ScenarioError(self.file, path, self.line(path), expected, _show(found))
+        return ScenarioError(self.file, path, self.line(path), expected, show_value(found))
 
     def line(self, path: str) -> int | None:
         while path:
@@ -85,7 +85,8 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _show(value: object) -> str:
+def show_value(value: object) -> str:
+    """How a found value is named in an error (``number 3``, ``text 'x'``, ``a list``)."""
     if isinstance(value, bool):
         return f"boolean {value}"
     if isinstance(value, int | float):

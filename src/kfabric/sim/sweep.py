@@ -30,7 +30,7 @@ from kfabric.model.fleet import Fleet
 from kfabric.model.suggest import did_you_mean
 from kfabric.scenarios.errors import ScenarioError
 from kfabric.scenarios.loader import PACKAGED, Scenario, load_gpu_catalog
-from kfabric.scenarios.yamldoc import Doc, parse_doc
+from kfabric.scenarios.yamldoc import Doc, parse_doc, show_value
 from kfabric.sched.policy import Policy
 from kfabric.sched.presets import PRESETS
 from kfabric.sim.engine import SimOptions
@@ -154,7 +154,7 @@ class _Reader:
     def mapping(self, path: str, value: object, known: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(
-                path, f"expected a mapping, found {_show(value)}", f"write {path or 'the file'} as key: value"
+                path, f"expected a mapping, found {show_value(value)}", f"write {path or 'the file'} as key: value"
             )
         for key in value:
             if key not in known:
@@ -166,12 +166,12 @@ class _Reader:
 
     def text(self, path: str, value: object) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(path, f"expected non-empty text, found {_show(value)}", "write a name or path")
+            raise self.fail(path, f"expected non-empty text, found {show_value(value)}", "write a name or path")
         return value.strip()
 
     def number(self, path: str, value: object, minimum: float | None = None, above: float | None = None) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise self.fail(path, f"expected a number, found {_show(value)}", "write a number such as 0.5")
+            raise self.fail(path, f"expected a number, found {show_value(value)}", "write a number such as 0.5")
         if minimum is not None and value < minimum:
             raise self.fail(path, f"must be >= {minimum:g}, found {value:g}", f"use a value of at least {minimum:g}")
         if above is not None and value <= above:
@@ -180,7 +180,9 @@ class _Reader:
 
     def integer(self, path: str, value: object, minimum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(path, f"expected a whole number, found {_show(value)}", "write a whole number such as 30")
+            raise self.fail(
+                path, f"expected a whole number, found {show_value(value)}", "write a whole number such as 30"
+            )
         if minimum is not None and value < minimum:
             raise self.fail(path, f"must be >= {minimum}, found {value}", f"use a whole number of at least {minimum}")
         return value
@@ -193,7 +195,7 @@ class _Reader:
 
     def items(self, path: str, value: object, most: int) -> list[Any]:
         if not isinstance(value, list) or not value:
-            raise self.fail(path, f"expected a non-empty list, found {_show(value)}", f"write {path}: [...]")
+            raise self.fail(path, f"expected a non-empty list, found {show_value(value)}", f"write {path}: [...]")
         if len(value) > most:
             raise self.fail(path, f"lists {len(value)} entries, more than the limit of {most}", "split the sweep")
         return value
@@ -295,12 +297,14 @@ def _base(r: _Reader, value: object, folder: Path) -> Base:
         )
     start = raw.get("start")
     if start is not None and (not isinstance(start, date) or hasattr(start, "hour")):
-        raise r.fail("base.start", f"expected a date YYYY-MM-DD, found {_show(start)}", "write e.g. start: 2026-03-01")
+        raise r.fail(
+            "base.start", f"expected a date YYYY-MM-DD, found {show_value(start)}", "write e.g. start: 2026-03-01"
+        )
     days = r.number("base.days", raw["days"], above=0) if "days" in raw else None
     interval = r.number("base.interval_s", raw["interval_s"], above=0) if "interval_s" in raw else 60.0
     failures = raw.get("failures", True)
     if not isinstance(failures, bool):
-        raise r.fail("base.failures", f"expected true or false, found {_show(failures)}", "write failures: false")
+        raise r.fail("base.failures", f"expected true or false, found {show_value(failures)}", "write failures: false")
     return Base(fleet, workload, start, days, interval, failures)
 
 
@@ -345,7 +349,7 @@ def _named(r: _Reader, path: str, value: object) -> list[tuple[str, object]]:
     if value is None:
         return []
     if not isinstance(value, dict) or not value:
-        raise r.fail(path, f"expected a mapping of names to values, found {_show(value)}", "write {name: value}")
+        raise r.fail(path, f"expected a mapping of names to values, found {show_value(value)}", "write {name: value}")
     return [(str(k), v) for k, v in value.items()]
 
 
@@ -377,7 +381,7 @@ def _program_change(r: _Reader, path: str, program: str, value: object) -> Progr
     if exhausted is not None and exhausted not in choices:
         raise r.fail(
             f"{path}.on_exhausted",
-            f"unknown value {_show(exhausted)}{did_you_mean(str(exhausted), choices)}",
+            f"unknown value {show_value(exhausted)}{did_you_mean(str(exhausted), choices)}",
             "use one of " + ", ".join(choices),
         )
     return ProgramChange(
@@ -391,22 +395,6 @@ def _program_change(r: _Reader, path: str, program: str, value: object) -> Progr
         on_exhausted=str(exhausted) if exhausted is not None else "",
         weight=r.number(f"{path}.weight", raw["weight"], above=0) if "weight" in raw else None,
     )
-
-
-def _show(value: object) -> str:
-    if isinstance(value, bool):
-        return f"boolean {value}"
-    if isinstance(value, int | float):
-        return f"number {value}"
-    if isinstance(value, str):
-        return f"text {value!r}"
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
 
 
 # ---- applying a variant --------------------------------------------------------------------------------------
