@@ -22,10 +22,12 @@ import argparse
 import dataclasses
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from slurm_lab import SlurmLab, port_base, start_lab, stop_lab  # noqa: E402
 
+from kfabric.backends.base import LaunchSpec, NodeGpus  # noqa: E402
+from kfabric.backends.identity import account_for  # noqa: E402
 from kfabric.backends.slurm import SlurmBackend  # noqa: E402
 from kfabric.backends.slurm.discover import discover  # noqa: E402
+from kfabric.backends.slurm.submit import sbatch_request  # noqa: E402
 from kfabric.scenarios.policies import load_policy  # noqa: E402
 from kfabric.service import jobs  # noqa: E402
 from kfabric.service.auth import authenticate  # noqa: E402
@@ -159,6 +164,7 @@ def run(n_jobs: int, n_nodes: int, timeout_s: float, overrides: dict[str, Any]) 
                     states = sorted({st for st, _, _ in rows})
                 if t_final is None:
                     time.sleep(0.01)
+            lat = latencies(rt)
         finally:
             rt.close()
     finally:
@@ -187,7 +193,84 @@ def run(n_jobs: int, n_nodes: int, timeout_s: float, overrides: dict[str, Any]) 
         "submit_parallel": backend.config.submit_parallel,
         "poll_interval_s": backend.config.poll_interval_s,
         "final_states": states,
+        **lat,
     }
+
+
+def latencies(rt: Any) -> dict[str, float]:
+    """Where a GPU's turn goes, median seconds over the jobs (wall clock): kfabric's admission → Slurm's start
+    (hand-off, sbatch, Slurm's scheduling), Slurm's start → end (the job), and Slurm's end of one job → kfabric's
+    admission of the next on the same GPU (Slurm's completion, kfabric's poll, reconcile and cycle)."""
+    with rt.sessions() as s:
+        rows = s.execute(select(t.Job.admitted_at_s, t.Job.started_at_s, t.Job.ended_at_s, t.Job.placement)).all()
+    to_start = [st - ad for ad, st, _, _ in rows if ad is not None and st is not None]
+    running = [en - st for _, st, en, _ in rows if st is not None and en is not None]
+    by_gpu: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for ad, _, en, placement in rows:
+        for node, gpus, *_ in (placement or {}).get("shares", []):
+            for gpu in gpus:
+                by_gpu.setdefault((node, gpu), []).append((ad, en))
+    gaps = []
+    for turns in by_gpu.values():
+        turns.sort()
+        gaps += [nxt[0] - cur[1] for cur, nxt in zip(turns, turns[1:], strict=False) if cur[1] is not None]
+    med = statistics.median
+    return {
+        "admit_to_start_s": med(to_start) if to_start else float("nan"),
+        "start_to_end_s": med(running) if running else float("nan"),
+        "end_to_next_admit_s": med(gaps) if gaps else float("nan"),
+    }
+
+
+def raw(n_jobs: int, n_nodes: int, timeout_s: float, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Slurm's own ceiling on this machine, without kfabric: the same sbatch arguments the backend writes for a
+    1-GPU ``true`` job (without kfabric's node choice: Slurm places them), ``submit_parallel`` sbatch commands in
+    flight, then ``squeue`` read until every job has started and every job has ended."""
+    root = Path(tempfile.mkdtemp(prefix="kfabric-bench-slurm-raw-", dir="/tmp"))
+    root.chmod(0o755)
+    lab: SlurmLab | None = None
+    if IS_ROOT:
+        create_account(JOB_ACCOUNT)
+    try:
+        lab = start_lab("bench", n_nodes, port_base(set()), root)
+        backend = SlurmBackend(dataclasses.replace(lab.config, **overrides))
+        account = account_for("bench", JOB_ACCOUNT)
+        first_node = discover(lab.config, online=date(2020, 1, 1)).pools[0]["node_names"][0]
+        requests = []
+        for i in range(n_jobs):
+            spec = LaunchSpec(job_id=str(i + 1), attempt=1, name=f"r-{i}", command="true", time_limit_s=120.0,
+                              nodes=(NodeGpus(first_node, (0,), 1000, 0, 0),), posix_user=JOB_ACCOUNT)  # fmt: skip
+            backend._output_dir(spec, account if IS_ROOT else None)
+            req = sbatch_request(backend.config, spec, lambda _nodes: "", account, IS_ROOT)
+            args = [a for a in req.args if not a.startswith(("--nodelist=", "--nodes="))]
+            requests.append((args, req.script))
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(backend.config.submit_parallel) as pool:
+            ids = list(pool.map(lambda r: backend.cli.sbatch(*r), requests))
+        t_submitted = time.perf_counter() - t0
+        t_started = None
+        while True:
+            if time.perf_counter() - t0 > timeout_s:
+                raise TimeoutError(f"not all {n_jobs} jobs ended after {timeout_s:g} s")
+            rows = {int(r["job_id"]): r for r in backend.cli.squeue_rows()}
+            mine = [rows.get(i) for i in ids]
+            now = time.perf_counter() - t0
+            if t_started is None and all(r is None or r["job_state"] not in ("PENDING", "CONFIGURING") for r in mine):
+                t_started = now
+            if all(r is None or r["job_state"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for r in mine):
+                t_final = now
+                break
+            time.sleep(0.05)
+    finally:
+        if lab is not None:
+            stop_lab(lab)
+        shutil.rmtree(root, ignore_errors=True)
+        if IS_ROOT:
+            delete_account(JOB_ACCOUNT)
+    assert t_started is not None
+    return {"jobs": n_jobs, "nodes": n_nodes, "sbatch_jobs_per_s": n_jobs / t_submitted,
+            "start_jobs_per_s": n_jobs / t_started, "all_final_s": t_final,
+            "submit_parallel": backend.config.submit_parallel}  # fmt: skip
 
 
 def main() -> None:
@@ -198,12 +281,20 @@ def main() -> None:
     ap.add_argument("--submit-parallel", type=int, default=None, help="sbatch in flight at once (config default)")
     ap.add_argument("--poll-interval", type=float, default=None, help="seconds between Slurm reads (config default)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--raw", action="store_true", help="Slurm alone (sbatch + squeue, no kfabric): the ceiling here")
     args = ap.parse_args()
     overrides: dict[str, Any] = {}
     if args.submit_parallel is not None:
         overrides["submit_parallel"] = args.submit_parallel
     if args.poll_interval is not None:
         overrides["poll_interval_s"] = args.poll_interval
+    if args.raw:
+        r = raw(args.jobs, args.nodes, args.timeout, overrides)
+        print(json.dumps(r) if args.json else
+              f"Slurm alone: {r['jobs']} jobs on {r['nodes']} nodes: sbatch {r['sbatch_jobs_per_s']:.1f} jobs/s "
+              f"({r['submit_parallel']} in flight), all started at {r['start_jobs_per_s']:.1f} jobs/s, all ended "
+              f"after {r['all_final_s']:.1f} s")  # fmt: skip
+        return
     r = run(args.jobs, args.nodes, args.timeout, overrides)
     if args.json:
         print(json.dumps(r))
@@ -223,6 +314,10 @@ def main() -> None:
     widths = [max(len(h), 8) for h, _, _ in cols]
     print("  ".join(h.rjust(w) for (h, _, _), w in zip(cols, widths, strict=True)))
     print("  ".join(format(r[k], f).rjust(w) for (_, k, f), w in zip(cols, widths, strict=True)))
+    print(
+        f"median per GPU turn: admission → Slurm start {r['admit_to_start_s']:.2f} s, start → end "
+        f"{r['start_to_end_s']:.2f} s, end → next admission on that GPU {r['end_to_next_admit_s']:.2f} s"
+    )
     print(
         f"({r['ticks']} ticks, {r['launch_calls']} launch_many calls, {r['polls']} polls, {r['reads']} Slurm reads, "
         f"{r['sbatch_calls']} Slurm commands; submit_parallel {r['submit_parallel']}, poll_interval_s "

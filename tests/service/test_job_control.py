@@ -278,3 +278,31 @@ def test_large_array_is_one_transaction(world: World) -> None:
     assert world.rt.controller.live.queue.__len__() <= 10
     with pytest.raises(ValidationError, match="more than 20000 tasks"):
         world.submit(gpus=1, array="0-30000")
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "direct",  # c waits for a; a would wait for c
+        "chain",  # c waits for b, b for a; a would wait for c
+        "array",  # the array's tasks wait for a; a would wait for the array
+    ],
+)
+def test_update_refuses_a_dependency_cycle(world: World, shape: str) -> None:
+    a = world.submit(gpus=1, hold=True)
+    if shape == "direct":
+        c = world.submit(gpus=1, dependency=f"afterok:{a}")
+    elif shape == "chain":
+        b = world.submit(gpus=1, dependency=f"afterok:{a}")
+        c = world.submit(gpus=1, dependency=f"afterany:{b}")
+    else:
+        c = world.submit(gpus=1, array="0-3", dependency=f"afternotok:{a}")
+    before = world.row(a).dependency
+    with pytest.raises(ValidationError, match=r"update\.dependency.*cycle.*wait for itself") as err:
+        job_control.update(world.rt.sessions, world.op, str(a), {"dependency": f"afterok:{c}"}, world.clock())
+    assert str(c) in str(err.value)
+    assert world.row(a).dependency == before  # nothing written
+    # not a cycle: a may wait for an unrelated job
+    other = world.submit(gpus=1)
+    job_control.update(world.rt.sessions, world.op, str(a), {"dependency": f"afterany:{other}"}, world.clock())
+    assert world.row(a).dependency == f"afterany:{other}"

@@ -21,11 +21,13 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
 
 from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from kfabric.backends.base import Backend, BackendUnavailable, LaunchSpec, NodeGpus, RunReport, RunState
@@ -46,9 +48,12 @@ from kfabric.service.leadership import LEASE, FencedSessions, Leadership, NotLea
 from kfabric.service.live_state import LiveState
 from kfabric.service.logs import event
 from kfabric.service.usage import account, choose_grant
+from kfabric.store import rowcache
 from kfabric.store import tables as t
 
 log = logging.getLogger("kfabric.controller")
+#: a launch's outcome: (job row id, backend, None when launched or the exception its launch raised)
+Launched = tuple[int, str, BaseException | None]
 #: the actor of the controller's own audit entries
 CONTROLLER = "controller"
 
@@ -150,6 +155,10 @@ class Controller:
         #: the last cycle's expected starts of pending jobs (sched/expected_start.py), written by ``_apply``
         self._expected: dict[str, Estimate] = {}
         self._terminating: set[tuple[str, int]] = set()
+        #: launches handed to the launcher thread, by (row id, attempt), and the batches under way (see dispatch)
+        self._in_flight: set[tuple[int, int]] = set()
+        self._batches: list[tuple[Future[list[Launched]], list[tuple[int, int]]]] = []
+        self._launcher: ThreadPoolExecutor | None = None
         #: runs that ended in the reconcile transaction in progress (the ledger takes them once it commits)
         self._ends: list[RunEnd] = []
         self._accounted_at_s = 0.0
@@ -242,11 +251,13 @@ class Controller:
     # ---- 1. reconcile ------------------------------------------------------------------------------------------
     def reconcile(self, rep: TickReport) -> None:
         reports: dict[tuple[str, int], RunReport] = {}
+        source: dict[tuple[str, int], str] = {}
         polled: set[str] = set()
         for name, backend in self.backends.items():
             try:
                 for r in backend.poll():
                     reports[(r.job_id, r.attempt)] = r
+                    source[(r.job_id, r.attempt)] = name
                 polled.add(name)
             except BackendUnavailable as exc:
                 rep.unavailable.append(name)
@@ -256,25 +267,48 @@ class Controller:
         with self._tx() as s:
             node_health.sync(s, self, polled, reports, now)  # node health (service/node_health.py): facts → node_states
             rows = s.scalars(select(t.Job).where(t.Job.state.in_((ADMITTED, RUNNING))).order_by(t.Job.id)).all()
-            for row in rows:
-                if row.backend not in polled:
-                    continue
-                if not row.launched:
-                    if (str(row.id), row.attempt) not in reports:
-                        continue  # not launched yet: dispatch launches it
-                    # launched by a controller that died before recording it: adopt the attempt, so that a cancel
-                    # or preemption terminates it instead of withdrawing a placement whose job runs
-                    row.launched = True
-                r = reports.get((str(row.id), row.attempt)) or RunReport(
-                    str(row.id), row.attempt, RunState.LOST, message="the backend no longer knows it"
-                )
-                if r.state is RunState.RUNNING:
-                    if row.state == ADMITTED:
-                        self._started(s, row, r.started_at_s or now, rep)
-                        rep.started += 1
-                    continue
-                self._ended(s, row, r, now, rep)
+            # every change below is written by one flush at commit: nothing in the loop reads what it wrote from the
+            # store (the audit chain's head is in memory), and a flush per job (autoflush before each lookup) was
+            # half the controller's time per ended job (benchmarks/bench_slurm_dispatch.py)
+            with s.no_autoflush:
+                self._reconcile_rows(s, rows, polled, reports, rep)
+            active = {(str(row.id), row.attempt) for row in rows if row.state in (ADMITTED, RUNNING)}
         self._settle(self._ends)
+        # committed: final attempts no active row waits for are recorded; a backend that keeps every attempt in
+        # memory until told (Slurm) drops them, so its poll stays the size of the live work
+        for key, r in reports.items():
+            backend = self.backends[source[key]]
+            forget = getattr(backend, "forget", None) if getattr(backend, "forget_when_recorded", False) else None
+            if forget is not None and r.state.final and key not in active:
+                forget(*key)
+
+    def _reconcile_rows(
+        self,
+        s: Session,
+        rows: Sequence[t.Job],
+        polled: set[str],
+        reports: dict[tuple[str, int], RunReport],
+        rep: TickReport,
+    ) -> None:
+        now = rep.now_s
+        for row in rows:
+            if row.backend not in polled:
+                continue
+            if not row.launched:
+                if (str(row.id), row.attempt) not in reports:
+                    continue  # not launched yet: dispatch launches it
+                # launched by a controller that died before recording it: adopt the attempt, so that a cancel
+                # or preemption terminates it instead of withdrawing a placement whose job runs
+                row.launched = True
+            r = reports.get((str(row.id), row.attempt)) or RunReport(
+                str(row.id), row.attempt, RunState.LOST, message="the backend no longer knows it"
+            )
+            if r.state is RunState.RUNNING:
+                if row.state == ADMITTED:
+                    self._started(s, row, r.started_at_s or now, rep)
+                    rep.started += 1
+                continue
+            self._ended(s, row, r, now, rep)
 
     def _settle(self, ends: list[RunEnd]) -> None:
         """Committed ends go through the ledger (``sched.ledger``), as in the twin: the run leaves the snapshot at its
@@ -355,7 +389,7 @@ class Controller:
         with self.sessions.begin() as s:
             self.live.sync(s, now)
         t0 = time.perf_counter()
-        decision = cycle(self.live.snap, self.live.queue, self.policy, now)
+        decision = cycle(self.live.snap, self.live.queue, self.policy, now, memo=self.live.memo)
         rep.cycle_ms = (time.perf_counter() - t0) * 1000
         rep.pending = len(self.live.queue)
         self._expected = expected_starts(self.live.snap, self.live.queue, decision, now)  # squeue --start
@@ -381,10 +415,27 @@ class Controller:
     def _apply(self, s: Session, d: Decision, now: float, rep: TickReport) -> tuple[list[Preemption], list[Admission]]:
         """Write the decision; returns the preemptions and admissions it applied (a row that changed meanwhile, by a
         cancel for instance, is left alone)."""
+        # credit held per grant, read once and kept up to date by credit.hold; rows looked up by id (no flush per
+        # lookup: nothing below reads back what it wrote before the reasons' flush)
+        held = credit.held_by_grant(s) if d.admissions else {}
+        with s.no_autoflush:
+            applied = self._apply_admissions(s, d, now, rep, held)
+        self._write_reasons(s, d)
+        return applied
+
+    def _apply_admissions(
+        self, s: Session, d: Decision, now: float, rep: TickReport, held: dict[int, float]
+    ) -> tuple[list[Preemption], list[Admission]]:
         preempted: list[Preemption] = []
         admitted: list[Admission] = []
+        ids = [int(p.job_id) for p in d.preemptions] + [int(a.job_id) for a in d.admissions]
+        by_id = {
+            r.id: r
+            for k in range(0, len(ids), 500)
+            for r in s.scalars(select(t.Job).where(t.Job.id.in_(ids[k : k + 500])))
+        }
         for pre in d.preemptions:
-            row = s.get(t.Job, int(pre.job_id))
+            row = by_id.get(int(pre.job_id))
             if row is None or row.state not in (ADMITTED, RUNNING) or row.preempt_requested:
                 continue
             preempted.append(pre)
@@ -395,7 +446,7 @@ class Controller:
             rep.preempting += 1
             self._note(rep, "job.preempt", row, reason=pre.reason, by_job=pre.by_job, grace_s=pre.grace_s)  # log
         for adm in d.admissions:
-            row = s.get(t.Job, int(adm.job_id))
+            row = by_id.get(int(adm.job_id))
             if row is None or row.state != PENDING or row.cancel_requested or row.held_by:
                 continue  # cancelled or held between the sync and this write: it waits for a later cycle
             pool = self.live.snap.capacity.pool_by_name[adm.placement.pool]
@@ -409,13 +460,17 @@ class Controller:
             row.launched = False
             row.backend = self.pool_backend[pool.name]
             row.grant_id = choose_grant(self.live, row.project_id, pool.model, now, adm.guaranteed)
-            credit.hold(s, self.live, row, adm, now)  # credit for its time limit at the pool's SU rate
+            credit.hold(s, self.live, row, adm, now, held)  # credit for its time limit at the pool's SU rate
             self._audit_admission(s, row, adm, how, now)
             self._reasons.pop(adm.job_id, None)
             rep.admitted += 1
             rep.admitted_by[how.split()[0]] += 1  # metrics
             self._note(rep, "job.admit", row, pool=pool.name, capacity=how.split()[0], grant_id=row.grant_id,
                        backfilled=adm.backfilled, start_at_s=adm.start_at_s)  # fmt: skip  # log
+        return preempted, admitted
+
+    def _write_reasons(self, s: Session, d: Decision) -> None:
+        """Pending reasons (and expected starts) that changed since the last cycle, in one statement."""
         expected = {r.job_id: r.start_s for r in d.reservations}
         changed = []
         for jid, reason in d.pending.items():
@@ -439,7 +494,6 @@ class Controller:
                     for row_id, (code, message, start, why) in changed
                 ],
             )
-        return preempted, admitted
 
     def _audit_admission(self, s: Session, row: t.Job, adm: Admission, how: str, now: float) -> None:
         """Why the job may run where it was placed: pool, nodes, GPUs, the sovereignty rule, the capacity it
@@ -456,7 +510,16 @@ class Controller:
 
     # ---- 3. dispatch ----------------------------------------------------------------------------------------
     def dispatch(self, rep: TickReport) -> None:
+        """Hand admitted attempts to their backends, and cancellations and preemptions of launched ones.
+
+        A backend that takes launches on another thread (``concurrent_launches``: Slurm, whose sbatch is a process
+        and a slurmctld round trip) gets them from the launcher thread, and this tick goes on: their outcomes are
+        recorded by a later dispatch (:meth:`_collect`), so sbatch overlaps the next reconcile and cycle instead of
+        holding the loop. Until then an attempt is *in flight*: not launched again, not withdrawn (a cancel waits
+        for the launch and then terminates it). Crash safety is the backend's: it finds an attempt launched by a
+        controller that died before recording it by its name, and reconcile adopts it."""
         now = rep.now_s
+        self._collect(rep, now, wait=False)
         launches: list[tuple[int, str, LaunchSpec]] = []
         stops: list[tuple[str, str, int, float]] = []
         with self._tx() as s:
@@ -474,6 +537,8 @@ class Controller:
             ).all()
             busy = self._terminating_nodes(s)
             for row in rows:
+                if (row.id, row.attempt) in self._in_flight:
+                    continue  # its launch is under way: its outcome decides what happens to it next
                 if row.launched:
                     grace = self.preempt_grace_s if row.preempt_requested else 0.0
                     stops.append((row.backend, str(row.id), row.attempt, grace))
@@ -496,20 +561,10 @@ class Controller:
                 elif row.placement is not None and not (busy & self._nodes_of(row)):
                     launches.append((row.id, row.backend, self._spec(row)))
         self._flush(rep)  # log: the withdrawals and cancellations committed
-        done: list[int] = []
-        for row_id, backend, outcome in self._launch_all(launches):
-            if outcome is None:
-                done.append(row_id)
-            elif isinstance(outcome, Fenced):
-                raise self._fenced_out(outcome) from None
-            elif isinstance(outcome, BackendUnavailable):
-                event(log, "job.launch_deferred", logging.WARNING, job_id=row_id, backend=backend, reason=str(outcome))
-            else:  # ValueError, OSError: the backend refused it
-                exc = outcome
-                self._launch_failed(row_id, str(exc), now)
-                rep.failures["launch_refused"] += 1  # metrics
-                rep.ended_states["failed"] += 1  # metrics
-                event(log, "job.end", logging.WARNING, job_id=row_id, state="failed", why=f"refused: {exc}")  # log
+        later = [x for x in launches if getattr(self.backends[x[1]], "concurrent_launches", False)]
+        self._record_launches(self._launch_all([x for x in launches if x not in later]), rep, now)
+        if later:
+            self._hand_off(later)
         for backend, job_id, attempt, grace in stops:
             if (job_id, attempt) in self._terminating:
                 continue
@@ -522,6 +577,56 @@ class Controller:
             except BackendUnavailable as exc:
                 event(log, "job.terminate_deferred", logging.WARNING, job_id=job_id, attempt=attempt, backend=backend,
                       reason=str(exc))  # fmt: skip  # log
+
+    def _hand_off(self, launches: list[tuple[int, str, LaunchSpec]]) -> None:
+        """Launches run on the launcher thread (one batch at a time, each backend's own parallelism inside)."""
+        if self._launcher is None:
+            self._launcher = ThreadPoolExecutor(1, thread_name_prefix="kfabric-launch")
+        keys = [(row_id, spec.attempt) for row_id, _, spec in launches]
+        self._in_flight.update(keys)
+        self._batches.append((self._launcher.submit(lambda: list(self._launch_all(launches))), keys))
+
+    def _collect(self, rep: TickReport, now: float, wait: bool) -> None:
+        """Record the outcomes of the batches the launcher finished (all of them, waiting, with ``wait``)."""
+        batches, self._batches = self._batches, []
+        for k, (batch, keys) in enumerate(batches):
+            if not (wait or batch.done()):
+                self._batches.append((batch, keys))
+                continue
+            try:
+                self._record_launches(iter(batch.result()), rep, now)
+            except Fenced as exc:
+                self._batches.extend(batches[k + 1 :])
+                raise self._fenced_out(exc) from None
+            finally:
+                self._in_flight.difference_update(keys)  # recorded (or fenced out): no longer in flight
+
+    def close(self) -> None:
+        """Wait for launches under way and record them (a controller that stops leaves no launch unrecorded that
+        it could record: one it cannot is found again by name, as after a crash)."""
+        try:
+            self._collect(TickReport(self.clock()), self.clock(), wait=True)
+        except (NotLeader, SQLAlchemyError) as exc:
+            event(log, "controller.close", logging.WARNING, reason=str(exc))  # log
+        if self._launcher is not None:
+            self._launcher.shutdown(wait=True)
+            self._launcher = None
+
+    def _record_launches(self, outcomes: Iterator[Launched], rep: TickReport, now: float) -> None:
+        done: list[int] = []
+        for row_id, backend, outcome in outcomes:
+            if outcome is None:
+                done.append(row_id)
+            elif isinstance(outcome, Fenced):
+                raise self._fenced_out(outcome) from None
+            elif isinstance(outcome, BackendUnavailable):
+                event(log, "job.launch_deferred", logging.WARNING, job_id=row_id, backend=backend, reason=str(outcome))
+            else:  # ValueError, OSError: the backend refused it
+                exc = outcome
+                self._launch_failed(row_id, str(exc), now)
+                rep.failures["launch_refused"] += 1  # metrics
+                rep.ended_states["failed"] += 1  # metrics
+                event(log, "job.end", logging.WARNING, job_id=row_id, state="failed", why=f"refused: {exc}")  # log
         if done:
             with self._tx() as s:  # one statement per 500 launches (not a load and an update per job)
                 for k in range(0, len(done), 500):
@@ -536,9 +641,7 @@ class Controller:
     #: launches handed to a backend in one ``launch_many`` call; the lease is checked before each such batch
     LAUNCH_BATCH = 64
 
-    def _launch_all(
-        self, launches: list[tuple[int, str, LaunchSpec]]
-    ) -> Iterator[tuple[int, str, BaseException | None]]:
+    def _launch_all(self, launches: list[tuple[int, str, LaunchSpec]]) -> Iterator[Launched]:
         """Hand the launches to their backends: in batches to a backend that takes several at once
         (``launch_many``, e.g. Slurm's overlapped sbatch), one by one otherwise; ``(row id, backend, None or the
         exception its launch raised)`` for each. The lease's local deadline is checked before every backend call."""
@@ -596,7 +699,7 @@ class Controller:
         assert row.placement is not None
         spec = row.spec
         session = object_session(row)
-        user = session.get(t.User, row.user_id) if session is not None else None
+        user = rowcache.get(session, t.User, row.user_id) if session is not None else None
         nodes = tuple(NodeGpus(self.node_names[n], tuple(g), m, c, mem) for n, g, m, c, mem in row.placement["shares"])
         # issue 19: -o/-e resolved now (%N is known), kept on the row (job show, job log); Slurm-style variables
         name, posix = row.name or f"job-{row.id}", user.posix_user if user is not None else ""

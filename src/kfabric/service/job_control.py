@@ -225,6 +225,7 @@ def update(
             check_refs(session, actor, dependency.refs, "update.dependency")
             if any(ref.job_id in {r.id for r in rows} or ref.job_id == jr.job_id for ref in dependency.refs):
                 raise ValidationError("update.dependency", "names the job itself", "a job cannot wait for itself")
+            _refuse_cycle(session, rows, dependency.refs)
         first = pending[0]
         detail: dict[str, Any] = {}
         for key, value in changes.items():
@@ -288,6 +289,55 @@ def _check_right(actor: Actor, key: str, old: Any, new: Any) -> None:
                 "raise the priority",
                 f"from {before.name.lower()} to {after.name.lower()} needs an operator (you may lower it)",
             )
+
+
+#: most pending jobs a dependency-cycle check looks through before it gives up and refuses the change
+MAX_CYCLE_WALK = 10_000
+
+
+def _refuse_cycle(session: Session, rows: Sequence[t.Job], refs: Sequence[JobRef]) -> None:
+    """Refuse a dependency that would make ``rows`` wait for themselves through other pending jobs (12 waits for 13,
+    13 for 14, and 14 would now wait for 12): none of them could ever start. Slurm refuses such a change too."""
+    mine = {r.id for r in rows} | {r.array_job_id for r in rows if r.array_job_id is not None}
+    seen: set[tuple[int, int | None]] = set()
+    frontier = [(ref.job_id, ref.task) for ref in refs]
+    path: dict[tuple[int, int | None], str] = {(ref.job_id, ref.task): str(ref) for ref in refs}
+    while frontier:
+        frontier = [k for k in frontier if k not in seen]
+        seen.update(frontier)
+        if len(seen) > MAX_CYCLE_WALK:
+            raise ValidationError("update.dependency", f"reaches more than {MAX_CYCLE_WALK:,} pending jobs",
+                                  "depend on fewer jobs (or on an array id)")  # fmt: skip
+        ids = sorted({job_id for job_id, _ in frontier})
+        if not ids:
+            return
+        found = session.execute(
+            select(t.Job.id, t.Job.array_job_id, t.Job.array_task_id, t.Job.dependency).where(
+                (t.Job.id.in_(ids) | t.Job.array_job_id.in_(ids)), t.Job.state == PENDING, t.Job.dependency != ""
+            )
+        ).all()
+        step: list[tuple[int, int | None]] = []
+        for job_id, array_id, task_id, text in found:
+            via = next((k for k in frontier if _names(k, job_id, array_id, task_id)), None)
+            parsed = parse_dependency(text) if via is not None else None
+            if via is None or parsed is None:
+                continue
+            for ref in parsed.refs:
+                chain = f"{path[via]} → {ref}"
+                if ref.job_id in mine:
+                    raise ValidationError("update.dependency", f"makes a cycle: the job would wait for itself "
+                                          f"through {chain}", "remove one of the dependencies")  # fmt: skip
+                path.setdefault((ref.job_id, ref.task), chain)
+                step.append((ref.job_id, ref.task))
+        frontier = step
+
+
+def _names(key: tuple[int, int | None], job_id: int, array_id: int | None, task_id: int | None) -> bool:
+    """Whether the reference ``key`` (job or array id, task or None) names the row ``job_id``."""
+    ref_id, task = key
+    if task is None:
+        return ref_id in (job_id, array_id)
+    return ref_id == array_id and task == task_id
 
 
 def _apply(row: t.Job, changes: dict[str, Any], dependency: Any) -> None:

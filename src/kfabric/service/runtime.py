@@ -41,6 +41,7 @@ class Runtime:
         return self.leadership.settings if self.leadership is not None else LeaseSettings()
 
     def close(self) -> None:
+        self.controller.close()  # launches under way are waited for and recorded first
         self.engine.dispose()
 
 

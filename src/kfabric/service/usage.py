@@ -11,6 +11,7 @@ from kfabric.sched.rules import GrantRules
 from kfabric.service import credit
 from kfabric.service.live_state import LiveState
 from kfabric.service.programs import rules_of_json
+from kfabric.store import rowcache
 from kfabric.store import tables as t
 
 
@@ -36,15 +37,15 @@ def account(session: Session, row: t.Job, until_s: float, live: LiveState) -> t.
     milli = sum(len(g) * m for _n, g, m, _c, _mem in row.placement["shares"])
     gpu_s = milli / MILLI_PER_GPU * (until_s - start)
     su = gpu_s * pool.su_weight
-    grant = session.get(t.Grant, row.grant_id) if row.grant_id is not None else None
-    project = session.get(t.Project, row.project_id)
+    grant = rowcache.get(session, t.Grant, row.grant_id) if row.grant_id is not None else None
+    project = rowcache.get(session, t.Project, row.project_id)
     assert project is not None
-    org = session.get(t.Organization, project.organization_id)
+    org = rowcache.get(session, t.Organization, project.organization_id)
     assert org is not None
     price = 1.0
     program_id = None
     if grant is not None:
-        program = session.get(t.Program, grant.program_id)
+        program = rowcache.get(session, t.Program, grant.program_id)
         assert program is not None
         program_id = program.id
         price = rules_of_json(program.rules).price_for(

@@ -37,8 +37,17 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 def test_serve_runs_cli_jobs_on_two_slurm_clusters(
-    slurm_a: SlurmLab, slurm_b: SlurmLab, tmp_path: Path, capsys: pytest.CaptureFixture[str], job_account: str
+    slurm_a: SlurmLab,
+    slurm_b: SlurmLab,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    job_account: str,
+    job_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # submitted from a directory the job's account may write, as a user submits from their own: the job runs there
+    # and writes kfabric-%j.out there (sbatch's defaults)
+    monkeypatch.chdir(job_dir)
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(two_site_fleet(slurm_a, slurm_b))
     clusters = tmp_path / "clusters.yaml"
@@ -77,7 +86,7 @@ def test_serve_runs_cli_jobs_on_two_slurm_clusters(
                 break
             assert time.monotonic() < deadline, jobs
             time.sleep(1)
-        assert [jobs[i]["state"] for i in ids] == ["succeeded", "succeeded"]
+        assert [jobs[i]["state"] for i in ids] == ["succeeded", "succeeded"], {i: jobs[i]["reason"] for i in ids}
         restricted = jobs[ids[0]]
         assert restricted["pool"] in {p["name"] for p in yaml.safe_load(fleet.read_text())["pools"]}
         assert all(n["node"].startswith("node") for n in restricted["nodes"])

@@ -16,6 +16,13 @@ Node health. ``nodes()`` reports every node's state from ``sinfo --json`` (:mod:
 node failure and the attempts it ended are reported together), and ``nodes()`` returns what it read: the
 controller calls ``nodes()`` inside its transaction, where no Slurm command should run.
 
+Concurrency. ``concurrent_launches = True``: the controller may call :meth:`launch_many` from a launcher thread
+while it polls and terminates from its own (launches overlap the rest of its loop). Every method holds the
+backend's lock while it reads or changes its memory of the attempts; a batch's sbatch commands run outside it,
+with their attempts marked uncertain until Slurm's answer is recorded. A read of Slurm holds the lock from its
+first command to its conclusions, so an attempt recorded while a read is under way is judged only by a later
+read (never called lost by one that began before its sbatch returned).
+
 Faults. Any call that cannot reach slurmctld raises BackendUnavailable and changes nothing; jobs keep
 running under slurmd meanwhile. An attempt that Slurm no longer knows at all (neither live nor in the
 completion records, e.g. a slurmctld that lost its state) is reported LOST, and kfabric requeues it.
@@ -28,6 +35,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +56,11 @@ Key = tuple[str, int]
 #: how far back a new instance looks in accounting (sacct) for attempts a previous controller launched
 SACCT_LOOKBACK_S = 7 * 86400.0
 _TERM = re.compile(r":term@(\d+(?:\.\d+)?)$")
+
+
+def _int(value: object) -> int | None:
+    text = str(value or "").strip()
+    return int(text) if text.isdigit() else None
 
 
 @dataclass(slots=True)
@@ -74,6 +87,12 @@ class _Attempt:
 class SlurmBackend:
     """A kfabric backend driving one Slurm cluster through its command-line tools (see the module docstring)."""
 
+    #: launch_many may run on another thread than poll/terminate (see "Concurrency" above)
+    concurrent_launches = True
+    #: the controller calls :meth:`forget` for each final attempt once it recorded it: poll's answer (and memory)
+    #: stays the size of the live work, not of every attempt since the start
+    forget_when_recorded = True
+
     def __init__(
         self, config: SlurmClusterConfig, clock: Callable[[], float] = time.time, cli: SlurmCli | None = None
     ) -> None:
@@ -97,6 +116,10 @@ class SlurmBackend:
         self._pool: ThreadPoolExecutor | None = None
         #: when the last complete read of Slurm began (``time.monotonic``); ``poll`` reads again after the interval
         self._read_at = -math.inf
+        #: guards the attempts' memory (``_attempts``, ``_uncertain``, reads of Slurm); sbatch runs outside it
+        self._lock = threading.RLock()
+        #: forgotten attempts (key → Slurm job id): squeue still lists an ended job for MinJobAge; not adopted again
+        self._forgotten: dict[Key, int] = {}
 
     # ------------------------------------------------------------------------------------------- protocol
 
@@ -112,6 +135,28 @@ class SlurmBackend:
         refused). Idempotent per attempt as :meth:`launch` is: every attempt is marked uncertain before its
         sbatch runs and stays so unless Slurm's answer (its job id) came back, so a retry reads Slurm first."""
         out: list[Exception | None] = [None] * len(specs)
+        with self._lock:
+            todo = self._prepare(specs, out)
+        results = self._submit_all([r for _, _, r in todo])  # outside the lock: poll and terminate go on meanwhile
+        with self._lock:
+            for (i, spec, _), result in zip(todo, results, strict=True):
+                if isinstance(result, Exception):
+                    out[i] = result  # stays uncertain: the job may exist all the same
+                    continue
+                key = (spec.job_id, spec.attempt)
+                self._uncertain.discard(key)
+                if key in self._attempts:
+                    continue  # a read while sbatch ran found it already (same job: its name is the key)
+                outputs = self._outputs(key, result)
+                self._attempts[key] = _Attempt(
+                    spec.job_id, spec.attempt, result, self.clock(), len(spec.nodes), outputs=outputs
+                )
+        return out
+
+    def _prepare(
+        self, specs: Sequence[LaunchSpec], out: list[Exception | None]
+    ) -> list[tuple[int, LaunchSpec, SbatchRequest]]:
+        """The sbatch requests of the attempts not launched before, each marked uncertain; refusals in ``out``."""
         ready: list[tuple[int, LaunchSpec]] = []
         for i, spec in enumerate(specs):
             try:
@@ -127,7 +172,7 @@ class SlurmBackend:
         except BackendUnavailable as exc:
             for i, _ in ready:
                 out[i] = exc
-            return out
+            return []
         todo: list[tuple[int, LaunchSpec, SbatchRequest]] = []
         keys: set[Key] = set()
         as_root = server_is_root()
@@ -149,17 +194,7 @@ class SlurmBackend:
             self._uncertain.add(key)
             keys.add(key)
             todo.append((i, spec, request))
-        for (i, spec, _), result in zip(todo, self._submit_all([r for _, _, r in todo]), strict=True):
-            if isinstance(result, Exception):
-                out[i] = result  # stays uncertain: the job may exist all the same
-                continue
-            key = (spec.job_id, spec.attempt)
-            self._uncertain.discard(key)
-            outputs = self._outputs(key, result)
-            self._attempts[key] = _Attempt(
-                spec.job_id, spec.attempt, result, self.clock(), len(spec.nodes), outputs=outputs
-            )
-        return out
+        return todo
 
     def _submit_all(self, requests: Sequence[SbatchRequest]) -> list[int | Exception]:
         """Run one sbatch per request, up to ``submit_parallel`` at once; each one's Slurm job id or exception.
@@ -174,9 +209,11 @@ class SlurmBackend:
         workers = min(self.config.submit_parallel, len(requests))
         if workers <= 1:
             return [one(r) for r in requests]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.config.submit_parallel, thread_name_prefix=f"sbatch-{self.name}")
-        return list(self._pool.map(one, requests))
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.config.submit_parallel, thread_name_prefix=f"sbatch-{self.name}")
+            pool = self._pool
+        return list(pool.map(one, requests))
 
     def close(self) -> None:
         """Stop the submission threads (a backend is usable again afterwards: they start on the next batch)."""
@@ -198,77 +235,86 @@ class SlurmBackend:
         where.chmod(0o700)
 
     def terminate(self, job_id: str, attempt: int, grace_s: float = 0.0) -> None:
-        key = (job_id, attempt)
-        self._ensure_synced()
-        if key not in self._attempts and key in self._uncertain:
-            self._refresh()
-        run = self._attempts.get(key)
-        if run is None or run.final or run.killed:
-            return
-        pending = run.record is None or run.record.state == "PENDING"
-        if grace_s > 0 and not pending:
-            if run.kill_at_s is not None:
-                return  # signalled before: its grace runs from then
-            # SIGTERM to the command's processes so it may checkpoint: an srun step's tasks (not srun itself, which
-            # would abort the step) for a multi-node job, every process of the batch script otherwise
-            steps = self.config.use_srun and run.nodes > 1
-            try:
-                self.cli.scancel(run.slurm_id, "TERM", full=not steps)
-            except SlurmError as exc:
-                log.info("SIGTERM to Slurm job %s failed (%s); cancelling it now", run.slurm_id, exc)
-            else:
-                run.kill_at_s = self.clock() + grace_s
-                with contextlib.suppress(SlurmError, BackendUnavailable):  # lets a restarted controller finish it
-                    self.cli.set_comment(run.slurm_id, f"kfabric:{job_id}:{attempt}:term@{run.kill_at_s:.0f}")
+        with self._lock:
+            key = (job_id, attempt)
+            self._ensure_synced()
+            if key not in self._attempts and key in self._uncertain:
+                self._refresh()
+            run = self._attempts.get(key)
+            if run is None or run.final or run.killed:
                 return
-        if run.kill_at_s is None:  # recorded in Slurm first, so a restarted controller still calls it a cancel
-            with contextlib.suppress(SlurmError, BackendUnavailable):
-                self.cli.set_comment(run.slurm_id, f"kfabric:{job_id}:{attempt}:term@{self.clock():.0f}")
-        self.cli.scancel(run.slurm_id)
-        run.kill_at_s = run.kill_at_s if run.kill_at_s is not None else self.clock()
-        run.killed = True
+            pending = run.record is None or run.record.state == "PENDING"
+            if grace_s > 0 and not pending:
+                if run.kill_at_s is not None:
+                    return  # signalled before: its grace runs from then
+                # SIGTERM to the command's processes so it may checkpoint: an srun step's tasks (not srun itself, which
+                # would abort the step) for a multi-node job, every process of the batch script otherwise
+                steps = self.config.use_srun and run.nodes > 1
+                try:
+                    self.cli.scancel(run.slurm_id, "TERM", full=not steps)
+                except SlurmError as exc:
+                    log.info("SIGTERM to Slurm job %s failed (%s); cancelling it now", run.slurm_id, exc)
+                else:
+                    run.kill_at_s = self.clock() + grace_s
+                    with contextlib.suppress(SlurmError, BackendUnavailable):  # lets a restarted controller finish it
+                        self.cli.set_comment(run.slurm_id, f"kfabric:{job_id}:{attempt}:term@{run.kill_at_s:.0f}")
+                    return
+            if run.kill_at_s is None:  # recorded in Slurm first, so a restarted controller still calls it a cancel
+                with contextlib.suppress(SlurmError, BackendUnavailable):
+                    self.cli.set_comment(run.slurm_id, f"kfabric:{job_id}:{attempt}:term@{self.clock():.0f}")
+            self.cli.scancel(run.slurm_id)
+            run.kill_at_s = run.kill_at_s if run.kill_at_s is not None else self.clock()
+            run.killed = True
 
     def poll(self) -> list[RunReport]:
         """Every attempt's state. Slurm is read (squeue, then the completion records) when the last read is
         ``poll_interval_s`` old, so a controller ticking faster than that does not pay a read per tick; in between
         the answer comes from memory (launches and terminations since are in it; facts are never made up: an
         attempt is called lost only by a read that began after its sbatch returned)."""
-        synced_now = not self._synced
-        self._ensure_synced()
-        if not synced_now and time.monotonic() - self._read_at >= self.config.poll_interval_s:
-            self._refresh()
-        self._finish_overdue()
-        reports = [self._report(key, run) for key, run in sorted(self._attempts.items())]
-        lost = {(r.job_id, r.attempt) for r in reports if r.state is RunState.LOST}
-        if self._facts_stale() or lost - self._lost_seen:
-            self._read_nodes()
-        self._lost_seen = lost
-        return reports
+        with self._lock:
+            synced_now = not self._synced
+            self._ensure_synced()
+            if not synced_now and time.monotonic() - self._read_at >= self.config.poll_interval_s:
+                self._refresh()
+            elif self._jobcomp is not None:
+                self._read_completions()
+            self._finish_overdue()
+            reports = [self._report(key, run) for key, run in sorted(self._attempts.items())]
+            lost = {(r.job_id, r.attempt) for r in reports if r.state is RunState.LOST}
+            if self._facts_stale() or lost - self._lost_seen:
+                self._read_nodes()
+            self._lost_seen = lost
+            return reports
 
     def nodes(self) -> list[NodeFact]:
         """Every node's health (``sinfo --json``, see :mod:`kfabric.backends.slurm.nodes`) as of the last read:
         ``poll`` reads it, so that this call runs no Slurm command while it is fresh. BackendUnavailable when the
         last read could not reach slurmctld (or failed otherwise): nothing is known, nothing changes."""
-        if self._facts_stale():
-            self._read_nodes()
-        if self._facts_error is not None:
-            raise BackendUnavailable(f"node states of Slurm cluster {self.name} unknown: {self._facts_error}")
-        return list(self._facts)
+        with self._lock:
+            if self._facts_stale():
+                self._read_nodes()
+            if self._facts_error is not None:
+                raise BackendUnavailable(f"node states of Slurm cluster {self.name} unknown: {self._facts_error}")
+            return list(self._facts)
 
     # ------------------------------------------------------------------------------------------- extras
 
     def slurm_job_id(self, job_id: str, attempt: int) -> int | None:
-        run = self._attempts.get((job_id, attempt))
-        return run.slurm_id if run else None
+        """The Slurm job id of an attempt this backend knows (or forgot recently: while squeue still lists it)."""
+        with self._lock:
+            run = self._attempts.get((job_id, attempt))
+            return run.slurm_id if run else self._forgotten.get((job_id, attempt))
 
     def forget(self, job_id: str, attempt: int) -> bool:
         """Drop a finished attempt from memory (the controller recorded its result); a restarted backend may
         find it again in Slurm's records and report it once more, which the controller ignores."""
-        run = self._attempts.get((job_id, attempt))
-        if run is None or not run.final:
-            return False
-        del self._attempts[(job_id, attempt)]
-        return True
+        with self._lock:
+            run = self._attempts.get((job_id, attempt))
+            if run is None or not run.final:
+                return False
+            del self._attempts[(job_id, attempt)]
+            self._forgotten[(job_id, attempt)] = run.slurm_id
+            return True
 
     # ------------------------------------------------------------------------------------------- internals
 
@@ -300,10 +346,14 @@ class SlurmBackend:
         the two calls is then found in the records). An unfinished attempt found in neither is LOST."""
         began = time.monotonic()
         live: dict[Key, list[SlurmRecord]] = {}
+        still: dict[Key, int] = {}
         for job in self.cli.squeue_rows():
             key = self._key_of(str(job.get("name") or ""))
             if key is None:
                 continue
+            if self._forgotten.get(key) == _int(job.get("job_id")):
+                still[key] = self._forgotten[key]
+                continue  # recorded by the controller and forgotten: squeue shows it until MinJobAge passes
             known = self._attempts.get(key)
             if known is not None and known.final and str(known.slurm_id) == str(job.get("job_id")):
                 continue  # its end is a fact already (squeue shows ended jobs for MinJobAge): nothing to read
@@ -312,10 +362,20 @@ class SlurmBackend:
         if self._jobcomp is not None:
             for rec in self._jobcomp.read_new():
                 key = self._key_of(rec.name)
-                if key is not None:
+                if key is not None and self._forgotten.get(key) != rec.slurm_id:
                     done.setdefault(key, []).append(rec)
         if self._completion == "sacct":
             self._from_sacct(live, done, initial)
+        self._forgotten = still  # those squeue no longer lists cannot come back from it
+        seen = self._take(live, done)
+        for key, run in self._attempts.items():
+            if not run.final and key not in seen:
+                self._lose(run, "is known to Slurm no more (neither queued nor in its completion records)")
+        self._read_at = began
+
+    def _take(self, live: dict[Key, list[SlurmRecord]], done: dict[Key, list[SlurmRecord]]) -> set[Key]:
+        """Apply records read from Slurm to the attempts (adopting those this backend did not launch or did not
+        record yet); the attempts they concern."""
         seen: set[Key] = set()
         for key, recs in [*live.items(), *done.items()]:
             run = self._attempts.get(key)
@@ -331,10 +391,19 @@ class SlurmBackend:
             if mine:
                 seen.add(key)
                 self._update(run, mine)
-        for key, run in self._attempts.items():
-            if not run.final and key not in seen:
-                self._lose(run, "is known to Slurm no more (neither queued nor in its completion records)")
-        self._read_at = began
+        return seen
+
+    def _read_completions(self) -> None:
+        """Between full reads: the jobcomp file's new lines (a file read, no slurmctld round trip), so an end is
+        seen at the next poll rather than at the next ``squeue``: a GPU is offered again a poll interval sooner
+        (benchmarks/bench_slurm_dispatch.py). Ends only: starts and losses wait for the full read."""
+        assert self._jobcomp is not None
+        done: dict[Key, list[SlurmRecord]] = {}
+        for rec in self._jobcomp.read_new():
+            key = self._key_of(rec.name)
+            if key is not None and self._forgotten.get(key) != rec.slurm_id:
+                done.setdefault(key, []).append(rec)
+        self._take({}, done)
 
     def _from_sacct(
         self, live: dict[Key, list[SlurmRecord]], done: dict[Key, list[SlurmRecord]], initial: bool
