@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from slurm_lab import SlurmLab, spec, wait_for, wait_state
+from slurm_lab import SlurmLab, fresh_prefix, spec, wait_for, wait_state
 
 from kfabric.backends.base import BackendUnavailable, LaunchSpec, RunState
 from kfabric.backends.slurm import SlurmBackend, SlurmCli
@@ -131,7 +131,8 @@ def test_text_squeue_says_what_json_squeue_says(slurm_a: SlurmLab) -> None:
 
 
 def test_controller_hands_a_ticks_launches_over_in_batches(slurm_a: SlurmLab, tmp_path: Path) -> None:
-    backend = slurm_a.backend(submit_parallel=4, poll_interval_s=0.2)
+    prefix = fresh_prefix()
+    backend = slurm_a.backend(submit_parallel=4, poll_interval_s=0.2, job_name_prefix=prefix)
     calls: list[int] = []
     launch_many = backend.launch_many
 
@@ -140,25 +141,9 @@ def test_controller_hands_a_ticks_launches_over_in_batches(slurm_a: SlurmLab, tm
         return launch_many(specs)
 
     backend.launch_many = counted  # type: ignore[method-assign]
-    pools = [
-        {**p, "owner": "government", "nodes_per_rack": p["nodes"]}
-        for p in discover(slurm_a.config, online=date(2020, 1, 1)).pools
-    ]
-    site = slurm_a.config.site
-    doc = {
-        "name": "batch-dispatch", "description": "one real Slurm cluster",
-        "owners": [{"name": "government", "kind": "government"}],
-        "sites": [{"name": site, "certification": "government-operated", "clearance": "restricted", "region": "kr",
-                   "operator": "test", "power_cap_mw": 10.0, "pue": 1.2}],
-        "clusters": [{"name": slurm_a.name, "site": site, "backend": "slurm"}], "pools": pools,
-        "organizations": [{"name": "kisti", "kind": "institute"}], "projects": [{"name": "p", "organization": "kisti"}],
-        "programs": [{"name": "sovereign"}],
-        "grants": [{"id": "g", "program": "sovereign", "project": "p", "start": date(2020, 1, 1),
-                    "end": date(2100, 1, 1), "credit_su_hours": 1e6}],
-    }  # fmt: skip
     rt = open_runtime(
         f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), {slurm_a.name: backend},
-        fleet_document=yaml.safe_dump(doc, sort_keys=False),
+        fleet_document=_fleet(slurm_a),
     )  # fmt: skip
     try:
         with rt.sessions() as s:
@@ -178,4 +163,74 @@ def test_controller_hands_a_ticks_launches_over_in_batches(slurm_a: SlurmLab, tm
         rt.close()
     assert calls[0] == 10  # one tick's launches in one call
     for i in ids:
-        assert len(slurm_a.jobs_named(f"kf-{i}.1")) == 1
+        assert len(slurm_a.jobs_named(f"{prefix}-{i}.1")) == 1
+
+
+def test_a_cancel_while_the_launch_is_in_flight_terminates_what_it_launched(slurm_a: SlurmLab, tmp_path: Path) -> None:
+    """Launches run on the controller's launcher thread while the loop goes on: a cancel that arrives meanwhile
+    neither marks the job ended before its sbatch returned (that would leave a Slurm job running unowned) nor
+    launches it twice; once the launch is recorded the job is terminated in Slurm."""
+    prefix = fresh_prefix()
+    backend = slurm_a.backend(poll_interval_s=0.2, job_name_prefix=prefix)
+    release, entered = threading.Event(), threading.Event()
+    launch_many = backend.launch_many
+
+    def held(specs: Sequence[LaunchSpec]) -> list[Exception | None]:
+        entered.set()
+        assert release.wait(60), "the test never released the launch"
+        return launch_many(specs)
+
+    backend.launch_many = held  # type: ignore[method-assign]
+    rt = open_runtime(f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), {slurm_a.name: backend},
+                      fleet_document=_fleet(slurm_a))  # fmt: skip
+    try:
+        with rt.sessions() as s:
+            assert rt.bootstrap_token is not None
+            op = authenticate(s, rt.bootstrap_token)
+        map_users(rt.sessions, JOB_ACCOUNT)
+        job = jobs.submit(rt.sessions, op, "p", {"gpus": 1, "time_limit_s": 120.0, "command": "sleep 60"}, rt.clock())
+        job_id = job[0].id
+        rt.controller.tick()  # admitted and handed to the launcher, which waits
+        assert entered.wait(30)
+        jobs.cancel(rt.sessions, op, job_id, rt.clock())
+        for _ in range(3):
+            rt.controller.tick()  # the loop goes on; the job is in flight: left alone
+        with rt.sessions() as s:
+            row = s.get(t.Job, job_id)
+            assert row is not None and row.state == "admitted" and not row.launched
+        release.set()
+
+        def cancelled() -> bool:
+            rt.controller.tick()
+            with rt.sessions() as s:
+                return s.get(t.Job, job_id).state == "cancelled"  # type: ignore[union-attr]
+
+        wait_for(cancelled, 60, "the cancelled job to end")
+    finally:
+        release.set()
+        rt.close()
+    name = f"{prefix}-{job_id}.1"
+    assert len(slurm_a.jobs_named(name)) == 1  # launched once
+    states = slurm_a.cmd("squeue", "--all", "--states=all", "--noheader", f"--name={name}", "-o", "%T").split()
+    assert states and states[0] in ("CANCELLED", "COMPLETING", "COMPLETED"), states  # nothing left running
+
+
+def _fleet(slurm_a: SlurmLab) -> str:
+    """One real Slurm cluster as a one-site fleet with one project and an ample grant."""
+    pools = [
+        {**p, "owner": "government", "nodes_per_rack": p["nodes"]}
+        for p in discover(slurm_a.config, online=date(2020, 1, 1)).pools
+    ]
+    site = slurm_a.config.site
+    doc = {
+        "name": "batch-dispatch", "description": "one real Slurm cluster",
+        "owners": [{"name": "government", "kind": "government"}],
+        "sites": [{"name": site, "certification": "government-operated", "clearance": "restricted", "region": "kr",
+                   "operator": "test", "power_cap_mw": 10.0, "pue": 1.2}],
+        "clusters": [{"name": slurm_a.name, "site": site, "backend": "slurm"}], "pools": pools,
+        "organizations": [{"name": "kisti", "kind": "institute"}], "projects": [{"name": "p", "organization": "kisti"}],
+        "programs": [{"name": "sovereign"}],
+        "grants": [{"id": "g", "program": "sovereign", "project": "p", "start": date(2020, 1, 1),
+                    "end": date(2100, 1, 1), "credit_su_hours": 1e6}],
+    }  # fmt: skip
+    return yaml.safe_dump(doc, sort_keys=False)
