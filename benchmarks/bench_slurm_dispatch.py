@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import shutil
 import statistics
@@ -213,7 +214,7 @@ def latencies(rt: Any) -> dict[str, float]:
     gaps = []
     for turns in by_gpu.values():
         turns.sort()
-        gaps += [nxt[0] - cur[1] for cur, nxt in zip(turns, turns[1:], strict=False) if cur[1] is not None]
+        gaps += [nxt[0] - cur[1] for cur, nxt in itertools.pairwise(turns) if cur[1] is not None]
     med = statistics.median
     return {
         "admit_to_start_s": med(to_start) if to_start else float("nan"),

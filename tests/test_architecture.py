@@ -42,8 +42,18 @@ def test_contracts_kept_on_the_real_tree() -> None:
         ("model", "from kfabric.scenarios import loader"),
         ("model", "import kfabric.sim"),
         ("sched", "import rich.console"),
+        ("api", "from kfabric.store import tables"),
+        ("api", "import kfabric.store.group_commit"),
     ],
-    ids=["sched->cli", "sched->yaml", "model->scenarios", "model->sim", "sched->terminal"],
+    ids=[
+        "sched->cli",
+        "sched->yaml",
+        "model->scenarios",
+        "model->sim",
+        "sched->terminal",
+        "api->store",
+        "api->store-module",
+    ],
 )
 def test_a_bad_import_breaks_the_contract(tmp_path: Path, where: str, bad_import: str) -> None:
     src = tmp_path / "src"
@@ -64,3 +74,11 @@ def test_every_outer_package_is_forbidden_to_the_core() -> None:
     outer = packages - {"model", "sched"}
     missing = sorted(f"kfabric.{p}" for p in outer if f"kfabric.{p}" not in contract["forbidden_modules"])
     assert missing == [], f"add {missing} to the pure-core contract in pyproject.toml"
+
+
+def test_the_api_reaches_the_store_only_through_the_service() -> None:
+    """The thin-API contract (issue 20) covers the whole API package: routes call service functions."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contract = next(c for c in config["tool"]["importlinter"]["contracts"] if c["id"] == "api-not-store")
+    assert "kfabric.api" in contract["source_modules"]
+    assert contract["forbidden_modules"] == ["kfabric.store"]

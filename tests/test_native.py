@@ -78,16 +78,17 @@ def test_the_sources_are_imported_unless_a_fresh_build_is_wanted(
     ],
     ids=["missing", "stale", "bad-value"],
 )
-def test_a_build_that_cannot_be_used_is_a_one_line_error(
-    tmp_path: Path, build: str, setting: str, message: str
-) -> None:
+def test_a_build_that_cannot_be_used_raises_from_import(tmp_path: Path, build: str, setting: str, message: str) -> None:
+    """A library's ``import kfabric`` gets the error as an exception (the process is not ended); the ``kfabric``
+    command prints it as one line (tests/test_native_errors.py)."""
     root = _copy(tmp_path)
     if build == "stale":
         _fake_build(root)
         (root / "kfabric" / "native.digest").write_text("0" * 64 + "\n")
     got = _probe(root, setting)
     assert got.returncode == 1
-    assert message in got.stderr and "Traceback" not in got.stderr
+    assert f"kfabric.native.NativeBuildError: kfabric: {message}" in got.stderr
+    assert "SystemExit" not in got.stderr
 
 
 def test_a_fresh_build_is_preferred_to_the_sources(tmp_path: Path) -> None:

@@ -12,6 +12,11 @@ ignored by git) and records a digest of the sources they came from. Python prefe
 
 ``KFABRIC_NATIVE=1`` insists on the build: a missing or stale build is an error, not a silent fallback.
 The scheduling decisions are the same either way (the golden tests run on both).
+
+The guard never ends the process: a setting it cannot honour raises :class:`NativeBuildError` from
+``import kfabric``. In the ``kfabric`` command the error is kept instead (the sources are imported meanwhile)
+and the command's entry point raises it where it prints errors (one line, exit status 2:
+:func:`raise_deferred`).
 """
 
 from __future__ import annotations
@@ -95,17 +100,41 @@ class _SourcesFirst:
         return None
 
 
-def guard() -> str:
+class NativeBuildError(ValueError):
+    """``KFABRIC_NATIVE`` asks for something the guard cannot do: a value it does not understand, or ``1`` (the
+    compiled build) while the build is missing or stale. The message says which and how to fix it."""
+
+
+#: the guard's error in the ``kfabric`` command, kept for its entry point to raise (see :func:`raise_deferred`)
+_deferred: list[NativeBuildError] = []
+
+
+def guard(defer: bool = False) -> str:
     """Decide, once per process, whether the compiled build or the sources are imported; returns which
-    (``"native"`` or ``"python"``)."""
+    (``"native"`` or ``"python"``). A setting that cannot be honoured raises :class:`NativeBuildError`; with
+    ``defer`` (the ``kfabric`` command) the error is kept for :func:`raise_deferred` and the sources are used."""
+    try:
+        return _choose()
+    except NativeBuildError as exc:
+        if not defer:
+            raise
+        _deferred.append(exc)
+        if not any(isinstance(f, _SourcesFirst) for f in sys.meta_path):
+            sys.meta_path.insert(0, _SourcesFirst())
+        return "python"
+
+
+def _choose() -> str:
     want = os.environ.get(ENV, "auto").strip().lower()
     if want not in ("0", "1", "auto", ""):
-        sys.exit(f"kfabric: {ENV}={want!r} is not understood: use 1 (compiled build), 0 (Python sources) or auto")
+        raise NativeBuildError(
+            f"kfabric: {ENV}={want!r} is not understood: use 1 (compiled build), 0 (Python sources) or auto"
+        )
     if any(isinstance(f, _SourcesFirst) for f in sys.meta_path):
         return "python"
     now = state() if want != "0" else "none"
     if want == "1" and now != "fresh":
-        sys.exit(
+        raise NativeBuildError(
             f"kfabric: {ENV}=1 but the compiled build is {'missing' if now == 'none' else 'stale'}: "
             "run `.venv/bin/python -m kfabric.native_build`, or unset KFABRIC_NATIVE to use the Python sources"
         )
@@ -113,6 +142,20 @@ def guard() -> str:
         return "native"
     sys.meta_path.insert(0, _SourcesFirst())
     return "python"
+
+
+def command_process() -> bool:
+    """Whether this process is the ``kfabric`` command (its console script), whose entry point prints the guard's
+    error as one line instead of a traceback; every other process (a library user, a test, a server) gets the
+    exception from ``import kfabric``."""
+    argv = getattr(sys, "argv", None) or [""]
+    return Path(argv[0]).name == "kfabric"
+
+
+def raise_deferred() -> None:
+    """Raise the guard's kept error, if any (called by the ``kfabric`` command where it prints errors)."""
+    if _deferred:
+        raise _deferred[0]
 
 
 def loaded() -> str:

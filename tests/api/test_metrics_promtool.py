@@ -24,9 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from kfabric.api.app import create_app
-from kfabric.api.metrics import ACTIVE_COUNTS, Metrics
+from kfabric.api.metrics import ACTIVE, Metrics
 from kfabric.backends.sim import SimBackend
 from kfabric.scenarios.policies import load_policy
+from kfabric.service.fleet_queries import state_counts
 from kfabric.service.instrumented import CallStats, instrument
 from kfabric.service.runtime import open_runtime
 from kfabric.store import tables as t
@@ -236,7 +237,7 @@ def test_fleet_gauges_are_cached_between_scrapes(busy: Busy, monkeypatch: pytest
 
 def test_active_jobs_are_counted_on_the_state_index(busy: Busy) -> None:
     with busy.api.rt.sessions() as s:
-        sql = str(ACTIVE_COUNTS.compile(s.get_bind(), compile_kwargs={"literal_binds": True}))
+        sql = str(state_counts(ACTIVE).compile(s.get_bind(), compile_kwargs={"literal_binds": True}))
         plan = " ".join(str(row[-1]) for row in s.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
     assert "ix_jobs_state" in plan and "SCAN jobs" not in plan.replace("USING COVERING INDEX", ""), plan
 

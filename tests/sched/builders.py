@@ -407,10 +407,7 @@ def check_invariants(cap: Capacity) -> None:
     """Assert that the capacity index is consistent: nothing oversubscribed, every aggregate recomputable."""
     n = cap.n_nodes
     # the hot path's Python mirrors agree with the arrays that vectorized queries read
-    assert cap._milli_rows == cap.milli.tolist(), "milli mirror differs"
-    assert cap._whole == cap.whole.tolist(), "whole mirror differs"
-    assert cap._up == cap.up.tolist(), "up mirror differs"
-    assert cap._rack_full == cap.rack_full.tolist(), "rack_full mirror differs"
+    assert cap.mirrors_agree(), "a list mirror differs from its array (milli, whole, up or rack_full)"
     for node in range(n):
         g = int(cap.node_gpus[node])
         row = cap.milli[node]

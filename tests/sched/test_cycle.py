@@ -36,6 +36,7 @@ from kfabric.model.sovereignty import clearance_rule
 from kfabric.model.tenancy import OnExhausted
 from kfabric.sched import preemption
 from kfabric.sched.cycle import cycle
+from kfabric.sched.memo import CycleMemo
 from kfabric.sched.policy import Policy
 from kfabric.sched.snapshot import GrantState, Snapshot
 
@@ -44,14 +45,16 @@ FIFO = Policy(ordering="fifo")
 HIGH, NORMAL, LOW = PriorityClass.HIGH, PriorityClass.NORMAL, PriorityClass.LOW
 
 
-def decide(snap: Snapshot, *jobs: Job, policy: Policy = FIFO, now: float = NOW) -> Decision:
+def decide(
+    snap: Snapshot, *jobs: Job, policy: Policy = FIFO, now: float = NOW, memo: CycleMemo | None = None
+) -> Decision:
     """Run one cycle and check what every cycle must guarantee: the snapshot is left exactly as found, the
     same inputs give the same decision, every job is either admitted or has a reason with a message."""
     q = queue_of(snap, *jobs)
     before = snapshot_state(snap)
-    decision = cycle(snap, q, policy, now)
+    decision = cycle(snap, q, policy, now, memo=memo)
     assert snapshot_state(snap) == before, "a cycle must leave the snapshot as it found it"
-    assert decision_key(cycle(snap, q, policy, now)) == decision_key(decision), "same inputs, same decision"
+    assert decision_key(cycle(snap, q, policy, now, memo=memo)) == decision_key(decision), "same inputs, same decision"
     admitted = [a.job_id for a in decision.admissions]
     assert len(set(admitted)) == len(admitted)
     assert set(admitted).isdisjoint(decision.pending)
@@ -741,12 +744,12 @@ def test_a_remembered_gang_miss_answers_as_a_fresh_search_would(
 ) -> None:
     job = a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH if policy is FIFO else NORMAL).build()
     snap = setup()
-    first = decide(snap, job, policy=policy)
-    assert first.admissions == () and snap.victim_misses  # the failed search is remembered
+    memo = CycleMemo()
+    first = decide(snap, job, policy=policy, memo=memo)
+    assert first.admissions == () and memo.victim_misses  # the failed search is remembered
     change(snap)
-    fresh = copy.deepcopy(snap)
-    fresh.victim_misses.clear()
-    got = decide(snap, job, policy=policy, now=NOW + later_s)
+    fresh = copy.deepcopy(snap)  # decided with a fresh memo
+    got = decide(snap, job, policy=policy, now=NOW + later_s, memo=memo)
     assert decision_key(got) == decision_key(decide(fresh, job, policy=policy, now=NOW + later_s))
     assert bool(got.admissions) == admits
 
@@ -762,10 +765,10 @@ def test_work_placed_in_the_cycle_of_a_miss_counts_once_it_may_be_displaced() ->
     filler = a_job("filler").gpus(8).priority(LOW).submitted(NOW - 7_200.0).build()
     gang = a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH).submitted(NOW - 60.0).build()
     outcomes = []
+    memo = CycleMemo()
     for now, jobs in ((NOW, (filler, gang)), (NOW + 60.0, (gang,)), (NOW + 700.0, (gang,))):
-        fresh = copy.deepcopy(snap)
-        fresh.victim_misses.clear()
-        d = cycle(snap, queue_of(snap, *jobs), FIFO, now, keep=True)
+        fresh = copy.deepcopy(snap)  # decided with a fresh memo
+        d = cycle(snap, queue_of(snap, *jobs), FIFO, now, keep=True, memo=memo)
         assert decision_key(d) == decision_key(cycle(fresh, queue_of(fresh, *jobs), FIFO, now, keep=True))
         for pre in d.preemptions:
             snap.finish(pre.job_id, give=False)
@@ -780,39 +783,43 @@ def test_work_placed_in_the_cycle_of_a_miss_counts_once_it_may_be_displaced() ->
 def test_an_unchanged_pool_is_not_searched_again(monkeypatch: pytest.MonkeyPatch) -> None:
     snap = _blocked_racks()
     job = a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH).build()
-    decide(snap, job)
+    memo = CycleMemo()
+    decide(snap, job, memo=memo)
 
     def searched(*args: object) -> None:
         raise AssertionError("searched again")
 
     monkeypatch.setattr(preemption, "cheapest_nodes", searched)
-    assert decide(snap, job, now=NOW + 3_600.0).admissions == ()
+    assert decide(snap, job, now=NOW + 3_600.0, memo=memo).admissions == ()
 
 
 @pytest.mark.python_only
 def test_a_search_two_nodes_short_is_not_repeated_after_one_node_changed(monkeypatch: pytest.MonkeyPatch) -> None:
     snap = _every_node_blocked()
     job = a_job("gang").gpus(16).topology(MinTopology.RACK).priority(HIGH).build()
-    decide(snap, job)
+    memo = CycleMemo()
+    decide(snap, job, memo=memo)
     snap.finish("n2a")  # node 2 can be freed now; rack 1 still lacks node 3
 
     def searched(*args: object) -> None:
         raise AssertionError("searched again")
 
     monkeypatch.setattr(preemption, "cheapest_nodes", searched)
-    assert decide(snap, job, now=NOW + 60.0).admissions == ()
+    assert decide(snap, job, now=NOW + 60.0, memo=memo).admissions == ()
 
 
 @pytest.mark.python_only
 def test_a_miss_answers_for_larger_gangs_under_the_same_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     snap = _every_node_blocked()  # no node of the pool can be freed
-    decide(snap, a_job("two").gpus(16).priority(HIGH).build())
+    memo = CycleMemo()
+    decide(snap, a_job("two").gpus(16).priority(HIGH).build(), memo=memo)
 
     def searched(*args: object) -> None:
         raise AssertionError("searched again")
 
     monkeypatch.setattr(preemption, "cheapest_nodes", searched)
-    assert decide(snap, a_job("three").gpus(24).priority(HIGH).build(), now=NOW + 60.0).admissions == ()
+    three = a_job("three").gpus(24).priority(HIGH).build()
+    assert decide(snap, three, now=NOW + 60.0, memo=memo).admissions == ()
 
 
 # ---- quota: reservations, the national pool, borrowing, reclaim -------------------------------------------------

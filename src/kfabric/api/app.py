@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy import text
 
 from kfabric.api import errors
 from kfabric.api.fast_submit import FastSubmit
@@ -16,6 +15,7 @@ from kfabric.api.routers import acct, audit, fleet, jobs, programs, tenancy, tok
 from kfabric.api.routers import notify as notify_routes
 from kfabric.api.routers import operations as operations_routes  # fleet apply, node drain, policy
 from kfabric.api.routers import status as server_status
+from kfabric.service import fleet_queries
 from kfabric.service.runtime import Runtime
 from kfabric.web import portal
 
@@ -84,8 +84,7 @@ def create_app(
 def _ops_routes(app: FastAPI, rt: Runtime, metrics_open: bool) -> None:
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:
-        with rt.sessions() as s:
-            s.execute(text("SELECT 1"))
+        fleet_queries.store_answers(rt.sessions)
         last = rt.controller.last_tick
         return {"ok": True, "last_tick_s": last.now_s if last else None}
 

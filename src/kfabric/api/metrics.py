@@ -43,7 +43,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,10 +53,11 @@ from kfabric.model.job import JobState
 from kfabric.service.actors import Role
 from kfabric.service.controller import Controller, TickReport
 from kfabric.service.credit import held_by_grant
+from kfabric.service.fleet_queries import jobs_by_state, last_cycle_s, lease_epoch
 from kfabric.service.instrumented import BUCKETS_S, call_stats
 from kfabric.service.logs import REQUEST_ID, event
+from kfabric.service.program_queries import grants_in_force
 from kfabric.service.runtime import Runtime
-from kfabric.store import tables as t
 
 log = logging.getLogger("kfabric.api")
 
@@ -72,10 +72,6 @@ TOP_GRANTS = 20
 LEASE = "controller"
 ACTIVE = (JobState.PENDING.value, JobState.ADMITTED.value, JobState.RUNNING.value)
 ENDED = tuple(s.value for s in JobState if s.value not in ACTIVE)
-IN_FORCE = ("active", "flagged")
-#: jobs by state, grouped on the ``ix_jobs_state`` index (a range of it: never the job table)
-ACTIVE_COUNTS = select(t.Job.state, func.count()).where(t.Job.state.in_(ACTIVE)).group_by(t.Job.state)
-ENDED_COUNTS = select(t.Job.state, func.count()).where(t.Job.state.in_(ENDED)).group_by(t.Job.state)
 POOL_LABELS = ("site", "pool", "owner", "model")
 
 CYCLE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -195,9 +191,9 @@ class StateCollector:
 
     def _jobs_by_state(self, s: Session, now: float) -> Metric:
         counts = dict.fromkeys((js.value for js in JobState), 0)
-        counts.update({state: int(n) for state, n in s.execute(ACTIVE_COUNTS)})
+        counts.update(jobs_by_state(s, ACTIVE))
         if now - self._cache.ended_at >= self.slow_cache_s:
-            self._cache.ended = {state: int(n) for state, n in s.execute(ENDED_COUNTS)}
+            self._cache.ended = jobs_by_state(s, ENDED)
             self._cache.ended_at = now
         counts.update(self._cache.ended)
         family = GaugeMetricFamily("kfabric_jobs", "jobs by state (ended states refreshed every minute)",
@@ -225,10 +221,9 @@ def leadership(rt: Runtime) -> tuple[bool, int]:
 
 def _lease_families(rt: Runtime, s: Session, leader: bool, epoch: int) -> list[Metric]:
     if getattr(rt, "leadership", None) is not None and not leader:
-        row = s.get(t.Lease, LEASE)
-        epoch = int(row.epoch) if row is not None else 0
+        epoch = lease_epoch(s, LEASE)
     last = rt.controller.last_tick
-    last_s = last.now_s if last is not None and leader else _last_cycle_in_store(s)
+    last_s = last.now_s if last is not None and leader else last_cycle_s(s)
     out: list[Metric] = [
         _gauge("kfabric_leader", "1 on the server that runs the controller, 0 on a standby", float(leader)),
         _gauge("kfabric_lease_epoch", "epoch of the controller lease (grows at every change of leader)", epoch),
@@ -238,12 +233,6 @@ def _lease_families(rt: Runtime, s: Session, leader: bool, epoch: int) -> list[M
         age = max(0.0, rt.clock() - last_s)
         out.append(_gauge("kfabric_last_cycle_age_seconds", "seconds since the last scheduling cycle", age))
     return out
-
-
-def _last_cycle_in_store(s: Session) -> float | None:
-    """The latest cycle any server recorded (``servers.last_cycle_s``, written by the leader's heartbeat)."""
-    value = s.scalar(select(func.max(t.Server.last_cycle_s)))
-    return float(value) if value is not None else None
 
 
 @contextlib.contextmanager
@@ -311,14 +300,7 @@ def _pending_by_reason(ctl: Controller) -> Metric:
 
 
 def _grant_families(s: Session, ctl: Controller, now_s: float, top: int) -> list[Metric]:
-    rows = s.execute(
-        select(t.Grant.id, t.Grant.name, t.Program.name, t.Project.name, t.Grant.reserved_model,
-               t.Grant.reserved_gpus, t.Grant.credit_su_hours, t.Grant.used_su_hours)
-        .join(t.Program, t.Program.id == t.Grant.program_id)
-        .join(t.Project, t.Project.id == t.Grant.project_id)
-        .where(t.Grant.status.in_(IN_FORCE), t.Grant.start_s <= now_s, t.Grant.end_s > now_s)
-        .order_by(t.Grant.id)
-    ).all()  # fmt: skip
+    rows = grants_in_force(s, now_s)
     held = held_by_grant(s)
     credit: dict[str, float] = defaultdict(float)
     remaining: dict[str, float] = defaultdict(float)

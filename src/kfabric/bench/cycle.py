@@ -20,6 +20,7 @@ from kfabric.model.sovereignty import Classification
 from kfabric.scenarios.loader import Scenario
 from kfabric.sched.cycle import CPU_MILLI_PER_GPU, MEMORY_MIB_PER_GPU, cycle
 from kfabric.sched.fairshare import TenantInfo
+from kfabric.sched.memo import CycleMemo
 from kfabric.sched.placement import PlaceRequest, best_fit
 from kfabric.sched.policy import Policy
 from kfabric.sched.presets import PRESETS
@@ -153,12 +154,13 @@ def run_cycle_bench(
     pol = policy or PRESETS["kfabric"]  # the default policy
     snap, q, maker = build_state(scenario, pending, running, seed)
     rng = np.random.default_rng(seed + 1)
+    memo = CycleMemo()  # kept across cycles, as the simulator and the service keep theirs
     now = 0.0
     times: list[float] = []
     admitted = 0
     for _ in range(cycles):
         t0 = time.perf_counter()
-        decision = cycle(snap, q, pol, now)
+        decision = cycle(snap, q, pol, now, memo=memo)
         times.append((time.perf_counter() - t0) * 1000.0)
         admitted += len(decision.admissions)
         for victim in decision.preemptions:

@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from rich.table import Table
 from rich.text import Text
@@ -19,7 +19,10 @@ from kfabric.service import audit_keys
 from kfabric.service.audit_keys import ENV_KEY_FILE
 
 ROLES = ("operator", "reviewer", "org-admin", "member", "provider")
-Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+if TYPE_CHECKING:
+    from kfabric.cli.main import Subparsers
+
+Sub: TypeAlias = "Subparsers"
 
 
 def command_group(sub: Sub, name: str, help_text: str) -> Sub:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from kfabric.cli.errors import UsageError
 from kfabric.cli.queue_cmd import emit_json
@@ -16,7 +16,10 @@ from kfabric.service import backup as svc
 from kfabric.service.audit_keys import ENV_KEY_FILE
 from kfabric.store.db import default_url
 
-Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+if TYPE_CHECKING:
+    from kfabric.cli.main import Subparsers
+
+Sub: TypeAlias = "Subparsers"
 
 
 def register(sub: Sub) -> None:

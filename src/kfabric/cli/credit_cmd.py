@@ -9,14 +9,15 @@ import math
 from typing import TypeAlias
 
 from kfabric.cli.errors import UsageError
+from kfabric.cli.main import Subparsers, subcommands
 from kfabric.cli.queue_cmd import add_remote_args, connect, emit_json
 
-Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Sub: TypeAlias = "Subparsers"
 
 
 def register(sub: Sub) -> None:
     grant = sub.choices["grant"]
-    grant_sub = next(a for a in grant._actions if isinstance(a, argparse._SubParsersAction))
+    grant_sub = subcommands(grant)
     p = grant_sub.add_parser("topup", help="add service-unit credit to a grant (operators; audited)")
     p.add_argument("grant", metavar="GRANT", help="the grant's name (kfabric grant list shows them)")
     p.add_argument("--su-hours", required=True, metavar="N", help="service-unit hours to add (> 0)")

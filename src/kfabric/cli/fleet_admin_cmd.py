@@ -13,17 +13,18 @@ from typing import Any, TypeAlias
 
 from kfabric.cli.admin_cmd import command_group
 from kfabric.cli.errors import UsageError
+from kfabric.cli.main import Subparsers, subcommands
 from kfabric.cli.queue_cmd import add_remote_args, connect, emit_json, fmt_time
 from kfabric.scenarios.loader import PACKAGED, scenario_text
 from kfabric.sched.presets import PRESETS
 
-Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Sub: TypeAlias = "Subparsers"
 _MARK = {"added": "+", "removed": "-"}
 
 
 def register(sub: Sub) -> None:
     fleet = sub.choices["fleet"]
-    fleet_sub = next(a for a in fleet._actions if isinstance(a, argparse._SubParsersAction))
+    fleet_sub = subcommands(fleet)
     p = fleet_sub.add_parser(
         "apply",
         help="change the running service's fleet (operators; audited; in effect at the next cycle)",

@@ -7,8 +7,9 @@ import importlib
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn, Protocol
 
+from kfabric import native
 from kfabric.cli.errors import UsageError
 from kfabric.model.errors import KfabricError
 from kfabric.model.suggest import closest_name, did_you_mean
@@ -35,14 +36,44 @@ FAST = {
 }  # fmt: skip
 
 
-def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser], only: str | None = None) -> None:
+class Subparsers(Protocol):
+    """What a command module's ``register(sub)`` gets: the object ``add_subparsers`` returns (argparse does not
+    name its type publicly). ``choices`` maps each command name to its parser."""
+
+    choices: Any
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+def _register_all(sub: Subparsers, only: str | None = None) -> None:
     for name in (FAST[only],) if only in FAST else MODULES:
         importlib.import_module(f"kfabric.cli.{name}").register(sub)
 
 
+def subcommands(parser: argparse.ArgumentParser) -> Subparsers:
+    """The subcommands of a command's parser made by another module (``fleet`` gets ``fleet apply`` from
+    fleet_admin_cmd): the object its ``add_subparsers`` returned."""
+    found: Subparsers | None = getattr(parser, "subcommands", None)
+    if found is None:
+        raise LookupError(f"{parser.prog} has no subcommands (register the module that adds them first)")
+    return found
+
+
+#: the option lines of a help text (``  -o FIELDS, --format FIELDS   columns, ...``): what names the options
+_OPTION_LINE = re.compile(r"^ {2}(-[^ ].*?)(?: {2,}|$)", re.MULTILINE)
+_LONG_OPTION = re.compile(r"(?<![\w-])--[A-Za-z0-9][\w-]*")
+
+
 class SuggestingParser(argparse.ArgumentParser):
     """argparse's parser, whose errors add "did you mean ...?" for a mistyped subcommand, choice or option
-    (``queu`` for ``queue``, ``--formt``). Subparsers are made of the same class."""
+    (``queu`` for ``queue``, ``--formt``). Subparsers are made of the same class; each keeps the object its
+    ``add_subparsers`` returned as ``subcommands``."""
+
+    subcommands: Subparsers | None = None
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        self.subcommands = super().add_subparsers(**kwargs)
+        return self.subcommands
 
     def error(self, message: str) -> NoReturn:
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
@@ -60,12 +91,13 @@ class SuggestingParser(argparse.ArgumentParser):
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
-    """Every long option of ``parser`` and its subcommands (an unknown option is reported by the top parser)."""
-    out = {o for o in parser._option_string_actions if o.startswith("--")}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in set(action.choices.values()):
-                out |= _option_strings(sub)
+    """Every long option of ``parser`` and its subcommands (an unknown option is reported by the top parser), as
+    their help lists them (options hidden from the help are not suggested)."""
+    out = {o for line in _OPTION_LINE.findall(parser.format_help()) for o in _LONG_OPTION.findall(line)}
+    sub = getattr(parser, "subcommands", None)
+    if sub is not None:
+        for child in {id(p): p for p in sub.choices.values()}.values():
+            out |= _option_strings(child)
     return out
 
 
@@ -76,15 +108,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="kfabric",
         description="Control plane for a national AI compute fabric.",
     )
-    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(  # type: ignore[assignment]
-        dest="command", metavar="COMMAND"
-    )
-    _register_all(sub, command)
+    _register_all(parser.add_subparsers(dest="command", metavar="COMMAND"), command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        native.raise_deferred()  # a KFABRIC_NATIVE setting that cannot be honoured (kfabric.native.guard)
+    except native.NativeBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser(argv[0] if argv and argv[0] in FAST else None)
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)

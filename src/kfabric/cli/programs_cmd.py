@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from rich.table import Table
 from rich.text import Text
@@ -14,7 +14,10 @@ from kfabric.cli.errors import UsageError
 from kfabric.cli.queue_cmd import add_remote_args, connect, emit_json, fmt_time, parse_id
 
 STATUSES = ("submitted", "approved", "rejected")
-Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+if TYPE_CHECKING:
+    from kfabric.cli.main import Subparsers
+
+Sub: TypeAlias = "Subparsers"
 
 
 def register(sub: Sub) -> None:

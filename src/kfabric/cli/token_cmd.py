@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import re
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from rich.table import Table
 from rich.text import Text
@@ -17,7 +17,10 @@ from kfabric.cli.console import stdout_console
 from kfabric.cli.errors import UsageError
 from kfabric.cli.queue_cmd import add_remote_args, connect, emit_json, fmt_time
 
-Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+if TYPE_CHECKING:
+    from kfabric.cli.main import Subparsers
+
+Sub: TypeAlias = "Subparsers"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _DURATION = re.compile(r"^([0-9]{1,6})([smhdw])$")

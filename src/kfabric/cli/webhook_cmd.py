@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import argparse
 from typing import TypeAlias
-from urllib.parse import quote
 
+from kfabric.cli.main import Subparsers, subcommands
 from kfabric.cli.queue_cmd import add_remote_args, connect, emit_json
 
-Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Sub: TypeAlias = "Subparsers"
 
 
 def register(sub: Sub) -> None:
     project = sub.choices["project"]
-    project_sub = next(a for a in project._actions if isinstance(a, argparse._SubParsersAction))
+    project_sub = subcommands(project)
     p = project_sub.add_parser(
         "webhook-secret",
         help="show (or --rotate) the secret that signs the project's job webhooks (operators, org-admins; audited)",
@@ -30,9 +30,8 @@ def register(sub: Sub) -> None:
 
 
 def webhook_secret(args: argparse.Namespace) -> int:
-    path = f"/v1/projects/{quote(args.project, safe='')}/webhook-secret"
     with connect(args) as client:
-        answer = client._json("POST", path + "/rotate") if args.rotate else client._json("GET", path)
+        answer = client.webhook_secret(args.project, rotate=args.rotate)
     if args.json:
         emit_json(answer)
         return 0

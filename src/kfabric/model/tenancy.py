@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
+from typing import Generic, TypeVar
 
 from kfabric.model.errors import require, require_name
 from kfabric.model.job import PriorityClass
@@ -147,8 +149,10 @@ class Application:
 
     def __post_init__(self) -> None:
         where = f"application {self.id!r}"
-        require(self.gpus >= 1, f"{where}.gpus", f"must be >= 1, got {self.gpus}")
-        require(self.months >= 1, f"{where}.months", f"must be >= 1, got {self.months}")
+        for name, value in (("gpus", self.gpus), ("months", self.months)):
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            require(whole, f"{where}.{name}", f"must be a whole number, got {value!r}")
+            require(value >= 1, f"{where}.{name}", f"must be >= 1, got {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,46 @@ class Review:
         return sum(score * w.get(c, 0.0) for c, score in self.scores) / total
 
 
+Moment = TypeVar("Moment", date, float)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTerms(Generic[Moment]):
+    """What a grant gives and for how long, checked in this one place: the scenario's :class:`Grant` counts in
+    days, the service's grants (``kfabric.service.grants``) in POSIX seconds, and both build these terms."""
+
+    name: str
+    start: Moment
+    end: Moment
+    reserved_model: str | None = None
+    reserved_gpus: int = 0
+    credit_su_hours: float = 0.0
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        where = f"grant {self.name!r}"
+        require(self.end > self.start, f"{where}.end", f"end {self.end} must be after start {self.start}")
+        require(self.reserved_gpus >= 0, f"{where}.reserved_gpus", "must be >= 0")
+        require(
+            (self.reserved_gpus == 0) == (self.reserved_model is None),
+            f"{where}.reserved_model",
+            "reserved_model and reserved_gpus go together",
+            "set both (e.g. B200 and 128) or neither",
+        )
+        require(
+            math.isfinite(self.credit_su_hours) and self.credit_su_hours >= 0,
+            f"{where}.credit_su_hours",
+            "must be >= 0",
+        )
+        require(
+            self.reserved_gpus > 0 or self.credit_su_hours > 0,
+            where,
+            "grants nothing",
+            "give it reserved GPUs (reserved_model and reserved_gpus), credit (credit_su_hours), or both",
+        )
+        require(math.isfinite(self.weight) and self.weight > 0, f"{where}.weight", f"must be > 0, got {self.weight}")
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     """A project's entitlement under a program: reserved GPUs of a model class and/or credit in SU-hours."""
@@ -186,23 +230,13 @@ class Grant:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        where = f"grant {self.id!r}"
-        require(self.end > self.start, f"{where}.end", f"end {self.end} must be after start {self.start}")
-        require(self.reserved_gpus >= 0, f"{where}.reserved_gpus", "must be >= 0")
-        require(
-            (self.reserved_gpus == 0) == (self.reserved_model is None),
-            f"{where}.reserved_model",
-            "reserved_model and reserved_gpus go together",
-            "set both (e.g. B200 and 128) or neither",
+        self.terms()
+
+    def terms(self) -> GrantTerms[date]:
+        """What the grant gives (validated: building the terms checks them)."""
+        return GrantTerms(
+            self.id, self.start, self.end, self.reserved_model, self.reserved_gpus, self.credit_su_hours, self.weight
         )
-        require(self.credit_su_hours >= 0, f"{where}.credit_su_hours", "must be >= 0")
-        require(
-            self.reserved_gpus > 0 or self.credit_su_hours > 0,
-            where,
-            "grants nothing",
-            "give it reserved_gpus, credit_su_hours, or both",
-        )
-        require(self.weight > 0, f"{where}.weight", f"must be > 0, got {self.weight}")
 
     def active_on(self, day: date) -> bool:
         return self.start <= day < self.end

@@ -9,7 +9,9 @@ larger than ``placement.EXACT_SCAN_NODES`` nodes a pool offers representatives i
   node with it, plus the whole-GPU representatives.
 
 :func:`kfabric_few` is :func:`kfabric.sched.single.kfabric` in plain Python for such a handful of nodes
-(numpy's per-call cost dominates at this size): the same score, terms and ties; tests hold the two equal.
+(numpy's per-call cost dominates at this size): the same score, terms and ties; tests hold the two equal. The
+two are one scorer (``placement.KFABRIC``, a :class:`~kfabric.sched.single.Scorer` with this ``few`` form);
+the placement runs whichever form the registered scorer offers, never naming a function.
 A node's terms depend only on its pool and free resources (and the ask and workload), so they are remembered
 per capacity index.
 """

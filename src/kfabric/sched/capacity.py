@@ -1,8 +1,10 @@
 """The capacity index: free GPUs, GPU milli, CPU and memory per node, aggregated up the topology tree.
 
-Struct-of-arrays (numpy) built once from the fleet; a job start or end touches a handful of entries. Every
-change is written to an undo log, so a scheduling cycle can try things ("what if these are preempted?") and
-roll back to a mark for free. Indexes kept up to date on every change:
+Struct-of-arrays (numpy, with their list mirrors and memoryviews owned and written only by
+``sched.node_columns.NodeColumns``; read here and elsewhere) built once from the fleet by the builders below; a
+job start or end touches a handful of entries. Every change is written to an undo log, so a scheduling cycle can
+try things ("what if these are preempted?") and roll back to a mark for free (``sched.trial`` wraps it).
+Indexes kept up to date on every change:
 
 * per node: whole free GPUs, free milli per GPU and in all, CPU, memory, up/down;
 * per pool: nodes bucketed by whole free GPUs (ordered dicts: deterministic first-in order), with fully free
@@ -13,14 +15,16 @@ roll back to a mark for free. Indexes kept up to date on every change:
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from kfabric.model.fleet import Fleet, Sharing
-from kfabric.model.job import MILLI_PER_GPU
+from kfabric.model.job import MILLI_PER_GPU, MinTopology
 from kfabric.model.sovereignty import Classification
+from kfabric.sched.node_columns import IS_WHOLE, WAS_WHOLE, WHOLE_SHIFT, NodeColumns, NodeLayout
 
 IntArray = npt.NDArray[np.int64]
 
@@ -68,155 +72,113 @@ class SiteInfo:
     cap_kw: float
 
 
-class _Views:
-    """Memoryviews over the arrays that :meth:`Capacity._apply` changes one element at a time: an element read
-    or written through a memoryview is a plain Python int or float, 2-3x faster than numpy's item access
-    (measured: ``a[i] -= x`` 174 ns on an int64 array, 81 ns on its memoryview). Same memory, same values;
-    a copy (``copy.deepcopy``) is rebuilt over the copied arrays."""
+def _pool_infos(fleet: Fleet) -> tuple[PoolInfo, ...]:
+    """The fleet's pools, with their first node, rack and unit numbered consecutively in fleet order."""
+    sites = {s.name: i for i, s in enumerate(fleet.sites)}
+    pools: list[PoolInfo] = []
+    node, rack, unit = 0, 0, 0
+    for i, p in enumerate(fleet.pools):
+        racks = -(-p.nodes // p.nodes_per_rack)
+        units = -(-racks // p.racks_per_unit)
+        model = fleet.model(p.gpu_model)
+        pools.append(
+            PoolInfo(
+                index=i,
+                name=p.name,
+                model=p.gpu_model,
+                su_weight=model.su_weight,
+                site=sites[fleet.cluster(p.cluster).site],
+                cluster=p.cluster,
+                owner=p.owner,
+                sharing=p.sharing,
+                first_node=node,
+                nodes=p.nodes,
+                gpus_per_node=p.gpus_per_node,
+                nodes_per_rack=p.nodes_per_rack,
+                racks_per_unit=p.racks_per_unit,
+                nodes_per_domain=p.nodes_per_domain,
+                domain_gpus=min(p.nvlink_domain_gpus, max(p.gpus_per_node, 1) * p.nodes_per_domain),
+                first_rack=rack,
+                racks=racks,
+                first_unit=unit,
+                units=units,
+                kw_per_gpu=p.node_power_kw / max(p.gpus_per_node, 1),
+                speed=model.relative_speed,
+            )
+        )
+        node, rack, unit = node + p.nodes, rack + racks, unit + units
+    return tuple(pools)
 
-    def __init__(self, *arrays: npt.NDArray[np.int64] | npt.NDArray[np.float64]) -> None:
-        self.arrays = arrays
-        cpu, mem, node_milli, site_kw, pool_milli, whole, rack_gpus, unit_gpus, rack_full, unit_full, milli = arrays
-        self.cpu = _ints(cpu)
-        self.mem = _ints(mem)
-        self.node_milli = _ints(node_milli)
-        self.site_kw = site_kw.data.cast("B").cast("d")
-        self.pool_milli = _ints(pool_milli)
-        self.whole = _ints(whole)
-        self.rack_gpus = _ints(rack_gpus)
-        self.unit_gpus = _ints(unit_gpus)
-        self.rack_full = _ints(rack_full)
-        self.unit_full = _ints(unit_full)
-        #: the GPU milli matrix, row after row (``width`` GPUs per row)
-        self.milli = _ints(milli.reshape(-1))
-        self.width = int(milli.shape[1])
 
-    def __reduce__(self) -> tuple[type[_Views], tuple[npt.NDArray[np.int64] | npt.NDArray[np.float64], ...]]:
-        return (_Views, self.arrays)
-
-
-def _ints(a: npt.NDArray[np.int64] | npt.NDArray[np.float64]) -> memoryview:
-    """A writable 1-D int64 memoryview over ``a``'s own memory (never a copy)."""
-    if a.dtype != np.int64 or a.ndim != 1 or not a.flags.c_contiguous:
-        raise ValueError(f"capacity view: expected a contiguous 1-D int64 array, got {a.dtype} {a.shape}")
-    return a.data.cast("B").cast("q")
+def _layout(fleet: Fleet, pools: tuple[PoolInfo, ...], n_sites: int) -> NodeLayout:
+    """Each node's pool, rack, unit, GPUs, CPU and memory (fixed for the life of the index)."""
+    n = sum(p.nodes for p in pools)
+    node_pool, node_rack, node_unit = (np.empty(n, dtype=np.int64) for _ in range(3))
+    node_gpus, cpu_total, mem_total = (np.empty(n, dtype=np.int64) for _ in range(3))
+    for info, fp in zip(pools, fleet.pools, strict=True):
+        sl = slice(info.first_node, info.first_node + info.nodes)
+        local = np.arange(info.nodes)
+        node_pool[sl] = info.index
+        node_rack[sl] = info.first_rack + local // info.nodes_per_rack
+        node_unit[sl] = info.first_unit + (local // info.nodes_per_rack) // info.racks_per_unit
+        node_gpus[sl] = info.gpus_per_node
+        cpu_total[sl] = fp.cpu_milli_per_node
+        mem_total[sl] = fp.memory_mib_per_node
+    return NodeLayout(
+        node_pool,
+        node_rack,
+        node_unit,
+        node_gpus,
+        cpu_total,
+        mem_total,
+        racks=sum(p.racks for p in pools),
+        units=sum(p.units for p in pools),
+        pool_site=[p.site for p in pools],
+        pool_kw_per_gpu=[p.kw_per_gpu for p in pools],
+        n_sites=n_sites,
+    )
 
 
 class Capacity:
     """Mutable capacity state with an undo log. Not thread-safe; one cycle at a time."""
 
     def __init__(self, fleet: Fleet) -> None:
-        sites = {s.name: i for i, s in enumerate(fleet.sites)}
         self.sites = tuple(
             SiteInfo(i, s.name, s.certification, s.clearance, s.power_cap_mw * 1000.0)
             for i, s in enumerate(fleet.sites)
         )
-        pools: list[PoolInfo] = []
-        node, rack, unit = 0, 0, 0
-        for i, fp in enumerate(fleet.pools):
-            p = fp
-            racks = -(-p.nodes // p.nodes_per_rack)
-            units = -(-racks // p.racks_per_unit)
-            pools.append(
-                PoolInfo(
-                    index=i,
-                    name=p.name,
-                    model=p.gpu_model,
-                    su_weight=fleet.model(p.gpu_model).su_weight,
-                    site=sites[fleet.cluster(p.cluster).site],
-                    cluster=p.cluster,
-                    owner=p.owner,
-                    sharing=p.sharing,
-                    first_node=node,
-                    nodes=p.nodes,
-                    gpus_per_node=p.gpus_per_node,
-                    nodes_per_rack=p.nodes_per_rack,
-                    racks_per_unit=p.racks_per_unit,
-                    nodes_per_domain=p.nodes_per_domain,
-                    domain_gpus=min(p.nvlink_domain_gpus, max(p.gpus_per_node, 1) * p.nodes_per_domain),
-                    first_rack=rack,
-                    racks=racks,
-                    first_unit=unit,
-                    units=units,
-                    kw_per_gpu=p.node_power_kw / max(p.gpus_per_node, 1),
-                    speed=fleet.model(p.gpu_model).relative_speed,
-                )
-            )
-            node, rack, unit = node + p.nodes, rack + racks, unit + units
-        self.pools = tuple(pools)
+        self.pools = pools = _pool_infos(fleet)
         self.pool_by_name = {p.name: p for p in pools}
-        #: heterogeneity tiers of a set of pools when the request carries no per-job speeds (placement._tiers)
-        self.pool_order_cache: dict[tuple[int, ...], list[list[int]]] = {}
-        n = node
-        self.n_nodes = n
-        gmax = max((p.gpus_per_node for p in pools), default=0)
-        self.gmax = gmax
-        self.node_pool = np.empty(n, dtype=np.int64)
-        self.node_rack = np.empty(n, dtype=np.int64)
-        self.node_unit = np.empty(n, dtype=np.int64)
-        self.node_gpus = np.empty(n, dtype=np.int64)
-        self.cpu_total = np.empty(n, dtype=np.int64)
-        self.mem_total = np.empty(n, dtype=np.int64)
-        self.rack_size = np.zeros(rack, dtype=np.int64)
-        self.unit_size = np.zeros(unit, dtype=np.int64)
-        for info, fp in zip(pools, fleet.pools, strict=True):
-            sl = slice(info.first_node, info.first_node + info.nodes)
-            local = np.arange(info.nodes)
-            self.node_pool[sl] = info.index
-            self.node_rack[sl] = info.first_rack + local // info.nodes_per_rack
-            self.node_unit[sl] = info.first_unit + (local // info.nodes_per_rack) // info.racks_per_unit
-            self.node_gpus[sl] = info.gpus_per_node
-            self.cpu_total[sl] = fp.cpu_milli_per_node
-            self.mem_total[sl] = fp.memory_mib_per_node
-        np.add.at(self.rack_size, self.node_rack, 1)
-        np.add.at(self.unit_size, self.node_unit, 1)
-        self.unit_pool = np.zeros(unit, dtype=np.int64)
-        self.unit_pool[self.node_unit] = self.node_pool
-        # dynamic state; every node starts down (offline) until its pool is brought online
-        self.milli = np.full((n, max(gmax, 1)), -1, dtype=np.int64)
-        for info in pools:
-            self.milli[info.first_node : info.first_node + info.nodes, : info.gpus_per_node] = MILLI_PER_GPU
-        self.whole = self.node_gpus.copy()
-        #: free GPU milli per node (its GPUs' milli summed; up or down)
-        self.node_milli = self.node_gpus * MILLI_PER_GPU
-        self.cpu_free = self.cpu_total.copy()
-        self.mem_free = self.mem_total.copy()
-        self.up = np.zeros(n, dtype=bool)
-        self.rack_full = np.zeros(rack, dtype=np.int64)
-        self.unit_full = np.zeros(unit, dtype=np.int64)
-        self.rack_gpus = np.zeros(rack, dtype=np.int64)
-        self.unit_gpus = np.zeros(unit, dtype=np.int64)
-        self.pool_milli = np.zeros(len(pools), dtype=np.int64)
-        self.pool_up_milli = np.zeros(len(pools), dtype=np.int64)
-        self.site_kw = np.zeros(len(self.sites), dtype=np.float64)
-        # Python mirrors of what the per-change hot path reads (numpy scalar access costs ~5x a list's); the
-        # arrays above stay the truth for vectorized queries and are written alongside
-        self._pool_of: list[int] = self.node_pool.tolist()
-        self._rack_of: list[int] = self.node_rack.tolist()
-        self._unit_of: list[int] = self.node_unit.tolist()
-        self._rack_size: list[int] = self.rack_size.tolist()
-        self._rack_full: list[int] = [0] * rack
-        self._views = _Views(
-            self.cpu_free,
-            self.mem_free,
-            self.node_milli,
-            self.site_kw,
-            self.pool_milli,
-            self.whole,
-            self.rack_gpus,
-            self.unit_gpus,
-            self.rack_full,
-            self.unit_full,
-            self.milli,
-        )
-        self._milli_rows: list[list[int]] = self.milli.tolist()
-        self._whole: list[int] = self.whole.tolist()
-        self._up: list[bool] = [False] * n
+        layout = _layout(fleet, pools, len(self.sites))
+        self._init_static(layout)
+        self._init_columns(NodeColumns(layout))
+        self._init_indexes()
+
+    def _init_static(self, layout: NodeLayout) -> None:
+        """Where each node sits and what it has in all (numpy; read by vectorized queries)."""
+        self.n_nodes = len(layout.node_pool)
+        self.gmax = max((p.gpus_per_node for p in self.pools), default=0)
+        self.node_pool, self.node_rack, self.node_unit = layout.node_pool, layout.node_rack, layout.node_unit
+        self.node_gpus, self.cpu_total, self.mem_total = layout.node_gpus, layout.cpu_total, layout.mem_total
+        self.rack_size, self.unit_size, self.unit_pool = layout.rack_size, layout.unit_size, layout.unit_pool
+
+    def _init_columns(self, cols: NodeColumns) -> None:
+        """The dynamic numbers: read here as numpy arrays (written only by ``cols``, see ``sched.node_columns``)."""
+        self._cols = cols
+        self.milli, self.whole, self.node_milli = cols.milli, cols.whole, cols.node_milli
+        self.cpu_free, self.mem_free, self.up = cols.cpu_free, cols.mem_free, cols.up
+        self.rack_full, self.unit_full = cols.rack_full, cols.unit_full
+        self.rack_gpus, self.unit_gpus = cols.rack_gpus, cols.unit_gpus
+        self.pool_milli, self.pool_up_milli, self.site_kw = cols.pool_milli, cols.pool_up_milli, cols.site_kw
+        self.shared = cols.shared
+        # the list mirrors the hot path reads (the same lists ``cols`` writes; never written here)
+        self._pool_of, self._rack_of, self._whole, self._up = cols.pool_of, cols.rack_of, cols.whole_at, cols.up_at
+
+    def _init_indexes(self) -> None:
+        """The ordered bucket dicts, the undo log and the per-pool release counts."""
+        pools = self.pools
         self.buckets: list[list[dict[int, None]]] = [[{} for _ in range(q.gpus_per_node + 1)] for q in pools]
         self.fresh: list[dict[int, None]] = [{} for _ in pools]
-        #: per pool, GPUs that are partly in use (some but not all of their milli free), by free milli: for each
-        #: amount, the nodes with such GPUs and how many (up or down)
-        self.shared: list[dict[int, dict[int, int]]] = [{} for _ in pools]
         self._log: list[tuple[int, int, tuple[int, ...], int, int, int]] = []
         self.logging = False
         #: per pool, how often capacity there was released for good (work ended, a node came up), one count per
@@ -228,6 +190,8 @@ class Capacity:
         self._orders: list[tuple[int, dict[int, None], list[int]]] = []
         self._order_epoch = 0
         self._order_saved: dict[int, int] = {}
+        #: heterogeneity tiers of a set of pools when the request carries no per-job speeds (placement._tiers)
+        self.pool_order_cache: dict[tuple[int, ...], list[list[int]]] = {}
         #: tables derived from the fleet alone, built on first use by the modules that need them (``single.static``)
         self.derived: object | None = None
 
@@ -235,12 +199,83 @@ class Capacity:
     def node_full(self, node: int) -> bool:
         return self._up[node] and self._whole[node] == self.pools[self._pool_of[node]].gpus_per_node
 
+    def node_whole(self, node: int) -> int:
+        """Whole free GPUs on the node (up or down)."""
+        return self._whole[node]
+
+    def node_up(self, node: int) -> bool:
+        return self._up[node]
+
+    def rack_of(self, node: int) -> int:
+        return self._rack_of[node]
+
+    def unit_of(self, node: int) -> int:
+        return self._cols.unit_of[node]
+
     def rack_whole(self, rack: int) -> bool:
-        return self._rack_full[rack] == self._rack_size[rack]
+        cols = self._cols
+        return cols.rack_full_at[rack] == cols.rack_size[rack]
+
+    def mirrors_agree(self) -> bool:
+        """Do the hot path's list mirrors hold what the arrays hold? (A consistency check for tests.)"""
+        return self._cols.mirrors_agree()
+
+    def shape_fits(self, pool: int, counts: list[int]) -> bool:
+        """A necessary condition for nodes with ``counts`` whole free GPUs each (largest first) to fit the pool
+        now, from the free-GPU buckets: enough up nodes with enough whole free GPUs for each."""
+        g = self.pools[pool].gpus_per_node
+        buckets = self.buckets[pool]
+        full = len(self.fresh[pool]) + len(buckets[g])
+        if full >= len(counts):
+            return True
+        smallest = counts[-1]
+        if smallest == g or full < counts.count(g):
+            return False
+        return full + sum(len(buckets[w]) for w in range(smallest, g)) >= len(counts)
+
+    def shape_fits_without(self, pool: int, counts: list[int], level: MinTopology, freed: dict[int, int]) -> bool:
+        """:meth:`shape_fits` with ``freed[node]`` more GPUs free on some nodes (counts only, nothing changed):
+        each node's whole free GPUs grow by at most that many; a gang limited to one rack or unit (``level``)
+        needs one with enough fully free nodes."""
+        p = self.pools[pool]
+        g = p.gpus_per_node
+        buckets = self.buckets[pool]
+        full = len(self.fresh[pool]) + len(buckets[g])
+        smallest = counts[-1]
+        enough = full + sum(len(buckets[w]) for w in range(smallest, g))
+        whole, up, rack_of, unit_of = self._whole, self._up, self._rack_of, self._cols.unit_of
+        rack_gain: dict[int, int] = defaultdict(int)
+        unit_gain: dict[int, int] = defaultdict(int)
+        for node, n in freed.items():
+            if not up[node]:
+                continue
+            before = whole[node]
+            after = min(g, before + n)
+            if before < g <= after:
+                full += 1
+                rack_gain[rack_of[node]] += 1
+                unit_gain[unit_of[node]] += 1
+            if before < smallest <= after:
+                enough += 1
+        need_full = counts.count(g)
+        if full < need_full or enough < len(counts):
+            return False
+        if len(counts) == 1 or need_full == 0:
+            return True
+        if level == MinTopology.RACK:
+            counters, first, gain = self.rack_full[p.first_rack : p.first_rack + p.racks], p.first_rack, rack_gain
+        elif level == MinTopology.UNIT:
+            counters, first, gain = self.unit_full[p.first_unit : p.first_unit + p.units], p.first_unit, unit_gain
+        else:
+            return True
+        best = int(counters.max()) if counters.size else 0
+        for domain, n in gain.items():
+            best = max(best, int(counters[domain - first]) + n)
+        return best >= need_full
 
     def free_gpus_on(self, node: int) -> list[int]:
         """Indices of the node's GPUs that are entirely free, lowest first."""
-        row = self._milli_rows[node]
+        row = self._cols.rows[node]
         return [g for g in range(self.pools[self._pool_of[node]].gpus_per_node) if row[g] == MILLI_PER_GPU]
 
     def node_name(self, node: int) -> str:
@@ -285,12 +320,16 @@ class Capacity:
         self._order_saved.clear()
 
     def take(self, node: int, gpus: tuple[int, ...], milli: int, cpu: int, mem: int) -> None:
-        self._apply(node, gpus, milli, cpu, mem)
+        changed = self._cols.apply(node, gpus, milli, cpu, mem)
+        if changed and self._up[node]:
+            self._rebucket(node, changed)
         if self.logging:
             self._log.append((_TAKE, node, gpus, milli, cpu, mem))
 
     def give(self, node: int, gpus: tuple[int, ...], milli: int, cpu: int, mem: int) -> None:
-        self._apply(node, gpus, -milli, -cpu, -mem)
+        changed = self._cols.apply(node, gpus, -milli, -cpu, -mem)
+        if changed and self._up[node]:
+            self._rebucket(node, changed)
         if self.logging:
             self._log.append((_GIVE, node, gpus, milli, cpu, mem))
         else:
@@ -299,18 +338,12 @@ class Capacity:
     def set_up(self, node: int, up: bool) -> None:
         if self._up[node] == up:
             return
-        pi = self._pool_of[node]
-        g = self.pools[pi].gpus_per_node
-        sign = 1 if up else -1
         if not up:
             self._count(node, -1, self._whole[node])
-        self.up[node] = up
-        self._up[node] = up
-        self.pool_milli[pi] += sign * sum(self._milli_rows[node][:g])
-        self.pool_up_milli[pi] += sign * g * MILLI_PER_GPU
+        self._cols.set_up(node, up)
         if up:
             self._count(node, +1, self._whole[node])
-            self.released[pi] += 1
+            self.released[self._pool_of[node]] += 1
         if self.logging:
             self._log.append((_UP if up else _DOWN, node, (), 0, 0, 0))
 
@@ -319,62 +352,33 @@ class Capacity:
             self.set_up(node, online)
 
     def _apply(self, node: int, gpus: tuple[int, ...], milli: int, cpu: int, mem: int) -> None:
-        """Take ``milli`` from each of ``gpus`` on ``node`` (negative gives back). Aggregates move by deltas;
-        buckets and rack/unit counters change only when the node's count of whole free GPUs changes."""
-        row = self._milli_rows[node]
+        """Take ``milli`` from each of ``gpus`` on ``node`` (negative gives back). Aggregates move by deltas
+        (``NodeColumns.apply``); an up node moves between bucket dicts only when its whole free GPUs change."""
+        changed = self._cols.apply(node, gpus, milli, cpu, mem)
+        if changed and self._up[node]:
+            self._rebucket(node, changed)
+
+    def _rebucket(self, node: int, changed: int) -> None:
+        """Move an up node whose whole free GPUs changed (``NodeColumns.apply``'s answer) between its pool's
+        bucket dicts; a rack that broke or became whole moves its other fully free nodes too."""
         pi = self._pool_of[node]
         p = self.pools[pi]
-        v = self._views
-        base = node * v.width
-        n = len(gpus)
-        if n == p.gpus_per_node and (
-            self._whole[node] == n if milli == MILLI_PER_GPU else milli == -MILLI_PER_GPU and not any(row[:n])
-        ):
-            # a whole node taken or given back (most of a gang's shares): every GPU goes from free to used or back
-            value = 0 if milli > 0 else MILLI_PER_GPU
-            row[:n] = [value] * n
-            for g in range(n):
-                v.milli[base + g] = value
-            delta_whole = -n if milli > 0 else n
-        else:
-            delta_whole = 0
-            for g in gpus:
-                old = row[g]
-                new = old - milli
-                row[g] = new
-                v.milli[base + g] = new
-                if old == MILLI_PER_GPU:
-                    delta_whole -= 1
-                elif new == MILLI_PER_GPU:
-                    delta_whole += 1
-                if 0 < old < MILLI_PER_GPU:
-                    at = self.shared[pi][old]
-                    if at[node] == 1:
-                        del at[node]
-                        if not at:
-                            del self.shared[pi][old]
-                    else:
-                        at[node] -= 1
-                if 0 < new < MILLI_PER_GPU:
-                    at = self.shared[pi].setdefault(new, {})
-                    at[node] = at.get(node, 0) + 1
-        v.cpu[node] -= cpu
-        v.mem[node] -= mem
-        v.node_milli[node] -= milli * n
-        v.site_kw[p.site] += p.kw_per_gpu * milli * n / MILLI_PER_GPU
-        up = self._up[node]
-        if up:
-            v.pool_milli[pi] -= milli * n
-        if delta_whole == 0:
-            return
-        whole_old = self._whole[node]
-        if up:
-            self._count(node, -1, whole_old)
-        whole_new = whole_old + delta_whole
-        v.whole[node] = whole_new
-        self._whole[node] = whole_new
-        if up:
-            self._count(node, +1, whole_new)
+        g = p.gpus_per_node
+        new = self._whole[node]
+        old = new - (changed >> WHOLE_SHIFT)
+        buckets = self.buckets[pi]
+        src = buckets[old] if old != g else self.fresh[pi] if changed & WAS_WHOLE else buckets[g]
+        if self.logging:
+            self._save_order(src)
+        del src[node]
+        if old == g and changed & WAS_WHOLE and not changed & IS_WHOLE:
+            self._move_rack(p, self._rack_of[node], node, to_fresh=False)
+        dst = buckets[new] if new != g else self.fresh[pi] if changed & IS_WHOLE else buckets[g]
+        if self.logging:
+            self._save_order(dst)
+        dst[node] = None
+        if new == g and changed & IS_WHOLE and not changed & WAS_WHOLE:
+            self._move_rack(p, self._rack_of[node], node, to_fresh=True)
 
     def _save_order(self, bucket: dict[int, None]) -> None:
         """Remember a dict's order before its first change after the latest mark (see :meth:`rollback`)."""
@@ -387,28 +391,12 @@ class Capacity:
         rack/unit counters."""
         pi = self._pool_of[node]
         p = self.pools[pi]
-        rack, unit = self._rack_of[node], self._unit_of[node]
-        v = self._views
-        if whole:
-            v.rack_gpus[rack] += sign * whole
-            v.unit_gpus[unit] += sign * whole
-        if whole != p.gpus_per_node:
-            bucket = self.buckets[pi][whole]
-            if self.logging:
-                self._save_order(bucket)
-            if sign > 0:
-                bucket[node] = None
-            else:
-                del bucket[node]
-            return
-        buckets = self.buckets[pi]
-        size = self._rack_size[rack]
-        rack_was_whole = self._rack_full[rack] == size
-        self._rack_full[rack] += sign
-        v.rack_full[rack] += sign
-        v.unit_full[unit] += sign
-        rack_is_whole = self._rack_full[rack] == size
-        target = self.fresh[pi] if (rack_is_whole if sign > 0 else rack_was_whole) else buckets[whole]
+        full = whole == p.gpus_per_node
+        racks = self._cols.count(node, sign, whole, full)
+        rack_was_whole = racks & WAS_WHOLE != 0
+        rack_is_whole = racks & IS_WHOLE != 0
+        in_fresh = full and (rack_is_whole if sign > 0 else rack_was_whole)
+        target = self.fresh[pi] if in_fresh else self.buckets[pi][whole]
         if self.logging:
             self._save_order(target)
         if sign > 0:
@@ -416,7 +404,7 @@ class Capacity:
         else:
             del target[node]
         if rack_was_whole != rack_is_whole:
-            self._move_rack(p, rack, node, to_fresh=rack_is_whole)
+            self._move_rack(p, self._rack_of[node], node, to_fresh=rack_is_whole)
 
     def _move_rack(self, p: PoolInfo, rack: int, skip: int, to_fresh: bool) -> None:
         """A rack became whole (or stopped being whole): move its other fully free nodes between dicts."""

@@ -1,6 +1,10 @@
-"""One scheduling cycle: ``cycle(snapshot, pending, policy, now) -> Decision``. Pure: the snapshot is left
-exactly as found (every trial change is rolled back; with ``keep=True`` the capacity is left as the decision
-leaves it, for an owner that applies the decision next), and the same inputs give the same decision.
+"""One scheduling cycle: ``cycle(snapshot, pending, policy, now, memo=...) -> Decision``. Pure: the snapshot is
+left exactly as found (the whole cycle is one trial, rolled back; with ``keep=True`` the capacity is left as the
+decision leaves it, for an owner that applies the decision next), and the same inputs give the same decision
+(the memo only makes it faster).
+
+The cycle is a small coordinator over a workspace (``sched.cycle_state``) and its parts: the placer returns
+``Fit`` or ``NoFit(reason, scope)``, the preemptor a ``Plan`` or None, the quota ledger the pools a job may use.
 
 Steps:
  1. fair-share factors and ordering keys for the whole queue (vectorized), one stable sort;
@@ -8,66 +12,94 @@ Steps:
     ownership, topology, online); per job, grant and program rules;
  3. place the job (non-borrowed pools first), honouring power caps, borrow limits and, with backfill, every
     reservation made so far (availability profiles);
- 4. if it does not fit: try preemption (priority class, quota reclaim) as an undoable trial;
- 5. otherwise give it a reservation (while the policy allows more) or a reason, and mark its class as
-    failed so the rest of that class is skipped in O(1);
+ 4. if it does not fit: try preemption (priority class, quota reclaim) in a trial;
+ 5. otherwise give it a reservation (while the policy allows more) or a reason; when what held it back is its
+    class's shape (``NoFit.scope``), mark the class as failed so the rest of that class is skipped in O(1);
  6. stop early once every class in the queue has failed; everything left gets its class's reason.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
-from kfabric.model.decision import Decision, Reservation
-from kfabric.model.job import MILLI_PER_GPU, Job, PriorityClass
+from kfabric.model.decision import Decision
+from kfabric.model.job import Job, PriorityClass
 from kfabric.model.reasons import PendingReason, ReasonCode
 from kfabric.model.tenancy import OnExhausted
 from kfabric.sched import fairshare
-from kfabric.sched.cycle_state import CPU_MILLI_PER_GPU, MEMORY_MIB_PER_GPU, PoolChoice
+from kfabric.sched.cycle_state import Workspace
 from kfabric.sched.eligibility import Eligibility, eligible_pools
+from kfabric.sched.memo import ELIGIBILITY_LIMIT, CycleMemo
 from kfabric.sched.ordering import OrderContext, order
+from kfabric.sched.placer import CLASS, CPU_MILLI_PER_GPU, JOB, MEMORY_MIB_PER_GPU, TIME_LIMIT, NoFit, Placer
 from kfabric.sched.policy import Policy
-from kfabric.sched.preemption import PreemptionSteps
+from kfabric.sched.preemption import Preemptor
 from kfabric.sched.queue import PendingQueue
+from kfabric.sched.quota import PoolChoice
 from kfabric.sched.reasons import PendingReasons
 from kfabric.sched.registry import ORDERINGS
 from kfabric.sched.snapshot import Snapshot
+from kfabric.sched.trial import Trial
 
-__all__ = ["CPU_MILLI_PER_GPU", "MEMORY_MIB_PER_GPU", "cycle"]
+__all__ = ["CPU_MILLI_PER_GPU", "MEMORY_MIB_PER_GPU", "CycleMemo", "cycle"]
 
 #: queue positions scanned per vectorized step of the main loop
 _CHUNK = 2048
+#: a queue position's outcome: not examined, admitted; codes >= 0 number its pending reason (``_Book.reasons``)
+NOT_EXAMINED, ADMITTED = -2, -1
+
+_BEHIND_BLOCKED = PendingReason(
+    ReasonCode.PRIORITY,
+    "waiting behind jobs ahead of it that cannot start yet on the same pools (backfill is off)",
+)
+_BEHIND_RESERVATIONS = PendingReason(
+    ReasonCode.PRIORITY,
+    "waiting behind higher-priority jobs that hold reservations on the capacity it needs",
+)
+_CLASS_BEHIND_RESERVATIONS = PendingReason(
+    ReasonCode.PRIORITY,
+    "waiting behind higher-priority jobs of the same shape that hold reservations on the capacity",
+)
+_CYCLE_LIMIT = PendingReason(
+    ReasonCode.CYCLE_LIMIT,
+    "not examined in this cycle (the scheduler's per-cycle bound); retried next cycle",
+)
 
 
-def cycle(snapshot: Snapshot, pending: PendingQueue, policy: Policy, now_s: float, keep: bool = False) -> Decision:
+def cycle(
+    snapshot: Snapshot,
+    pending: PendingQueue,
+    policy: Policy,
+    now_s: float,
+    keep: bool = False,
+    memo: CycleMemo | None = None,
+) -> Decision:
     """The decision for this state. The snapshot's capacity is left as found, unless ``keep``: then it is
     left as the decision leaves it (preempted work off its GPUs, admitted work on them), and the caller
     must record the decision with ``Snapshot.finish(..., give=False)`` and ``Snapshot.start(..., take=False)``
-    (the simulator does, to skip undoing and redoing every placement). The decision is the same either way."""
+    (the simulator does, to skip undoing and redoing every placement). The decision is the same either way.
+    ``memo``: what the owner's cycles remember between them for speed (``sched.memo``; None: a fresh one)."""
     cap = snapshot.capacity
-    was_logging = cap.logging
-    if keep and was_logging:
+    if keep and cap.logging:
         raise ValueError("cycle(keep=True) needs a capacity with no trial in progress")
-    cap.logging = True
-    mark = cap.mark()
-    done = False
-    try:
-        decision = _Cycle(snapshot, pending, policy, now_s).run()
-        done = True
-        return decision
-    finally:
-        if keep and done:
-            cap.forget()
-        else:
-            cap.rollback(mark)
-        cap.logging = was_logging
+    if memo is None:
+        memo = CycleMemo()
+    memo.bind(cap)
+    with Trial(cap, {}, now_s) as whole:
+        decision = _Cycle(Workspace(snapshot, pending, policy, now_s, memo)).run()
+        if keep:
+            whole.commit()
+    return decision
 
 
-class _Outcomes:
-    """One cycle's pending reasons, numbered in first-seen order, and the job classes that failed (with the
-    reason their members get). A plain object, not closures over ``_Cycle.run``'s locals: compiled (mypyc),
-    such closures and their environment would form a reference cycle that keeps every cycle's objects alive
-    until the garbage collector runs."""
+class _Book:
+    """One cycle's pending reasons, numbered in first-seen order, and what it learned per job class: the
+    classes that failed (with the reason their members get), and the shortest time limit that failed only
+    because it would delay a reservation (``cut``; longer ones of the class fail the same way). A plain object,
+    not closures over ``_Cycle.run``'s locals: compiled (mypyc), such closures and their environment would form a
+    reference cycle that keeps every cycle's objects alive until the garbage collector runs."""
 
     def __init__(self, n_classes: int) -> None:
         self.reasons: list[PendingReason] = []
@@ -75,6 +107,9 @@ class _Outcomes:
         self.failed = np.zeros(n_classes, dtype=bool)
         self.class_reason = np.full(n_classes, -1, dtype=np.int64)
         self.n_failed = 0
+        self.cut = np.full(n_classes, np.inf)
+        self.cut_reason = np.full(n_classes, -1, dtype=np.int64)
+        self.longest_fit: dict[int, tuple[float, int]] = {}
 
     def index_of(self, reason: PendingReason) -> int:
         idx = self.ids.get(reason)
@@ -87,25 +122,72 @@ class _Outcomes:
         if self.failed[k]:
             return
         self.failed[k] = True
-        self.class_reason[k] = self.index_of(_class_reason(reason))
+        # jobs of a failed class behind a reservation wait for it; the reason they get says so
+        self.class_reason[k] = self.index_of(
+            _CLASS_BEHIND_RESERVATIONS if reason.code == ReasonCode.RESERVATION else reason
+        )
         self.n_failed += 1
 
+    def cut_at(self, k: int, limit_s: float, idx: int) -> None:
+        """A job of class ``k`` with time limit ``limit_s`` was held back by a reservation's profile (reason
+        ``idx``): class-mates with a limit as long or longer fail the same way."""
+        previous = self.longest_fit.get(k)
+        if previous is None or limit_s < previous[0]:
+            self.longest_fit[k] = (limit_s, idx)
+            self.cut[k] = limit_s
+            self.cut_reason[k] = idx
 
-def _class_reason(reason: PendingReason) -> PendingReason:
-    """Jobs of a failed class behind a reservation wait for it; the reason they get says so."""
-    if reason.code == ReasonCode.RESERVATION:
-        return PendingReason(
-            ReasonCode.PRIORITY,
-            "waiting behind higher-priority jobs of the same shape that hold reservations on the capacity",
-        )
-    return reason
+
+class _Walk:
+    """The queue in order, and how far the walk through it got."""
+
+    def __init__(self, q: PendingQueue, rows: np.ndarray, klass: np.ndarray, holder: np.ndarray, bound: int) -> None:
+        self.rows, self.klass, self.holder = rows, klass, holder
+        self.rows_list: list[int] = rows.tolist()
+        self.jobs = q.rows()
+        self.limits = q.arrays()["time_limit_s"][rows]
+        n_classes = len(q.class_keys)
+        self.live_classes = int(np.count_nonzero(np.bincount(klass, minlength=n_classes))) if rows.size else 0
+        self.book = _Book(n_classes)
+        self.outcome = np.full(len(rows), NOT_EXAMINED, dtype=np.int64)
+        #: per class: the pools it may ever use (or why none)
+        self.eligibility: dict[int, Eligibility] = {}
+        self.examined = 0
+        self.bound = bound
+        # a job whose project holds a reservation may reclaim what its class-mates may not: never skipped
+        self.holders_left = int(holder.sum())
+
+    def done(self) -> bool:
+        """Stop: every class failed and no reservation holder is left, or the per-cycle bound is reached."""
+        return (self.book.n_failed >= self.live_classes and not self.holders_left) or self.examined >= self.bound
 
 
-class _Cycle(PreemptionSteps):
+class _Cycle:
+    """The coordinator (see the module doc)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws, self.q, self.policy, self.now, self.snap = ws, ws.q, ws.policy, ws.now, ws.snap
+        self.placer = Placer(ws.cap, ws.modes.placement.place, ws.profiles, ws.now)
+        self.preemptor = Preemptor(ws, self.placer)
+
+    def run(self) -> Decision:
+        walk = self._start()
+        for chunk_start in range(0, len(walk.rows), _CHUNK):
+            if walk.done() or not self._walk_chunk(walk, chunk_start):
+                break
+        return self._decision(walk)
+
     # ---- 1. order ------------------------------------------------------------------------------------------
+    def _start(self) -> _Walk:
+        q = self.q
+        rows = order(q, self._keys())
+        klass = q.arrays()["klass"].astype(np.int64)[rows]
+        if self.ws.modes.placement.queue_workload:
+            self.placer.task_types = self._task_types(klass)
+        return _Walk(q, rows, klass, self._holder_rows(rows), self.policy.bf_max_job_test)
+
     def _keys(self) -> np.ndarray:
         w = self.policy.weights
-        total_milli = float(self.cap.pool_up_milli.sum())
         ctx = OrderContext(
             now_s=self.now,
             fairshare=(
@@ -121,7 +203,7 @@ class _Cycle(PreemptionSteps):
             weights_size=w.size,
             max_age_s=w.max_age_s,
             favor_small=w.favor_small,
-            total_milli=total_milli,
+            total_milli=float(self.ws.cap.pool_up_milli.sum()),
             las_thresholds_gpu_s=self.policy.las_thresholds_gpu_s,
             starvation_age_s=self.policy.starvation_age_s,
             fairshare_strength=self.policy.fairshare_strength,
@@ -129,177 +211,170 @@ class _Cycle(PreemptionSteps):
         )
         return ORDERINGS[self.policy.ordering](self.q, ctx)
 
-    def run(self) -> Decision:
-        q = self.q
-        rows = order(q, self._keys())
-        jobs = q.rows()
-        klass = q.arrays()["klass"].astype(np.int64)[rows]
-        if self.policy.placement == "fgd":
-            self.task_types = self._task_types(klass)
-        n_classes = len(q.class_keys)
-        live_classes = int(np.count_nonzero(np.bincount(klass, minlength=n_classes))) if rows.size else 0
-        out = _Outcomes(n_classes)
-        failed = out.failed
-        # per position: -2 not examined, -1 admitted, >= 0 index into reasons
-        outcome_of = np.full(len(rows), -2, dtype=np.int64)
-        eligibility: dict[int, Eligibility] = {}
-        rows_list: list[int] = rows.tolist()
-        examined = 0
-        bound = self.policy.bf_max_job_test
-        # a job whose project holds a reservation may reclaim what its class-mates may not: never skipped
-        holder = self._holder_rows(rows)
-        holders_left = int(holder.sum())
-
-        # per class: the shortest time limit that failed only because it would delay a reservation
-        longest_fit: dict[int, tuple[float, int]] = {}
-        cut = np.full(n_classes, np.inf)
-        cut_reason = np.full(n_classes, -1, dtype=np.int64)
-        limits = q.arrays()["time_limit_s"][rows]
-        # walk the queue in chunks, looking only at positions whose class has not failed yet
-        for chunk_start in range(0, len(rows), _CHUNK):
-            if (out.n_failed >= live_classes and not holders_left) or examined >= bound:
-                break
-            chunk = slice(chunk_start, chunk_start + _CHUNK)
-            todo = np.flatnonzero((~failed[klass[chunk]] & (limits[chunk] < cut[klass[chunk]])) | holder[chunk])
-            todo += chunk_start
-            for pos in todo.tolist():
-                k = int(klass[pos])
-                mine = bool(holder[pos])
-                if failed[k] and not mine:
-                    continue
-                if (out.n_failed >= live_classes and not holders_left) or examined >= bound:
-                    break
-                holders_left -= mine
-                job = jobs[rows_list[pos]]
-                assert job is not None
-                too_long = longest_fit.get(k)
-                if too_long is not None and not mine and job.time_limit_s >= too_long[0]:
-                    # a class-mate with a shorter time limit could not start without delaying a reservation
-                    outcome_of[pos] = too_long[1]
-                    continue
-                examined += 1
-                elig = eligibility.get(k)
-                if elig is None:
-                    affiliation = str(q.class_keys[k][-1])
-                    elig = eligibility[k] = self._eligibility(q.class_keys[k], job, affiliation)
-                if elig.reason is not None:
-                    outcome_of[pos] = out.index_of(elig.reason)
-                    out.fail_class(k, elig.reason)
-                    continue
-                outcome = self._schedule(job, elig.pools)
-                if outcome is None:
-                    outcome_of[pos] = -1
-                    continue
-                reason, class_failed = outcome
-                outcome_of[pos] = out.index_of(reason)
-                if class_failed:
-                    out.fail_class(k, reason)
-                elif self._profile_bound and not self._other_bound and not mine:
-                    previous = longest_fit.get(k)
-                    if previous is None or job.time_limit_s < previous[0]:
-                        longest_fit[k] = (job.time_limit_s, int(outcome_of[pos]))
-                        cut[k] = job.time_limit_s
-                        cut_reason[k] = outcome_of[pos]
-        # everything not examined: its class's reason, or the per-cycle bound
-        limit = out.index_of(
-            PendingReason(
-                ReasonCode.CYCLE_LIMIT,
-                "not examined in this cycle (the scheduler's per-cycle bound); retried next cycle",
-            )
+    def _holder_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Per ordered row: does the job's project hold an active reservation (so it may reclaim)?"""
+        holders = sorted(
+            {g.project for g in self.snap.grants.values() if g.reserved_gpus > 0 and g.start_s <= self.now < g.end_s}
         )
-        unexamined = outcome_of == -2
-        ks = klass[unexamined]
-        too_long_here = limits[unexamined] >= cut[ks]
-        of_class = out.class_reason[ks]
-        outcome_of[unexamined] = np.where(failed[ks], of_class, np.where(too_long_here, cut_reason[ks], limit))
-        waiting = np.flatnonzero(outcome_of >= 0)
-        return Decision(
-            admissions=tuple(self.admissions),
-            preemptions=tuple(self.preemptions),
-            reservations=tuple(self.reservations),
-            pending=PendingReasons(q.ids, rows[waiting], outcome_of[waiting], out.reasons),
-        )
+        pids = [pid for pid in (self.q.project_id(p) for p in holders) if pid is not None]
+        if not pids or not rows.size:
+            return np.zeros(len(rows), dtype=bool)
+        return np.isin(self.q.arrays()["project"][rows].astype(np.int64), pids)
 
-    def _eligibility(self, key: object, job: Job, affiliation: str) -> Eligibility:
-        """Per class, cached across cycles for as long as the same pools are online."""
-        online = self._online
-        cache = self.snap.eligibility_cache
-        cached = cache.get((key, online))
+    def _task_types(self, klass_rows: np.ndarray) -> tuple[tuple[int, int, float], ...]:
+        counts: Counter[tuple[int, int]] = Counter()
+        for k, n in zip(*np.unique(klass_rows, return_counts=True), strict=True):
+            key = self.q.class_keys[int(k)]
+            counts[(int(key[1]), int(key[0]))] += int(n)  # type: ignore[call-overload]
+        total = sum(counts.values()) or 1
+        return tuple((m, g, n / total) for (m, g), n in sorted(counts.items()))
+
+    # ---- 2. walk the queue ---------------------------------------------------------------------------------
+    def _walk_chunk(self, walk: _Walk, start: int) -> bool:
+        """Examine the chunk's positions whose class has not failed yet; False once the walk must stop."""
+        klass, holder, book = walk.klass, walk.holder, walk.book
+        failed = book.failed
+        chunk = slice(start, start + _CHUNK)
+        todo = np.flatnonzero((~failed[klass[chunk]] & (walk.limits[chunk] < book.cut[klass[chunk]])) | holder[chunk])
+        todo += start
+        for pos in todo.tolist():
+            k = int(klass[pos])
+            mine = bool(holder[pos])
+            if failed[k] and not mine:
+                continue
+            if walk.done():
+                return False
+            walk.holders_left -= mine
+            job = walk.jobs[walk.rows_list[pos]]
+            assert job is not None
+            walk.outcome[pos] = self._examine(walk, k, job, mine)
+        return True
+
+    def _examine(self, walk: _Walk, k: int, job: Job, mine: bool) -> int:
+        """The job's outcome (``ADMITTED`` or its reason's number), and what its class learns from it."""
+        book = walk.book
+        too_long = book.longest_fit.get(k)
+        if too_long is not None and not mine and job.time_limit_s >= too_long[0]:
+            # a class-mate with a shorter time limit could not start without delaying a reservation
+            return too_long[1]
+        walk.examined += 1
+        elig = walk.eligibility.get(k)
+        if elig is None:
+            elig = walk.eligibility[k] = self._eligibility(k, job)
+        if elig.reason is not None:
+            idx = book.index_of(elig.reason)
+            book.fail_class(k, elig.reason)
+            return idx
+        no = self._schedule(job, elig.pools)
+        if no is None:
+            return ADMITTED
+        assert no.reason is not None
+        idx = book.index_of(no.reason)
+        if no.scope == CLASS:
+            book.fail_class(k, no.reason)
+        elif no.scope == TIME_LIMIT and not mine:
+            book.cut_at(k, job.time_limit_s, idx)
+        return idx
+
+    def _eligibility(self, k: int, job: Job) -> Eligibility:
+        """Per class, remembered across cycles (``CycleMemo``) for as long as the same pools are online."""
+        key = self.q.class_keys[k]
+        cache = self.ws.memo.eligibility
+        cached = cache.get((key, self.ws.online))
         if isinstance(cached, Eligibility):
             return cached
-        if len(cache) > 100_000:
+        if len(cache) > ELIGIBILITY_LIMIT:
             cache.clear()
-        elig = cache[(key, online)] = eligible_pools(self.cap, job, affiliation)
+        elig = cache[(key, self.ws.online)] = eligible_pools(self.ws.cap, job, str(key[-1]))
         return elig
 
-    # ---- 2-5. one job ----------------------------------------------------------------------------------------
-    def _schedule(self, job: Job, pools: tuple[int, ...]) -> tuple[PendingReason, bool] | None:
-        """Admit the job (None) or say why not and whether its whole class is blocked for this cycle."""
-        self._job_bound = self._profile_bound = self._other_bound = False
-        rule_block = self.rules.check(job)
+    def _decision(self, walk: _Walk) -> Decision:
+        """Everything not examined gets its class's reason, its time limit's, or the per-cycle bound's."""
+        book, outcome = walk.book, walk.outcome
+        limit = book.index_of(_CYCLE_LIMIT)
+        unexamined = outcome == NOT_EXAMINED
+        ks = walk.klass[unexamined]
+        too_long_here = walk.limits[unexamined] >= book.cut[ks]
+        of_class = book.class_reason[ks]
+        outcome[unexamined] = np.where(book.failed[ks], of_class, np.where(too_long_here, book.cut_reason[ks], limit))
+        waiting = np.flatnonzero(outcome >= 0)
+        ws = self.ws
+        return Decision(
+            admissions=tuple(ws.admissions),
+            preemptions=tuple(ws.preemptions),
+            reservations=tuple(ws.reservations),
+            pending=PendingReasons(self.q.ids, walk.rows[waiting], outcome[waiting], book.reasons),
+        )
+
+    # ---- 3-5. one job ----------------------------------------------------------------------------------------
+    def _schedule(self, job: Job, pools: tuple[int, ...]) -> NoFit | None:
+        """Admit the job (None), or say why not and how far that reaches (``NoFit.scope``)."""
+        got = self._choices(job, pools)
+        if isinstance(got, NoFit):
+            return got
+        choices, scope = got
+        placed = self.placer.place(job, choices)
+        if not isinstance(placed, NoFit):
+            self.ws.admit(job, placed, self.now)
+            return None
+        if placed.scope > scope:
+            scope = placed.scope
+        plan = self.preemptor.find(job, choices)
+        if plan is not None:
+            for victim in plan.victims:
+                self.ws.preempt(victim, job, self.preemptor.reason(job, victim))
+            self.ws.admit(job, plan.fit, self.now + self.policy.grace_s)
+            return None
+        return NoFit(self._waiting(job, choices), scope)
+
+    def _choices(self, job: Job, pools: tuple[int, ...]) -> tuple[list[PoolChoice], int] | NoFit:
+        """The pools the job may use now (grant and program rules, quota, power, credit) and the scope of what
+        held it back so far, or why it may use none."""
+        ws = self.ws
+        rules = ws.rules
+        rule_block = rules.check(job)
         if rule_block is not None:
-            return rule_block, False
-        scavenger = self.rules.scavenger(job)
+            return NoFit(rule_block, JOB)
+        scope = CLASS
+        scavenger = rules.scavenger(job)
         if scavenger and job.priority != PriorityClass.SCAVENGER:
-            self._job_bound = self._other_bound = True  # demoted by its project's grant, not by its class
-        choices, quota_reason, power_reason = self._choices(job, pools, scavenger)
-        if choices and job.project in self.rules.credit_projects:
+            scope = JOB  # demoted by its project's grant, not by its class
+        choices, quota_reason, power_reason, limited = ws.quota.choices(job, pools, scavenger, ws.blocked_pools)
+        if choices and job.project in rules.credit_projects:
             choices, credit_reason = self._affordable(job, choices)
             if credit_reason is not None:
                 if not self._demoted_by_credit(job):
-                    return credit_reason, False
-                choices, quota_reason, power_reason = self._choices(job, pools, True)
+                    return NoFit(credit_reason, JOB)
+                scope = JOB  # its own grant, not its class
+                choices, quota_reason, power_reason, limited = ws.quota.choices(job, pools, True, ws.blocked_pools)
+        if limited:
+            scope = JOB  # its project's borrowing, not its class
         if not choices:
             if quota_reason is not None:
                 # only borrowed capacity for a job that may not borrow: so for its class-mates too
-                return quota_reason, not self._job_bound
-            reason = power_reason
-            if reason is None:  # every pool is blocked behind a job ahead of it (backfill is off)
-                reason = PendingReason(
-                    ReasonCode.PRIORITY,
-                    "waiting behind jobs ahead of it that cannot start yet on the same pools (backfill is off)",
-                )
-            return reason, False
-        placed = self._try_place(job, choices)
-        if placed is not None:
-            self._admit(job, placed[0], placed[1], self.now)
-            return None
-        if self._try_preempt(job, choices):
-            return None
-        class_wide = not self._job_bound
-        milli = job.gpu_milli_total
-        if self.policy.backfill == "none":
-            self.blocked_pools.update(c.pool for c in choices)
-        if self.reservations_left > 0 and self.now - job.submit_s >= self.policy.reserve_after_s:
-            reservation = self._reserve(job, choices, milli)
+                return NoFit(quota_reason, scope)
+            # every pool is at its power cap or blocked behind a job ahead of it (backfill is off)
+            return NoFit(_BEHIND_BLOCKED if power_reason is None else power_reason, JOB)
+        return choices, scope
+
+    def _waiting(self, job: Job, choices: list[PoolChoice]) -> PendingReason:
+        """A job that fits nowhere now: keep later jobs off its pools (backfill off), reserve capacity for it
+        (while the policy allows more), or say what it waits for."""
+        ws = self.ws
+        if ws.modes.backfill.blocks_pools:
+            ws.blocked_pools.update(c.pool for c in choices)
+        if ws.reservations_left > 0 and self.now - job.submit_s >= self.policy.reserve_after_s:
+            reservation = ws.reserve(job, choices)
             if reservation is not None:
-                return reservation, class_wide
-        if self.any_reservation:
-            return (
-                PendingReason(
-                    ReasonCode.PRIORITY,
-                    "waiting behind higher-priority jobs that hold reservations on the capacity it needs",
-                ),
-                class_wide,
-            )
-        models = ", ".join(sorted({self.cap.pools[c.pool].model for c in choices}))
-        free = sum(int(self.cap.pool_milli[c.pool]) for c in choices) / MILLI_PER_GPU
-        topology = job.min_topology.name.lower()
-        if free >= job.whole_gpus:
-            message = (
-                f"waiting for {job.whole_gpus:g} GPU(s) of {models}: {free:g} are free, but not in a shape that "
-                f"fits (min topology: {topology}) with the CPU and memory the job needs beside them"
-            )
-        else:
-            message = (
-                f"waiting for {job.whole_gpus:g} free GPU(s) of {models} (min topology: {topology}); {free:g} free now"
-            )
-        return PendingReason(ReasonCode.RESOURCES, message), class_wide
+                return reservation
+        if ws.any_reservation:
+            return _BEHIND_RESERVATIONS
+        return self.placer.waiting_reason(job, choices)
 
     def _affordable(self, job: Job, choices: list[PoolChoice]) -> tuple[list[PoolChoice], PendingReason | None]:
         """The choices whose grant credit covers the job's time limit at the pool's SU rate; when none does, why
         (for the cheapest of them)."""
-        rules, pools = self.rules, self.cap.pools
+        rules, pools = self.ws.rules, self.ws.cap.pools
         kept = [c for c in choices if rules.covers(job, pools[c.pool].model, pools[c.pool].su_weight, c.guaranteed)]
         if kept:
             return kept, None
@@ -310,96 +385,5 @@ class _Cycle(PreemptionSteps):
     def _demoted_by_credit(self, job: Job) -> bool:
         """A job its grant's credit does not cover runs as scavenger (borrowed capacity, drawing no credit) when
         the program of the grant that covers it says so; otherwise it waits for credit."""
-        grant = self.rules.charged(job, "", False)
-        if grant is None or grant.on_exhausted != OnExhausted.SCAVENGER:
-            return False
-        self._job_bound = self._other_bound = True  # its own grant, not its class
-        return True
-
-    def _choices(
-        self, job: Job, pools: tuple[int, ...], scavenger: bool
-    ) -> tuple[list[PoolChoice], PendingReason | None, PendingReason | None]:
-        """Pools the job may use now, non-borrowed first, with why the others are excluded."""
-        project = job.project
-        tenant = self.snap.tenants.get(project)
-        affiliation = tenant.affiliation if tenant else ""
-        gpus = job.whole_gpus
-        own_first: list[PoolChoice] = []
-        borrow: list[PoolChoice] = []
-        quota_reason = power_reason = None
-        site_kw, site_cap, blocked, meta = (
-            self.cap.site_kw.tolist(),
-            self.site_cap_kw,
-            self.blocked_pools,
-            self._pool_meta,
-        )
-        made = self._choice_objs
-        reserved_models = self._reserved_models(project)
-        shared_used, unreserved = self.shared_used, self.unreserved
-        for pi in pools:
-            site, kw_per_gpu, shared, model, owner = meta[pi]
-            if blocked and pi in blocked and not self._claims(job, pi):  # a reservation holder is never blocked
-                continue
-            if site_kw[site] + gpus * kw_per_gpu > site_cap[site]:
-                info = self.cap.sites[site]
-                power_reason = PendingReason(
-                    ReasonCode.POWER_CAP,
-                    f"site {info.name} is at its power cap ({info.cap_kw / 1000:g} MW); waiting for power headroom",
-                )
-                continue
-            guaranteed = False
-            if shared and not scavenger:
-                reserved = reserved_models.get(model, 0) if reserved_models else 0
-                if reserved and self.own[(project, model)] + gpus <= reserved:
-                    guaranteed = True
-                    borrowed = False
-                else:
-                    borrowed = shared_used[model] + gpus > unreserved.get(model, 0.0)
-            else:
-                borrowed = scavenger or owner != affiliation
-            if borrowed:
-                if not job.preemptible:
-                    quota_reason = PendingReason(
-                        ReasonCode.QUOTA,
-                        "only borrowed capacity is free and non-preemptible jobs cannot borrow; "
-                        "mark the job preemptible or wait for entitled capacity",
-                    )
-                    continue
-                limit = self.borrow_limit
-                if self.borrowed[project] + gpus > limit:
-                    self._job_bound = self._other_bound = True
-                    quota_reason = PendingReason(
-                        ReasonCode.QUOTA,
-                        f"project {project} already borrows {self.borrowed[project]:g} GPUs "
-                        f"(limit {limit:g}); waiting for its own work to finish",
-                    )
-                    continue
-                borrow.append(made[pi][1])
-            else:
-                own_first.append(made[pi][2 if guaranteed else 0])
-        own_first.extend(borrow)
-        return own_first, quota_reason, power_reason
-
-    # ---- 5. reservations -------------------------------------------------------------------------------------
-    def _reserve(self, job: Job, choices: list[PoolChoice], milli: int) -> PendingReason | None:
-        best: tuple[float, int] | None = None
-        for c in choices:
-            t = self._profile(c.pool).earliest(self.now, job.time_limit_s, milli, strictly_after=True)
-            if t is not None and (best is None or t < best[0]):
-                best = (t, c.pool)
-        if best is None:
-            return None
-        start, pool = best
-        profile = self.profiles[pool]
-        profile.take(start, job.time_limit_s, milli)
-        profile.reserved = True
-        self.any_reservation = True
-        self.reservations_left -= 1
-        name = self.cap.pools[pool].name
-        self.reservations.append(Reservation(job.id, name, start))
-        return PendingReason(
-            ReasonCode.RESERVATION,
-            f"capacity is reserved for it on pool {name}; expected to start by t={start:.0f}s at the latest "
-            "(running jobs' time limits bound it)",
-            expected_start_s=start,
-        )
+        grant = self.ws.rules.charged(job, "", False)
+        return grant is not None and grant.on_exhausted == OnExhausted.SCAVENGER

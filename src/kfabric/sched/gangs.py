@@ -70,26 +70,31 @@ def gang(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, counts: list[i
             if chosen is not None:
                 return _gang_placement(cap, p, job, req, chosen, counts)
     if job.min_topology in (MinTopology.ANY, MinTopology.CLUSTER):
-        # span units: fullest units first, so the gang touches as few units as possible
-        ufull = cap.unit_full[p.first_unit : p.first_unit + p.units]
-        if int(ufull.sum()) < full_needed:
-            return None
-        order = np.argsort(-ufull, kind="stable")
-        enough = int(np.searchsorted(np.cumsum(ufull[order]), full_needed)) + 1
-        per_unit = p.nodes_per_rack * p.racks_per_unit
-        for extra in (0, 2):  # a partial remainder node may need one more unit
-            units = np.sort(order[: enough + extra])
-            idx = np.concatenate(
-                [
-                    np.arange(
-                        p.first_node + u * per_unit, min(p.first_node + (u + 1) * per_unit, p.first_node + p.nodes)
-                    )
-                    for u in units.tolist()
-                ]
-            )
-            chosen = _pick_from(cap, idx, counts, cpu, mem)
-            if chosen is not None:
-                return _gang_placement(cap, p, job, req, chosen, counts)
+        return _across_units(cap, p, job, req, counts)
+    return None
+
+
+def _across_units(cap: Capacity, p: PoolInfo, job: Job, req: PlaceRequest, counts: list[int]) -> Placement | None:
+    """A gang that may span units: fullest units first, so it touches as few units as possible."""
+    cpu, mem = host_share(job, req, counts[0])
+    full_needed = counts.count(p.gpus_per_node)
+    ufull = cap.unit_full[p.first_unit : p.first_unit + p.units]
+    if int(ufull.sum()) < full_needed:
+        return None
+    order = np.argsort(-ufull, kind="stable")
+    enough = int(np.searchsorted(np.cumsum(ufull[order]), full_needed)) + 1
+    per_unit = p.nodes_per_rack * p.racks_per_unit
+    for extra in (0, 2):  # a partial remainder node may need one more unit
+        units = np.sort(order[: enough + extra])
+        idx = np.concatenate(
+            [
+                np.arange(p.first_node + u * per_unit, min(p.first_node + (u + 1) * per_unit, p.first_node + p.nodes))
+                for u in units.tolist()
+            ]
+        )
+        chosen = _pick_from(cap, idx, counts, cpu, mem)
+        if chosen is not None:
+            return _gang_placement(cap, p, job, req, chosen, counts)
     return None
 
 
@@ -143,9 +148,8 @@ def _gang_placement(
     cpu, mem = host_share(job, req, g)
     every = tuple(range(g))
     shares = [share(node, every, MILLI_PER_GPU, cpu, mem) for node in nodes[:full]]
-    whole = cap._whole
     for node, c in zip(nodes[full:], counts[full:], strict=True):
         cpu, mem = host_share(job, req, c)
-        gpus = tuple(range(c)) if whole[node] == g else tuple(cap.free_gpus_on(node)[:c])  # fully free: 0..c-1
+        gpus = tuple(range(c)) if cap.node_whole(node) == g else tuple(cap.free_gpus_on(node)[:c])  # fully free: 0..c-1
         shares.append(share(node, gpus, MILLI_PER_GPU, cpu, mem))
     return Placement(p.name, tuple(shares))

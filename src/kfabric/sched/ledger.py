@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import NamedTuple
 
 from kfabric.model.decision import Decision, Placement
 from kfabric.model.job import MILLI_PER_GPU, Job, PriorityClass
@@ -177,28 +178,22 @@ def underuse_action(flagged: bool, flagged_at_s: float | None, pct: float, floor
 
 
 # ---- runs --------------------------------------------------------------------------------------------------------
-class Finished:
+class Finished(NamedTuple):
     """A run that left its GPUs: the run, the seconds it held them (from admission), GPU-seconds and SUs of that."""
 
-    __slots__ = ("gpu_s", "held_s", "run", "su")
-
-    def __init__(self, run: RunningJob, held_s: float, gpu_s: float, su: float) -> None:
-        self.run = run
-        self.held_s = held_s
-        self.gpu_s = gpu_s
-        self.su = su
+    run: RunningJob
+    held_s: float
+    gpu_s: float
+    su: float
 
 
-class _Use:
+class _Use(NamedTuple):
     """One stretch of reserved-model use charged to a grant (for the under-use rule)."""
 
-    __slots__ = ("end_s", "gpu_s", "grant", "start_s")
-
-    def __init__(self, grant: str, start_s: float, end_s: float, gpu_s: float) -> None:
-        self.grant = grant
-        self.start_s = start_s
-        self.end_s = end_s
-        self.gpu_s = gpu_s
+    grant: str
+    start_s: float
+    end_s: float
+    gpu_s: float
 
 
 class Ledger:

@@ -7,7 +7,7 @@ So a gang's victims are chosen by node: a node can be freed when every GPU milli
 work the job may displace; freeing it costs what those victims cost (borrowed work nearly nothing, other
 work the GPU-seconds it loses since its last checkpoint); the job takes the cheapest nodes of the domain
 where they cost least in total. Free nodes cost nothing, so a domain that is almost free wins. Whatever
-the placement does not use is given back afterwards (``PreemptionSteps._minimize``).
+the placement does not use is given back afterwards (``Preemptor._minimize``).
 """
 
 from __future__ import annotations

@@ -83,8 +83,7 @@ def las(q: PendingQueue, ctx: OrderContext) -> Keys:
 def multifactor(q: PendingQueue, ctx: OrderContext) -> Keys:
     """Slurm's multifactor priority: weighted class, fair share, age and size, each factor in [0, 1]."""
     a = q.arrays()
-    fs_by_project = np.asarray([ctx.fairshare.get(p, 1.0) for p in q.projects] or [1.0], dtype=np.float64)
-    fs = fs_by_project[a["project"].astype(np.int64)]
+    fs = _fairshare(q, ctx)
     age = np.clip((ctx.now_s - a["submit_s"]) / ctx.max_age_s, 0.0, 1.0)
     size = a["milli"] / max(ctx.total_milli, MILLI_PER_GPU)
     size = np.clip(size, 0.0, 1.0)
@@ -102,8 +101,7 @@ def kfabric_order(q: PendingQueue, ctx: OrderContext) -> Keys:
     guard against starvation. Uses only what a real scheduler sees (time limits, history, project)."""
     a = q.arrays()
     predicted = q.predicted_runtimes(ctx.estimator) * a["milli"] / MILLI_PER_GPU
-    fs_by_project = np.asarray([ctx.fairshare.get(p, 1.0) for p in q.projects] or [1.0], dtype=np.float64)
-    fs = fs_by_project[a["project"].astype(np.int64)]
+    fs = _fairshare(q, ctx)
     # fs in (0, 1]: a project under its share (fs near 1) moves ahead, one over it falls back
     lam = ctx.fairshare_strength
     service = predicted / ((1.0 - lam) + lam * (0.5 + fs))
@@ -113,6 +111,13 @@ def kfabric_order(q: PendingQueue, ctx: OrderContext) -> Keys:
     else:
         keys = cls * 1e15 + np.minimum(service, 9e14)
     return _with_starvation_guard(keys, q, ctx)
+
+
+def _fairshare(q: PendingQueue, ctx: OrderContext) -> Keys:
+    """Each job row's fair-share factor (1.0 for a project the context does not know)."""
+    by_project = np.asarray([ctx.fairshare.get(p, 1.0) for p in q.projects] or [1.0], dtype=np.float64)
+    out: Keys = by_project[q.arrays()["project"].astype(np.int64)]
+    return out
 
 
 def _with_starvation_guard(keys: Keys, q: PendingQueue, ctx: OrderContext) -> Keys:

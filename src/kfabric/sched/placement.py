@@ -21,8 +21,6 @@ The target workload that fragmentation is measured against is ``PlaceRequest.wor
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from kfabric.model.decision import Placement
@@ -31,7 +29,7 @@ from kfabric.sched import bounded, single
 from kfabric.sched.capacity import Capacity, PoolInfo
 from kfabric.sched.gangs import gang
 from kfabric.sched.request import PlacementFn, PlaceRequest, host_share, node_counts, share
-from kfabric.sched.single import Ask, Choice
+from kfabric.sched.single import Ask, Scorer
 from kfabric.sched.workload import Workload, from_task_types, own_shape
 
 __all__ = [
@@ -55,8 +53,6 @@ EXACT_SCAN_NODES = 2048
 #: many nodes, found among how many read
 PER_BUCKET = 1
 SCAN_LIMIT = 256
-
-Scorer = Callable[[Capacity, np.ndarray, Ask, Workload], Choice]
 
 
 def topology_ok(job: Job, pool: PoolInfo) -> bool:
@@ -176,7 +172,7 @@ def _score(cap: Capacity, pools: list[int], req: PlaceRequest, scorer: Scorer) -
     ask = Ask(gpus, job.gpu_milli if gpus else 0, cpu, mem, tuple(pools), job.id)
     if len(pools) > 1 or cap.n_nodes <= EXACT_SCAN_NODES or gpus == 0:
         nodes = single.fitting(cap, single.span(cap, pools), ask)
-        return _one(cap, *scorer(cap, nodes, ask, _workload(req, ask)), ask) if nodes.size else None
+        return _one(cap, *scorer.over(cap, nodes, ask, _workload(req, ask)), ask) if nodes.size else None
     pool = pools[0]
     if ask.share:
         few = bounded.share_nodes(cap, pool, ask, PER_BUCKET, SCAN_LIMIT)
@@ -186,9 +182,7 @@ def _score(cap: Capacity, pools: list[int], req: PlaceRequest, scorer: Scorer) -
         return None
     if not few:
         return None
-    if scorer is single.kfabric:
-        return _one(cap, *bounded.kfabric_few(cap, few, ask, _workload(req, ask)), ask)
-    return _one(cap, *scorer(cap, np.array(few, dtype=np.int64), ask, _workload(req, ask)), ask)
+    return _one(cap, *scorer.over_few(cap, few, ask, _workload(req, ask)), ask)
 
 
 def _one(cap: Capacity, node: int, gpus: tuple[int, ...], ask: Ask) -> Placement:
@@ -269,7 +263,11 @@ def _cut(cap: Capacity, req: PlaceRequest) -> list[list[int]]:
     return tiers
 
 
-first_fit = _policy(None, reorder=False)
-best_fit = _policy(single.best_fit, reorder=False)
-fgd = _policy(single.fgd, reorder=False)
-kfabric_place = _policy(single.kfabric, reorder=True)
+BEST_FIT: Scorer = Scorer("best-fit", single.best_fit)
+FGD: Scorer = Scorer("fgd", single.fgd)
+KFABRIC: Scorer = Scorer("kfabric", single.kfabric, few=bounded.kfabric_few)
+
+first_fit: PlacementFn = _policy(None, reorder=False)
+best_fit: PlacementFn = _policy(BEST_FIT, reorder=False)
+fgd: PlacementFn = _policy(FGD, reorder=False)
+kfabric_place: PlacementFn = _policy(KFABRIC, reorder=True)

@@ -1,5 +1,8 @@
 """The policy config: which implementation of each policy part, and its knobs. Validated on construction.
 
+A policy names its parts (ordering, placement, backfill, the preemption switches); :meth:`Policy.modes` gives
+what those names register (:mod:`kfabric.sched.registry`), and the core asks the modes, never the names.
+
 ``Policy.from_mapping`` reads a plain mapping (what a YAML file holds); reading the file is the caller's job
 (the core touches no files).
 """
@@ -11,9 +14,11 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from kfabric.model.errors import ValidationError, require
-from kfabric.sched.registry import ORDERINGS, PLACEMENTS
+from kfabric.sched import registry
+from kfabric.sched.registry import Modes
 
-BACKFILL_MODES = ("none", "easy", "conservative")
+#: the backfill names a policy may give, in the order operators read them
+BACKFILL_MODES = tuple(registry.BACKFILL_MODES)
 DAY_S = 86_400.0
 
 
@@ -59,25 +64,8 @@ class Policy:
     max_preemption_attempts: int = 8
 
     def __post_init__(self) -> None:
-        require(self.name != "", "policy.name", "must not be empty")
-        require(
-            self.ordering in ORDERINGS,
-            "policy.ordering",
-            f"unknown ordering {self.ordering!r}",
-            f"use one of: {', '.join(sorted(ORDERINGS))}",
-        )
-        require(
-            self.placement in PLACEMENTS,
-            "policy.placement",
-            f"unknown placement {self.placement!r}",
-            f"use one of: {', '.join(sorted(PLACEMENTS))}",
-        )
-        require(
-            self.backfill in BACKFILL_MODES,
-            "policy.backfill",
-            f"unknown backfill {self.backfill!r}",
-            f"use one of: {', '.join(BACKFILL_MODES)}",
-        )
+        require(bool(self.name), "policy.name", "must not be empty")
+        self.modes()  # the names resolve (an unknown one names the field, the closest name and the choices)
         require(self.fairshare_half_life_s > 0, "policy.fairshare_half_life_s", "must be > 0 seconds")
         require(self.grace_s >= 0, "policy.grace_s", "must be >= 0 seconds")
         require(0 <= self.fairshare_strength <= 1, "policy.fairshare_strength", "must be within 0..1")
@@ -125,6 +113,18 @@ class Policy:
 
     def with_(self, **changes: Any) -> Policy:
         return replace(self, **changes)
+
+    def modes(self) -> Modes:
+        """What this policy's names register (:mod:`kfabric.sched.registry`), resolved once per distinct set
+        of names: the core looks them up once per cycle, never per job."""
+        return registry.modes(
+            self.ordering,
+            self.placement,
+            self.backfill,
+            self.preempt_by_priority,
+            self.preempt_by_service,
+            self.reclaim,
+        )
 
 
 def _is_number(v: object) -> bool:

@@ -70,6 +70,26 @@ class Ask:
 
 
 Memo = dict[tuple[int, ...], tuple[float, tuple[tuple[int, float, float], ...]]]
+ScoreFn = Callable[[Capacity, I64, Ask, Workload], Choice]
+FewFn = Callable[[Capacity, list[int], Ask, Workload], Choice]
+
+
+@dataclass(frozen=True, slots=True)
+class Scorer:
+    """A single-node score, registered under a placement name (``sched.registry``). ``over`` scores an array of
+    candidate nodes (numpy); ``few``, where the scorer has one, is the same score, ties included, over the
+    handful of representatives a large fleet offers (:mod:`kfabric.sched.bounded`), in plain Python because
+    numpy's per-call cost dominates at that size."""
+
+    name: str
+    over: ScoreFn
+    few: FewFn | None = None
+
+    def over_few(self, cap: Capacity, nodes: list[int], ask: Ask, workload: Workload) -> Choice:
+        """The choice among a handful of ``nodes`` (non-empty, all holding the ask)."""
+        if self.few is not None:
+            return self.few(cap, nodes, ask, workload)
+        return self.over(cap, np.array(nodes, dtype=np.int64), ask, workload)
 
 
 @dataclass(slots=True)
@@ -151,7 +171,8 @@ def remaining_share(cap: Capacity, nodes: I64, free_total: I64, ask: Ask) -> F64
     """Sum of the CPU, memory and GPU each node would have left, each as a share of the node's own."""
     score: F64 = (cap.cpu_free[nodes] - ask.cpu) / np.maximum(cap.cpu_total[nodes], 1)
     score = score + (cap.mem_free[nodes] - ask.mem) / np.maximum(cap.mem_total[nodes], 1)
-    return score + (free_total - ask.demand) / np.maximum(cap.node_gpus[nodes] * MILLI_PER_GPU, 1)
+    out: F64 = score + (free_total - ask.demand) / np.maximum(cap.node_gpus[nodes] * MILLI_PER_GPU, 1)
+    return out
 
 
 def breaks_rack(cap: Capacity, nodes: I64) -> F64:

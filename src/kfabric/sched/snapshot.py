@@ -147,13 +147,9 @@ class Snapshot:
     borrowed_milli: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     #: running work per pool index as columns (victim search and availability profiles read them with numpy)
     run_index: dict[int, PoolRuns] = field(default_factory=lambda: defaultdict(PoolRuns))
-    #: caches of things that only change with the tenants or the set of online pools (see their users)
+    #: the tenants' normalized fair shares (computed on first use; they change only with the tenants). What
+    #: cycles remember between them for speed is the owner's ``sched.memo.CycleMemo``, not kept here
     _shares: dict[str, float] | None = None
-    eligibility_cache: dict[tuple[object, ...], object] = field(default_factory=dict)
-    #: gang victim searches that found too few nodes to free: (pool, rules, span) -> (the pool's
-    #: ``Capacity.released`` count then, the most freeable nodes in one domain, the time a node could first
-    #: become freeable by age); see ``sched.preemption``
-    victim_misses: dict[tuple[object, ...], tuple[int, int, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         by_project: dict[str, list[GrantState]] = defaultdict(list)
@@ -176,7 +172,6 @@ class Snapshot:
         self.grants = grants
         self._shares = None
         self.__post_init__()
-        self.eligibility_cache.clear()
 
     def fair_shares(self) -> dict[str, float]:
         """Normalized fair-share shares of the tenants (computed once: tenants do not change after creation)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,65 +38,16 @@ from kfabric.store import tables as t
 CONTROLLER = "controller"  # the audit actor of automatic changes
 
 
-def _caps(
-    session: Session,
-    prog: t.Program,
-    rules: m.ProgramRules,
-    proj: t.Project,
-    org: t.Organization,
-    model: str,
-    gpus: int,
-    start_s: float,
-    end_s: float,
-    name: str,
-) -> None:
-    """Per-project cap and concentration cap, counting the program's grants that hold a reservation at any time
-    during ``[start_s, end_s)`` (status active or flagged)."""
-    held = session.execute(
-        select(t.Grant, t.Project.organization_id)
-        .join(t.Project, t.Project.id == t.Grant.project_id)
-        .where(
-            t.Grant.program_id == prog.id,
-            t.Grant.status.in_(HOLDING),
-            t.Grant.reserved_gpus > 0,
-            t.Grant.start_s < end_s,
-            t.Grant.end_s > start_s,
-        )
-    ).all()
-    cap = rules.cap_for(model)
-    if cap is not None:
-        mine = sum(g.reserved_gpus for g, _o in held if g.project_id == proj.id and g.reserved_model == model)
-        if mine + gpus > cap:
-            raise Conflict(
-                f"grant {name!r}",
-                f"project {proj.name!r} would hold {mine} + {gpus} = {mine + gpus} {model} under program "
-                f"{prog.name!r}; its per-project cap is {cap}",
-                f"grant at most {max(cap - mine, 0)} {model}, or wait for the project's other grants to end",
-            )
-    total = sum(g.reserved_gpus for g, _o in held)
-    if total == 0 or rules.concentration_cap_pct >= 100:
-        return
-    org_now = sum(g.reserved_gpus for g, o in held if o == org.id)
-    org_after, total_after = org_now + gpus, total + gpus
-    pct_cap = rules.concentration_cap_pct
-    if org_after * 100 > pct_cap * total_after + 1e-9:
-        c = pct_cap / 100
-        most = max(math.floor((c * total - org_now) / (1 - c) + 1e-9), 0)
-        raise Conflict(
-            f"grant {name!r}",
-            f"organization {org.name!r} would hold {org_after} of the {total_after} reserved GPUs of program "
-            f"{prog.name!r} ({100 * org_after / total_after:.1f}%); its concentration cap is {pct_cap:g}%",
-            f"grant {org.name!r} at most {most} GPUs now, or grant other organizations first",
-        )
+@dataclass(frozen=True, slots=True)
+class Parties:
+    """Who a grant is between: the program it is under, the project it is for and that project's organization."""
+
+    prog: t.Program
+    proj: t.Project
+    org: t.Organization
 
 
-def issue_grant(
-    session: Session,
-    actor_name: str,
-    prog: t.Program,
-    proj: t.Project,
-    org: t.Organization,
-    *,
+def grant_terms(
     name: str,
     start_s: float,
     end_s: float,
@@ -103,60 +55,167 @@ def issue_grant(
     reserved_gpus: int,
     credit_su_hours: float,
     weight: float,
+) -> m.GrantTerms[float]:
+    """The terms of a grant named ``name``, validated by the model (:class:`~kfabric.model.tenancy.GrantTerms`)."""
+    require_name(name, "grant.name")
+    return m.GrantTerms(name, start_s, end_s, reserved_model, reserved_gpus, credit_su_hours, weight)
+
+
+def _held(session: Session, prog_id: int, start_s: float, end_s: float) -> list[tuple[t.Grant, int]]:
+    """The program's grants that hold a reservation at any time during ``[start_s, end_s)`` (status active or
+    flagged), with their project's organization."""
+    q = (
+        select(t.Grant, t.Project.organization_id)
+        .join(t.Project, t.Project.id == t.Grant.project_id)
+        .where(
+            t.Grant.program_id == prog_id,
+            t.Grant.status.in_(HOLDING),
+            t.Grant.reserved_gpus > 0,
+            t.Grant.start_s < end_s,
+            t.Grant.end_s > start_s,
+        )
+    )
+    return [(g, o) for g, o in session.execute(q).all()]
+
+
+def _check_project_cap(
+    held: list[tuple[t.Grant, int]], rules: m.ProgramRules, p: Parties, terms: m.GrantTerms[float]
+) -> None:
+    model, gpus = terms.reserved_model, terms.reserved_gpus
+    cap = rules.cap_for(model) if model is not None else None
+    if cap is None:
+        return
+    mine = sum(g.reserved_gpus for g, _o in held if g.project_id == p.proj.id and g.reserved_model == model)
+    if mine + gpus > cap:
+        raise Conflict(
+            f"grant {terms.name!r}",
+            f"project {p.proj.name!r} would hold {mine} + {gpus} = {mine + gpus} {model} under program "
+            f"{p.prog.name!r}; its per-project cap is {cap}",
+            f"grant at most {max(cap - mine, 0)} {model}, or wait for the project's other grants to end",
+        )
+
+
+def _check_concentration(
+    held: list[tuple[t.Grant, int]], rules: m.ProgramRules, p: Parties, terms: m.GrantTerms[float]
+) -> None:
+    total = sum(g.reserved_gpus for g, _o in held)
+    if total == 0 or rules.concentration_cap_pct >= 100:
+        return
+    org_now = sum(g.reserved_gpus for g, o in held if o == p.org.id)
+    org_after, total_after = org_now + terms.reserved_gpus, total + terms.reserved_gpus
+    pct_cap = rules.concentration_cap_pct
+    if org_after * 100 > pct_cap * total_after + 1e-9:
+        c = pct_cap / 100
+        most = max(math.floor((c * total - org_now) / (1 - c) + 1e-9), 0)
+        raise Conflict(
+            f"grant {terms.name!r}",
+            f"organization {p.org.name!r} would hold {org_after} of the {total_after} reserved GPUs of program "
+            f"{p.prog.name!r} ({100 * org_after / total_after:.1f}%); its concentration cap is {pct_cap:g}%",
+            f"grant {p.org.name!r} at most {most} GPUs now, or grant other organizations first",
+        )
+
+
+def _check_caps(session: Session, p: Parties, terms: m.GrantTerms[float]) -> None:
+    """Per-project cap and concentration cap of a reservation, counting the program's grants that hold one at any
+    time during the new grant's period."""
+    if terms.reserved_model is None:
+        return
+    held = _held(session, p.prog.id, terms.start, terms.end)
+    rules = program_rules(p.prog)
+    _check_project_cap(held, rules, p, terms)
+    _check_concentration(held, rules, p, terms)
+
+
+def issue_grant(
+    session: Session,
+    actor_name: str,
+    p: Parties,
+    terms: m.GrantTerms[float],
     now_s: float,
     application_id: int | None = None,
 ) -> t.Grant:
-    """Validate, check the grant-time caps and insert a grant in the caller's transaction (audited)."""
-    where = f"grant {name!r}"
-    require_name(name, "grant.name")
-    require(end_s > start_s, f"{where}.end", f"end {end_s} must be after start {start_s}")
-    require(reserved_gpus >= 0, f"{where}.reserved_gpus", f"must be >= 0, got {reserved_gpus}")
-    require(
-        (reserved_gpus == 0) == (reserved_model is None),
-        f"{where}.reserved_model",
-        "reserved_model and reserved_gpus go together",
-        "set both (e.g. B200 and 128) or neither",
-    )
-    require(math.isfinite(credit_su_hours) and credit_su_hours >= 0, f"{where}.credit_su_hours", "must be >= 0")
-    require(reserved_gpus > 0 or credit_su_hours > 0, where, "grants nothing", "reserve GPUs, give credit, or both")
-    require(math.isfinite(weight) and weight > 0, f"{where}.weight", f"must be > 0, got {weight}")
+    """Check the grant-time caps and insert a grant of ``terms`` in the caller's transaction (audited)."""
     # lock the program row: grants under one program are checked and issued one at a time (on PostgreSQL two
     # concurrent decisions would otherwise both pass the caps; SQLite serializes writers anyway)
-    session.execute(select(t.Program.id).where(t.Program.id == prog.id).with_for_update())
-    if session.scalars(select(t.Grant).where(t.Grant.name == name)).first() is not None:
-        raise Conflict(where, "exists already", "pick another name")
-    rules = program_rules(prog)
-    if reserved_model is not None:
-        _caps(session, prog, rules, proj, org, reserved_model, reserved_gpus, start_s, end_s, name)
+    session.execute(select(t.Program.id).where(t.Program.id == p.prog.id).with_for_update())
+    if session.scalars(select(t.Grant).where(t.Grant.name == terms.name)).first() is not None:
+        raise Conflict(f"grant {terms.name!r}", "exists already", "pick another name")
+    _check_caps(session, p, terms)
     row = t.Grant(
-        name=name,
-        program_id=prog.id,
-        project_id=proj.id,
+        name=terms.name,
+        program_id=p.prog.id,
+        project_id=p.proj.id,
         application_id=application_id,
-        start_s=start_s,
-        end_s=end_s,
-        reserved_model=reserved_model,
-        reserved_gpus=reserved_gpus,
-        credit_su_hours=credit_su_hours,
+        start_s=terms.start,
+        end_s=terms.end,
+        reserved_model=terms.reserved_model,
+        reserved_gpus=terms.reserved_gpus,
+        credit_su_hours=terms.credit_su_hours,
         used_su_hours=0.0,
-        weight=weight,
+        weight=terms.weight,
         status="active",
     )
     session.add(row)
     session.flush()
     detail = {
-        "program": prog.name,
-        "project": proj.name,
-        "start_s": start_s,
-        "end_s": end_s,
-        "reserved_model": reserved_model,
-        "reserved_gpus": reserved_gpus,
-        "credit_su_hours": credit_su_hours,
-        "weight": weight,
+        "program": p.prog.name,
+        "project": p.proj.name,
+        "start_s": terms.start,
+        "end_s": terms.end,
+        "reserved_model": terms.reserved_model,
+        "reserved_gpus": terms.reserved_gpus,
+        "credit_su_hours": terms.credit_su_hours,
+        "weight": terms.weight,
         "application": application_id,
     }
-    audit.record(session, actor_name, "grant.create", "grant", row.id, now_s, org.id, detail)
+    audit.record(session, actor_name, "grant.create", "grant", row.id, now_s, p.org.id, detail)
     return row
+
+
+def _parties(s: Session, prog: t.Program, project_id: int) -> Parties:
+    proj = s.get(t.Project, project_id)
+    assert proj is not None
+    org = s.get(t.Organization, proj.organization_id)
+    assert org is not None
+    return Parties(prog, proj, org)
+
+
+def _submitted(s: Session, application_id: int) -> t.Application:
+    """The application, locked (one decision at a time), if it waits for a decision."""
+    app = s.get(t.Application, application_id, with_for_update=True)
+    if app is None:
+        raise NotFound("application", application_id, "kfabric applications lists them")
+    if app.status != "submitted":
+        raise Conflict(f"application {application_id}", f"is already {app.status}", "it was decided once")
+    return app
+
+
+def _approve(
+    s: Session,
+    actor: Actor,
+    app: t.Application,
+    prog: t.Program,
+    start_s: float,
+    reserved: bool,
+    credit_su_hours: float,
+    fleet: Fleet | None,
+    now_s: float,
+) -> t.Grant:
+    p = _parties(s, prog, app.project_id)
+    _check_grants_something(app, reserved, credit_su_hours)
+    if reserved and fleet is not None:
+        where = f"application {app.id}.gpu_model_class"
+        check_model(fleet, prog.name, prog.owner, app.gpu_model_class, app.gpus, where)
+    terms = grant_terms(
+        f"g-{app.id}",
+        start_s,
+        start_s + app.months * MONTH_S,
+        app.gpu_model_class if reserved else None,
+        app.gpus if reserved else 0,
+        credit_su_hours,
+        float(app.gpus),
+    )
+    return issue_grant(s, actor.name, p, terms, now_s, app.id)
 
 
 def decide(
@@ -180,53 +239,17 @@ def decide(
     passes it), a reservation must be of a model, and a count, that the pools the program may use hold."""
     actor.require_operator("decide applications")
     with sessions.begin() as s:
-        app = s.get(t.Application, application_id, with_for_update=True)  # one decision at a time
-        if app is None:
-            raise NotFound("application", application_id, "kfabric applications lists them")
-        if app.status != "submitted":
-            raise Conflict(f"application {application_id}", f"is already {app.status}", "it was decided once")
-        grant = None
+        app = _submitted(s, application_id)
         prog = s.get(t.Program, app.program_id)
         assert prog is not None
         _check_reviewed(s, app, prog)
-        if approve:
-            proj, org = s.get(t.Project, app.project_id), s.get(t.Organization, app.organization_id)
-            assert proj is not None and org is not None
-            _check_grants_something(app, reserved, credit_su_hours)
-            if reserved and fleet is not None:
-                check_model(
-                    fleet, prog.name, prog.owner, app.gpu_model_class, app.gpus, f"application {app.id}.gpu_model_class"
-                )
-            start = now_s if start_s is None else start_s
-            grant = issue_grant(
-                s,
-                actor.name,
-                prog,
-                proj,
-                org,
-                name=f"g-{app.id}",
-                start_s=start,
-                end_s=start + app.months * MONTH_S,
-                reserved_model=app.gpu_model_class if reserved else None,
-                reserved_gpus=app.gpus if reserved else 0,
-                credit_su_hours=credit_su_hours,
-                weight=float(app.gpus),
-                now_s=now_s,
-                application_id=app.id,
-            )
+        start = now_s if start_s is None else start_s
+        grant = _approve(s, actor, app, prog, start, reserved, credit_su_hours, fleet, now_s) if approve else None
         app.status = "approved" if approve else "rejected"
         app.decided_at_s, app.decided_by, app.decision_note = now_s, actor.user_id, note
         detail = {"note": note, "grant": grant.name if grant else None}
-        audit.record(
-            s,
-            actor.name,
-            "application.approve" if approve else "application.reject",
-            "application",
-            app.id,
-            now_s,
-            app.organization_id,
-            detail,
-        )
+        action = "application.approve" if approve else "application.reject"
+        audit.record(s, actor.name, action, "application", app.id, now_s, app.organization_id, detail)
         return grant
 
 
@@ -253,6 +276,23 @@ def _check_grants_something(app: t.Application, reserved: bool, credit_su_hours:
     )
 
 
+def _check_duration(rules: m.ProgramRules, program: str, name: str, start_s: float, end_s: float) -> None:
+    days = (end_s - start_s) / DAY_S
+    if days > rules.max_duration_days + 1e-9:
+        raise ValidationError(
+            f"grant {name!r}.end",
+            f"runs {days:g} days; program {program!r} grants at most {rules.max_duration_days} days",
+            "end it earlier",
+        )
+
+
+def _named_parties(s: Session, prog: t.Program, project: str) -> Parties:
+    proj = s.scalars(select(t.Project).where(t.Project.name == project)).first()
+    if proj is None:
+        raise NotFound("project", project)
+    return _parties(s, prog, proj.id)
+
+
 def create_grant(
     sessions: sessionmaker[Session],
     actor: Actor,
@@ -276,38 +316,15 @@ def create_grant(
     try:
         with sessions.begin() as s:
             prog = program_by_name(s, program)
-            proj = s.scalars(select(t.Project).where(t.Project.name == project)).first()
-            if proj is None:
-                raise NotFound("project", project)
-            org = s.get(t.Organization, proj.organization_id)
-            assert org is not None
+            p = _named_parties(s, prog, project)
             rules = program_rules(prog)
-            check_eligible(rules, program, org)
-            days = (end_s - start_s) / DAY_S
-            if days > rules.max_duration_days + 1e-9:
-                raise ValidationError(
-                    f"grant {name!r}.end",
-                    f"runs {days:g} days; program {program!r} grants at most {rules.max_duration_days} days",
-                    "end it earlier",
-                )
+            check_eligible(rules, program, p.org)
+            _check_duration(rules, program, name, start_s, end_s)
             if fleet is not None and reserved_model is not None:
                 check_model(fleet, program, prog.owner, reserved_model, reserved_gpus, f"grant {name!r}.reserved_model")
             w = weight if weight is not None else float(max(reserved_gpus, 1))
-            return issue_grant(
-                s,
-                actor.name,
-                prog,
-                proj,
-                org,
-                name=name,
-                start_s=start_s,
-                end_s=end_s,
-                reserved_model=reserved_model,
-                reserved_gpus=reserved_gpus,
-                credit_su_hours=credit_su_hours,
-                weight=w,
-                now_s=now_s,
-            )
+            terms = grant_terms(name, start_s, end_s, reserved_model, reserved_gpus, credit_su_hours, w)
+            return issue_grant(s, actor.name, p, terms, now_s)
     except IntegrityError:
         raise Conflict(f"grant {name!r}", "was created concurrently", "pick another name") from None
 
@@ -362,65 +379,67 @@ def grant_view(row: t.Grant, program: str | None = None, project: str | None = N
     }
 
 
+def reserved_use_pct(s: Session, held: list[t.Grant], now_s: float, window_s: float) -> dict[int, float]:
+    """Utilization % of each grant's reservation over the under-use window (the core's rule, ``sched.ledger``):
+    GPU-seconds of its usage records on the reserved model, clipped to ``[max(now - window, start), now)``, ÷
+    (reserved GPUs × that span) × 100. Usage not yet written as records (a running job's current interval) does
+    not count."""
+    by_id = {g.id: g for g in held}
+    if not by_id:
+        return {}
+    used: dict[int, float] = defaultdict(float)
+    u = t.UsageRecord
+    q = select(u.grant_id, u.gpu_model, u.start_s, u.end_s, u.gpu_s).where(
+        u.grant_id.in_(list(by_id)), u.end_s > now_s - window_s, u.start_s < now_s
+    )
+    for gid, model, r0, r1, gpu_s in s.execute(q).all():
+        g = by_id.get(gid) if gid is not None else None
+        if g is not None and model == g.reserved_model:
+            w0 = ledger.window_start_s(g.start_s, now_s, window_s)
+            used[g.id] += ledger.window_gpu_s(gpu_s, r0, r1, w0, now_s)
+    return {
+        gid: ledger.utilization_pct(used[gid], g.reserved_gpus, g.start_s, now_s, window_s) for gid, g in by_id.items()
+    }
+
+
+def _watched(s: Session, now_s: float) -> list[tuple[t.Grant, int, float]]:
+    """Grants in force that reserve GPUs under a program with a utilization floor: (grant, organization, floor)."""
+    rows = s.execute(
+        select(t.Grant, t.Program, t.Project.organization_id)
+        .join(t.Program, t.Program.id == t.Grant.program_id)
+        .join(t.Project, t.Project.id == t.Grant.project_id)
+        .where(
+            t.Grant.status.in_(HOLDING),
+            t.Grant.reserved_gpus > 0,
+            t.Grant.reserved_model.is_not(None),
+            t.Grant.start_s < now_s,
+            t.Grant.end_s > now_s,
+        )
+        .order_by(t.Grant.id)
+    ).all()
+    checked = [(g, o, program_rules(p).utilization_floor_pct) for g, p, o in rows]
+    return [(g, o, floor) for g, o, floor in checked if floor > 0]
+
+
 def check_underuse(
     sessions: sessionmaker[Session], now_s: float, window_s: float = ledger.UNDERUSE_WINDOW_S
 ) -> list[tuple[str, float, str]]:
     """Flag, reclaim or restore reserved grants by their use over the last ``window_s`` (one transaction).
 
     For each grant in force (active or flagged, started, not ended) that reserves GPUs under a program with a
-    utilization floor: utilization = GPU-seconds of its usage records on the reserved model, clipped to
-    ``[max(now - window, start), now)``, ÷ (reserved GPUs × that span) × 100. Below the floor an active grant
-    is flagged, and a grant flagged for ``window_s`` already is reclaimed (``end_s = now``); at or above it a
-    flagged grant is active again. Returns ``(grant, utilization %, action)`` for every grant checked, action
-    one of ``ok``, ``flagged``, ``still-flagged``, ``reclaimed``, ``restored``. Usage not yet written as
-    records (a running job's current interval) does not count.
+    utilization floor, its utilization (:func:`reserved_use_pct`) decides: below the floor an active grant is
+    flagged, and a grant flagged for ``window_s`` already is reclaimed (``end_s = now``); at or above it a flagged
+    grant is active again. Returns ``(grant, utilization %, action)`` for every grant checked, action one of
+    ``ok``, ``flagged``, ``still-flagged``, ``reclaimed``, ``restored``.
     """
     require(window_s > 0, "window_s", f"must be > 0, got {window_s}")
-    out: list[tuple[str, float, str]] = []
     with sessions.begin() as s:
-        rows = s.execute(
-            select(t.Grant, t.Program, t.Project.organization_id)
-            .join(t.Program, t.Program.id == t.Grant.program_id)
-            .join(t.Project, t.Project.id == t.Grant.project_id)
-            .where(
-                t.Grant.status.in_(HOLDING),
-                t.Grant.reserved_gpus > 0,
-                t.Grant.reserved_model.is_not(None),
-                t.Grant.start_s < now_s,
-                t.Grant.end_s > now_s,
-            )
-            .order_by(t.Grant.id)
-        ).all()
-        checked = [(g, o, program_rules(p).utilization_floor_pct) for g, p, o in rows]
-        checked = [(g, o, floor) for g, o, floor in checked if floor > 0]
-        used: dict[int, float] = defaultdict(float)
-        if checked:
-            by_id = {g.id: g for g, _o, _f in checked}
-            recs = s.execute(
-                select(
-                    t.UsageRecord.grant_id,
-                    t.UsageRecord.gpu_model,
-                    t.UsageRecord.start_s,
-                    t.UsageRecord.end_s,
-                    t.UsageRecord.gpu_s,
-                ).where(
-                    t.UsageRecord.grant_id.in_(list(by_id)),
-                    t.UsageRecord.end_s > now_s - window_s,
-                    t.UsageRecord.start_s < now_s,
-                )
-            ).all()
-            for gid, model, r0, r1, gpu_s in recs:
-                if gid is None:
-                    continue
-                g = by_id[gid]
-                if model == g.reserved_model:
-                    w0 = ledger.window_start_s(g.start_s, now_s, window_s)
-                    used[gid] += ledger.window_gpu_s(gpu_s, r0, r1, w0, now_s)
-        for g, org_id, floor in checked:
-            pct = ledger.utilization_pct(used[g.id], g.reserved_gpus, g.start_s, now_s, window_s)
-            action = _underuse_step(s, g, pct, floor, org_id, now_s, window_s)
-            out.append((g.name, pct, action))
-    return out
+        checked = _watched(s, now_s)
+        pct = reserved_use_pct(s, [g for g, _o, _f in checked], now_s, window_s)
+        return [
+            (g.name, pct[g.id], _underuse_step(s, g, pct[g.id], floor, org_id, now_s, window_s))
+            for g, org_id, floor in checked
+        ]
 
 
 def _underuse_step(s: Session, g: t.Grant, pct: float, floor: float, org_id: int, now_s: float, window_s: float) -> str:

@@ -24,6 +24,7 @@ from kfabric.model.tenancy import OnExhausted
 from kfabric.scenarios.loader import Scenario
 from kfabric.sched.fairshare import TenantInfo
 from kfabric.sched.ledger import Ledger
+from kfabric.sched.memo import CycleMemo
 from kfabric.sched.policy import Policy
 from kfabric.sched.queue import PendingQueue
 from kfabric.sched.snapshot import GrantState, Snapshot
@@ -50,6 +51,8 @@ class LiveState:
         self.fleet: Fleet = scenario.fleet
         self.policy = policy
         self.snap = Snapshot.for_fleet(self.fleet)
+        #: what the scheduling cycles remember between them for speed (``sched.memo``; emptied on a new snapshot)
+        self.memo = CycleMemo()
         #: every change between cycles goes through the ledger (``sched.ledger``); the store keeps under-use
         self.ledger = Ledger(self.snap, policy.fairshare_half_life_s, track_underuse=False)
         self.queue = PendingQueue(self.snap.estimator)
@@ -130,7 +133,7 @@ class LiveState:
         """Use ``policy`` from the next sync and cycle on (``kfabric policy apply``)."""
         self.policy = policy
         self.ledger.half_life_s = policy.fairshare_half_life_s
-        self.snap.eligibility_cache.clear()
+        self.memo.clear()
 
     def job(self, job_id: str) -> Job | None:
         """The core's view of an active job (None once it has left the queue and the running set)."""
@@ -167,7 +170,7 @@ class LiveState:
         self.out_nodes = out
         if new_day:
             self._online_day = day.isoformat()
-            self.snap.eligibility_cache.clear()
+            self.memo.clear()
 
     def _sync_tenants(self, session: Session) -> None:
         projects = session.execute(select(t.Project.id, t.Project.name, t.Project.organization_id)).all()

@@ -282,12 +282,10 @@ def apply(
         "is empty",
         "say why the project needs the GPUs and what it will do with them (--justification TEXT)",
     )
-    for field, value in (("gpus", gpus), ("months", months)):
-        require(
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-            f"application.{field}",
-            f"must be a whole number >= 1, got {value!r}",
-        )
+    try:  # the model checks the asked GPUs and months; it names an application without an id "application 'new'"
+        m.Application("new", program, "", project, gpu_model_class, gpus, months, justification)
+    except ValidationError as e:
+        raise ValidationError(e.where.replace("application 'new'", "application", 1), e.problem, e.fix) from None
     with sessions.begin() as s:
         prog = program_by_name(s, program)
         proj = s.scalars(select(t.Project).where(t.Project.name == project)).first()

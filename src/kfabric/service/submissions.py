@@ -12,11 +12,10 @@ concurrent writer outside this process took a client key first), each member is 
 transaction, so one bad submission fails alone. Idempotency by ``(project, client_key)`` holds inside a batch
 too: the second request with a key the batch already creates gets the first one's job (``created`` False).
 
-A batch is one ``SELECT`` for its projects, one for its client keys, the job inserts (their ids returned), the
-chain-head read (``FOR UPDATE`` on PostgreSQL), one ``executemany`` each for the audit entries and the events,
-and the chain-head update, written as SQL for the DB-API cursor of the transaction's connection (see
-:class:`_Statements`). The answers are detached :class:`kfabric.store.tables.Job` objects built from the
-inserted values.
+The batch's statements (one ``SELECT`` for its projects, one for its client keys, the job inserts, the chain-head
+read and update, one ``executemany`` each for the audit entries and the events) are kfabric.store.group_commit's;
+this module decides what they write. The answers are detached :class:`kfabric.store.tables.Job` objects built from
+the inserted values.
 """
 
 from __future__ import annotations
@@ -29,18 +28,19 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Engine, Table, select
-from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
-from sqlalchemy.orm.instrumentation import manager_of_class
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from kfabric.model.errors import Conflict, KfabricError, NotFound
 from kfabric.model.job import JobState
 from kfabric.service import audit_keys
 from kfabric.service.actors import Actor
 from kfabric.service.audit import GENESIS, entry_digest
+from kfabric.store import group_commit
 from kfabric.store import tables as t
+from kfabric.store.group_commit import JOB_COLUMNS, AuditParams, EventParams, detached
 
 log = logging.getLogger("kfabric.submissions")
 
@@ -50,12 +50,7 @@ WRITER_LINGER_S = 0.5
 MAX_BATCH = 256
 
 Outcome = tuple[t.Job, bool]
-
-_JOBS = cast(Table, t.Job.__table__)
-_EVENTS = cast(Table, t.JobEvent.__table__)
-_AUDIT = cast(Table, t.AuditEntry.__table__)
-_PROJECTS = cast(Table, t.Project.__table__)
-_HEAD = cast(Table, t.ChainHead.__table__)
+__all__ = ["JOB_COLUMNS", "GroupCommitter", "Submission", "commit_batch", "committer", "key_conflict", "task_values"]
 
 
 @dataclass(slots=True)
@@ -144,171 +139,63 @@ def task_values(head: dict[str, Any], array_job_id: int, task: int) -> dict[str,
     return {**head, "id": None, "client_key": None, "array_job_id": array_job_id, "array_task_id": task}
 
 
-_JOB_CLASS = manager_of_class(t.Job)
-
-
-def _detached(values: dict[str, Any]) -> t.Job:
-    """A :class:`t.Job` for a row that is in the store, as a session that loaded it and closed would leave it: its
-    column values put in place as loading does (not through the attribute events of ``t.Job(**values)``, which
-    cost ~0.1 ms a job), then given its identity."""
-    row: t.Job = _JOB_CLASS.new_instance()
-    row.__dict__.update(values)
-    make_transient_to_detached(row)
-    return row
-
-
-class _Statements:
-    """The batch's SQL for one dialect, written out (the DB-API's own placeholders) and run on the DB-API cursor:
-    SQLAlchemy's statement construction, caching and execution machinery cost ~0.15 ms a statement, more than
-    the statement itself, and a batch runs seven. ``sqlite`` inserts the jobs one ``execute`` each (their ids
-    from ``lastrowid``); ``postgresql`` runs one pipelined ``executemany`` with ``RETURNING id``."""
-
-    def __init__(self, dialect: str) -> None:
-        self.pg = dialect == "postgresql"
-        self.ph = "%s" if self.pg else "?"
-        cols = ", ".join(JOB_COLUMNS)
-        self.insert_job = f"INSERT INTO {_JOBS.name} ({cols}) VALUES ({self._marks(len(JOB_COLUMNS))})"
-        if self.pg:
-            self.insert_job += " RETURNING id"
-        self.head = f"SELECT hash, count FROM {_HEAD.name} WHERE id = 1" + (" FOR UPDATE" if self.pg else "")
-        self.insert_entry = (
-            f"INSERT INTO {_AUDIT.name} (at_s, actor, action, object_type, object_id, organization_id, detail,"
-            f" prev_hash, hash, key_id) VALUES ({self._marks(10)})"
-        )
-        self.insert_event = (
-            f"INSERT INTO {_EVENTS.name} (job_id, at_s, from_state, to_state, reason) VALUES ({self._marks(5)})"
-        )
-        self.set_array = f"UPDATE {_JOBS.name} SET array_job_id = {self.ph} WHERE id = {self.ph}"
-        self.insert_head = f"INSERT INTO {_HEAD.name} (id, hash, count) VALUES (1, {self.ph}, {self.ph})"
-        self.update_head = f"UPDATE {_HEAD.name} SET hash = {self.ph}, count = {self.ph} WHERE id = 1"
-
-    def _marks(self, n: int) -> str:
-        return ", ".join([self.ph] * n)
-
-    def projects(self, n: int) -> str:
-        return f"SELECT id, name, organization_id FROM {_PROJECTS.name} WHERE name IN ({self._marks(n)})"
-
-    def keys(self, n_projects: int, n_keys: int) -> str:
-        return (
-            f"SELECT id, project_id, client_key FROM {_JOBS.name} WHERE project_id IN ({self._marks(n_projects)})"
-            f" AND client_key IN ({self._marks(n_keys)})"
-        )
-
-    def insert_jobs(self, cur: Any, rows: list[tuple[Any, ...]]) -> list[int]:
-        if self.pg:
-            cur.executemany(self.insert_job, rows, returning=True)
-            ids = []
-            while True:
-                ids.append(int(cur.fetchone()[0]))
-                if not cur.nextset():
-                    return ids
-        out = []
-        for row in rows:
-            cur.execute(self.insert_job, row)
-            out.append(int(cur.lastrowid))
-        return out
-
-
-#: the columns of a new job row, in the order of ``_Statements.insert_job``
-JOB_COLUMNS = (
-    "project_id", "user_id", "client_key", "name", "spec", "state", "reason_code", "reason", "expected_start_s",
-    "submitted_at_s", "admitted_at_s", "started_at_s", "ended_at_s", "accounted_to_s", "exit_code", "placement",
-    "grant_id", "borrowed", "guaranteed", "backend", "attempt", "launched", "cancel_requested", "preempt_requested",
-    "last_checkpoint_s", "attained_gpu_s", "reserved_su_hours", "script", "array_job_id", "array_task_id",
-    "dependency", "kill_on_invalid_dep", "held_by", "begin_at_s", "priority_adjust", "stdout_path", "stderr_path",
-    "expected_start_why",
-)  # fmt: skip
-_JSON_COLUMNS = frozenset(("spec", "placement"))
-_statements: dict[str, _Statements] = {}
-
-
-def _row(values: dict[str, Any]) -> tuple[Any, ...]:
-    """The DB-API parameters of a new job: JSON columns as their text (None stays NULL), as SQLAlchemy's JSON
-    type writes them."""
-    return tuple(
-        json.dumps(values[c]) if c in _JSON_COLUMNS and values[c] is not None else values[c] for c in JOB_COLUMNS
-    )
-
-
 def commit_batch(sessions: sessionmaker[Session], batch: Sequence[Submission]) -> list[Outcome | KfabricError]:
     """Commit ``batch`` in one transaction; per member its ``(job, created)`` or the domain error that is its
     answer alone (an unknown or invisible project). Storage errors raise, and nothing is committed."""
     engine = sessions.kw["bind"]
-    sql = _statements.get(engine.dialect.name) or _statements.setdefault(
-        engine.dialect.name, _Statements(engine.dialect.name)
-    )
     out: list[Outcome | KfabricError | None] = [None] * len(batch)
-    with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE (store/db.py), the write lock for the whole batch
-        cur = conn.connection.driver_connection.cursor()
-        try:
-            names = sorted({s.project_name for s in batch})
-            cur.execute(sql.projects(len(names)), names)
-            projects = {name: (int(pid), int(org)) for pid, name, org in cur.fetchall()}
-            wanted: list[tuple[int, Submission, int, int]] = []  # (index, submission, project id, organization id)
-            for i, sub in enumerate(batch):
-                found = projects.get(sub.project_name)
-                if found is None or not sub.actor.sees_project(*found):
-                    out[i] = NotFound("project", sub.project_name, "kfabric projects lists the projects you belong to")
-                else:
-                    wanted.append((i, sub, found[0], found[1]))
-            keyed = [(pid, sub.client_key) for _i, sub, pid, _o in wanted if sub.client_key is not None]
-            existing: dict[tuple[int, str], t.Job] = {}
-            if keyed:
-                pids, keys = sorted({p for p, _k in keyed}), sorted({k for _p, k in keyed})
-                cur.execute(sql.keys(len(pids), len(keys)), [*pids, *keys])
-                hits = {int(job_id): (int(pid), str(key)) for job_id, pid, key in cur.fetchall()}
-                if hits:  # rare (a retried submission): whole rows, through SQLAlchemy's types
-                    for r in conn.execute(select(_JOBS).where(_JOBS.c.id.in_(sorted(hits)))):
-                        existing[hits[r.id]] = _detached(dict(r._mapping))
-            new: list[tuple[int, Submission, int, dict[str, Any]]] = []  # (index, submission, organization, values)
-            first_of: dict[tuple[int, str], int] = {}  # a client key this batch creates → the creating index
-            repeats: list[tuple[int, int]] = []  # (index, index of the member that creates its job)
-            for i, sub, pid, org in wanted:
-                if sub.client_key is not None:
-                    key = (pid, sub.client_key)
-                    if key in existing:
-                        hit = existing[key]
-                        out[i] = (hit, False) if sub.same_request(hit) else key_conflict(sub.client_key, hit.id)
-                        continue
-                    if key in first_of:
-                        repeats.append((i, first_of[key]))
-                        continue
-                    first_of[key] = i
-                new.append((i, sub, org, _job_values(sub, pid)))
-            if new:
-                ids = sql.insert_jobs(cur, [_row(v) for *_, v in new])
-                cur.execute(sql.head)
-                head = cur.fetchone()
-                prev, count = (str(head[0]), int(head[1])) if head is not None else (GENESIS, 0)
-                entries: list[tuple[Any, ...]] = []
-                events: list[tuple[Any, ...]] = []
-                ring = audit_keys.for_engine(engine)
-                for (i, sub, org, values), job_id in zip(new, ids, strict=True):
-                    name, object_id = sub.actor.name, str(job_id)
-                    last_id = None
-                    if sub.tasks:  # an array: the other tasks, all at once, under the first task's id
-                        values["array_job_id"] = job_id
-                        cur.execute(sql.set_array, (job_id, job_id))
-                        rest = [_row(task_values(values, job_id, k)) for k in sub.tasks[1:]]
-                        task_ids = sql.insert_jobs(cur, rest) if rest else []
-                        events.extend((tid, sub.now_s, "", "pending", "submitted") for tid in task_ids)
-                        last_id = task_ids[-1] if task_ids else job_id
-                    detail = sub.audit_detail(job_id, last_id)
-                    kid, digest = entry_digest(ring, prev, sub.now_s, name, "job.submit", "job", object_id, org, detail)
-                    text = json.dumps(detail)
-                    entries.append((sub.now_s, name, "job.submit", "job", object_id, org, text, prev, digest, kid))
-                    events.append((job_id, sub.now_s, "", "pending", "submitted"))
-                    prev = digest
-                    values["id"] = job_id
-                    out[i] = (_detached(values), True)
-                cur.executemany(sql.insert_entry, entries)
-                cur.executemany(sql.insert_event, events)
-                if head is None:
-                    cur.execute(sql.insert_head, (prev, len(entries)))
-                else:
-                    cur.execute(sql.update_head, (prev, count + len(entries)))
-        finally:
-            cur.close()
+    with group_commit.batch(engine) as w:
+        projects = w.projects(sorted({s.project_name for s in batch}))
+        wanted: list[tuple[int, Submission, int, int]] = []  # (index, submission, project id, organization id)
+        for i, sub in enumerate(batch):
+            found = projects.get(sub.project_name)
+            if found is None or not sub.actor.sees_project(*found):
+                out[i] = NotFound("project", sub.project_name, "kfabric projects lists the projects you belong to")
+            else:
+                wanted.append((i, sub, found[0], found[1]))
+        existing = w.jobs_by_client_key([(pid, s.client_key) for _i, s, pid, _o in wanted if s.client_key is not None])
+        new: list[tuple[int, Submission, int, dict[str, Any]]] = []  # (index, submission, organization, values)
+        first_of: dict[tuple[int, str], int] = {}  # a client key this batch creates → the creating index
+        repeats: list[tuple[int, int]] = []  # (index, index of the member that creates its job)
+        for i, sub, pid, org in wanted:
+            if sub.client_key is not None:
+                key = (pid, sub.client_key)
+                if key in existing:
+                    hit = existing[key]
+                    out[i] = (hit, False) if sub.same_request(hit) else key_conflict(sub.client_key, hit.id)
+                    continue
+                if key in first_of:
+                    repeats.append((i, first_of[key]))
+                    continue
+                first_of[key] = i
+            new.append((i, sub, org, _job_values(sub, pid)))
+        if new:
+            ids = w.insert_jobs([v for *_, v in new])
+            head = w.chain_head()
+            prev, count = head if head is not None else (GENESIS, 0)
+            entries: list[AuditParams] = []
+            events: list[EventParams] = []
+            ring = audit_keys.for_engine(engine)
+            for (i, sub, org, values), job_id in zip(new, ids, strict=True):
+                name, object_id = sub.actor.name, str(job_id)
+                last_id = None
+                if sub.tasks:  # an array: the other tasks, all at once, under the first task's id
+                    values["array_job_id"] = job_id
+                    w.set_array(job_id)
+                    rest = [task_values(values, job_id, k) for k in sub.tasks[1:]]
+                    task_ids = w.insert_jobs(rest) if rest else []
+                    events.extend((tid, sub.now_s, "", "pending", "submitted") for tid in task_ids)
+                    last_id = task_ids[-1] if task_ids else job_id
+                detail = sub.audit_detail(job_id, last_id)
+                kid, digest = entry_digest(ring, prev, sub.now_s, name, "job.submit", "job", object_id, org, detail)
+                text = json.dumps(detail)
+                entries.append((sub.now_s, name, "job.submit", "job", object_id, org, text, prev, digest, kid))
+                events.append((job_id, sub.now_s, "", "pending", "submitted"))
+                prev = digest
+                values["id"] = job_id
+                out[i] = (detached(values), True)
+            w.append(entries, events)
+            w.set_chain_head(prev, count + len(entries), existed=head is not None)
     for i, j in repeats:
         first = out[j]
         assert isinstance(first, tuple)

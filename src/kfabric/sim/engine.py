@@ -31,6 +31,7 @@ from kfabric.sched.capacity import Capacity
 from kfabric.sched.cycle import cycle
 from kfabric.sched.fairshare import TenantInfo, shares
 from kfabric.sched.ledger import Ledger
+from kfabric.sched.memo import CycleMemo
 from kfabric.sched.policy import Policy
 from kfabric.sched.queue import PendingQueue
 from kfabric.sched.snapshot import GrantState, Snapshot, placement_milli
@@ -114,6 +115,8 @@ class Simulator:
         self.tenants.update(workload.tenants)
         cap = Capacity(fleet)
         self.snap = Snapshot(cap, tenants=self.tenants, grants=dict(grants or {}))
+        #: what the scheduling cycles remember between them for speed (``sched.memo``)
+        self.memo = CycleMemo()
         #: every state change between cycles goes through the ledger (the live controller's too)
         self.ledger = Ledger(self.snap, policy.fairshare_half_life_s)
         #: run times are true on the workload's reference GPU model; other models scale them (docs/gpu-speeds.md)
@@ -369,7 +372,7 @@ class Simulator:
         self.ledger.accrue(self.now)
         t0 = self.wall_clock()
         # keep: the cycle leaves the capacity as its decision does, so applying it below touches no GPUs twice
-        decision = cycle(self.snap, self.queue, self.policy, self.now, keep=True)
+        decision = cycle(self.snap, self.queue, self.policy, self.now, keep=True, memo=self.memo)
         self.cycle_s += self.wall_clock() - t0
         self.cycles += 1
         self.last_cycle = self.now

@@ -9,14 +9,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
 from kfabric.api.deps import Caller
-from kfabric.model.errors import PermissionDenied, ValidationError
-from kfabric.service import audit
-from kfabric.service.actors import Role
-from kfabric.service.jobs import visible_job
-from kfabric.store import tables as t
+from kfabric.model.errors import ValidationError
+from kfabric.service import audit, audit_queries
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -31,40 +27,7 @@ def entries(
     action: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z_.-]+$")] = None,
     job: Annotated[int | None, Query(ge=1, le=2**62, description="every entry about this job")] = None,
 ) -> list[dict[str, Any]]:
-    q = select(t.AuditEntry).where(t.AuditEntry.id > after_id)
-    if c.actor.role is Role.ORG_ADMIN:
-        q = q.where(t.AuditEntry.organization_id == c.actor.organization_id)
-    elif c.actor.role is not Role.OPERATOR:
-        raise PermissionDenied("read the audit log", "operators and org-admins read it")
-    if job is not None:
-        if object_type not in (None, "job") or object_id not in (None, str(job)):
-            raise ValidationError("job", "cannot be combined with another object", "drop object_type/object_id")
-        with c.rt.sessions() as s:
-            visible_job(s, c.actor, job)  # 404 for a job the caller may not see
-        object_type, object_id = "job", str(job)
-    if object_type is not None:
-        q = q.where(t.AuditEntry.object_type == object_type)
-    if object_id is not None:
-        q = q.where(t.AuditEntry.object_id == object_id)
-    if action is not None:
-        q = q.where(t.AuditEntry.action == action)
-    with c.rt.sessions() as s:
-        return [
-            {
-                "id": e.id,
-                "at_s": e.at_s,
-                "actor": e.actor,
-                "action": e.action,
-                "object_type": e.object_type,
-                "object_id": e.object_id,
-                "organization_id": e.organization_id,
-                "detail": e.detail,
-                "prev_hash": e.prev_hash,
-                "hash": e.hash,
-                "key_id": e.key_id,
-            }
-            for e in s.scalars(q.order_by(t.AuditEntry.id).limit(limit)).all()
-        ]
+    return audit_queries.entries(c.rt.sessions, c.actor, after_id, limit, object_type, object_id, action, job)
 
 
 @router.get("/head")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from kfabric.api.deps import Caller
-from kfabric.model.job import JobState
+from kfabric.service import fleet_queries
 from kfabric.service.node_health import live_view, require_viewer
-from kfabric.store import tables as t
 
 router = APIRouter(prefix="/v1", tags=["fleet"])
 
@@ -20,13 +17,7 @@ router = APIRouter(prefix="/v1", tags=["fleet"])
 def fleet(c: Caller) -> dict[str, Any]:
     """Pools with their GPUs and how many are allocated now (no tenant detail)."""
     f = c.rt.scenario.fleet
-    used: dict[str, float] = defaultdict(float)
-    with c.rt.sessions() as s:
-        for placement in s.scalars(
-            select(t.Job.placement).where(t.Job.state.in_((JobState.ADMITTED.value, JobState.RUNNING.value)))
-        ):
-            if placement:
-                used[placement["pool"]] += sum(len(g) * m for _n, g, m, _c, _mem in placement["shares"]) / 1000
+    used = fleet_queries.allocated_by_pool(c.rt.sessions)
     pools = []
     for p in f.pools:
         cluster = f.cluster(p.cluster)

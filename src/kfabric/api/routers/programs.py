@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from pydantic import Field
-from sqlalchemy import select
 
 from kfabric.api.deps import Caller
 from kfabric.api.schemas import (
@@ -19,8 +18,7 @@ from kfabric.api.schemas import (
     Strict,
     Text,
 )
-from kfabric.service import credit, grants, programs
-from kfabric.store import tables as t
+from kfabric.service import credit, grants, program_queries, programs
 
 router = APIRouter(prefix="/v1", tags=["programs"])
 
@@ -28,49 +26,9 @@ router = APIRouter(prefix="/v1", tags=["programs"])
 ApplicationId = Annotated[int, Path(ge=1, le=2**62)]
 
 
-def program_public(p: t.Program) -> dict[str, Any]:
-    return {"id": p.id, "name": p.name, "description": p.description, "owner": p.owner, "weight": p.weight,
-            "rules": p.rules}  # fmt: skip
-
-
-def application_public(a: t.Application, names: dict[str, dict[int, str]], reviews: list[t.Review]) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "program": names["program"].get(a.program_id),
-        "organization": names["organization"].get(a.organization_id),
-        "project": names["project"].get(a.project_id),
-        "gpu_model_class": a.gpu_model_class,
-        "gpus": a.gpus,
-        "months": a.months,
-        "justification": a.justification,
-        "status": a.status,
-        "created_at_s": a.created_at_s,
-        "decided_at_s": a.decided_at_s,
-        "decision_note": a.decision_note,
-        "reviews": [{"scores": r.scores, "weighted": r.weighted, "comment": r.comment} for r in reviews],
-        "mean_score": sum(r.weighted for r in reviews) / len(reviews) if reviews else None,
-    }
-
-
-def _names(c: Caller) -> dict[str, dict[int, str]]:
-    with c.rt.sessions() as s:
-        return {
-            "program": dict(s.execute(select(t.Program.id, t.Program.name)).all()),
-            "organization": dict(s.execute(select(t.Organization.id, t.Organization.name)).all()),
-            "project": dict(s.execute(select(t.Project.id, t.Project.name)).all()),
-        }
-
-
-def _reviews(c: Caller, application_id: int) -> list[t.Review]:
-    with c.rt.sessions() as s:
-        q = select(t.Review).where(t.Review.application_id == application_id).order_by(t.Review.id)
-        return list(s.scalars(q).all())
-
-
 @router.get("/programs")
 def list_programs(c: Caller) -> list[dict[str, Any]]:
-    with c.rt.sessions() as s:
-        return [program_public(p) for p in programs.list_programs(s)]
+    return program_queries.programs_list(c.rt.sessions)
 
 
 @router.post("/programs", status_code=201)
@@ -78,13 +36,12 @@ def create_program(body: ProgramCreate, c: Caller) -> dict[str, Any]:
     p = programs.create_program(
         c.rt.sessions, c.actor, body.name, body.description, body.owner, body.weight, body.rules, c.now
     )
-    return program_public(p)
+    return program_queries.program_view(p)
 
 
 @router.get("/programs/{name}")
 def show_program(name: ShortText, c: Caller) -> dict[str, Any]:
-    with c.rt.sessions() as s:
-        return program_public(programs.program_by_name(s, name))
+    return program_queries.program(c.rt.sessions, name)
 
 
 @router.post("/applications", status_code=201)
@@ -93,24 +50,19 @@ def apply(body: ApplicationCreate, c: Caller) -> dict[str, Any]:
         c.rt.sessions, c.actor, body.program, body.project, body.gpu_model_class, body.gpus, body.months,
         body.justification, c.now, c.rt.scenario.fleet,
     )  # fmt: skip
-    return application_public(a, _names(c), [])
+    return program_queries.new_application(c.rt.sessions, a)
 
 
 @router.get("/applications")
 def list_applications(
     c: Caller, status: Annotated[ShortText | None, Query(max_length=16)] = None
 ) -> list[dict[str, Any]]:
-    with c.rt.sessions() as s:
-        rows = programs.list_applications(s, c.actor, status)
-    names = _names(c)
-    return [application_public(a, names, _reviews(c, a.id)) for a in rows]
+    return program_queries.applications(c.rt.sessions, c.actor, status)
 
 
 @router.get("/applications/{application_id}")
 def show_application(application_id: ApplicationId, c: Caller) -> dict[str, Any]:
-    with c.rt.sessions() as s:
-        a = programs.get_application(s, c.actor, application_id)
-    return application_public(a, _names(c), _reviews(c, a.id))
+    return program_queries.application(c.rt.sessions, c.actor, application_id)
 
 
 @router.post("/applications/{application_id}/reviews", status_code=201)
@@ -127,8 +79,7 @@ def decide(application_id: ApplicationId, body: DecisionCreate, c: Caller) -> di
     )  # fmt: skip
     view = None
     if g is not None:
-        names = _names(c)
-        view = grants.grant_view(g, names["program"].get(g.program_id), names["project"].get(g.project_id))
+        view = grants.grant_view(g, *program_queries.grant_names(c.rt.sessions, g))
     return {"application": application_id, "approved": body.approve, "grant": view}
 
 

@@ -5,57 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from kfabric.api.deps import Caller
 from kfabric.api.schemas import OrganizationCreate, ProjectCreate, UserCreate, UserCreated, UserUpdate
-from kfabric.service import posix, tenancy
-from kfabric.service.actors import Role
-from kfabric.store import tables as t
+from kfabric.service import posix, tenancy, tenancy_queries
 
 router = APIRouter(prefix="/v1", tags=["tenancy"])
 
 
 @router.get("/whoami")
 def whoami(c: Caller) -> dict[str, Any]:
-    a = c.actor
-    with c.rt.sessions() as s:
-        org = s.get(t.Organization, a.organization_id) if a.organization_id else None
-        projects = s.scalars(select(t.Project.name).where(t.Project.id.in_(a.project_ids))).all()
-    return {"name": a.name, "role": a.role.value, "organization": org.name if org else None, "projects": projects}
+    return tenancy_queries.whoami(c.rt.sessions, c.actor)
 
 
 @router.get("/organizations")
 def list_organizations(c: Caller) -> list[dict[str, Any]]:
-    with c.rt.sessions() as s:
-        rows = s.scalars(select(t.Organization).order_by(t.Organization.name)).all()
-        return [
-            {"id": o.id, "name": o.name, "kind": o.kind, "region": o.region, "flags": o.flags}
-            for o in rows
-            if c.actor.sees_organization(o.id)
-        ]
+    return tenancy_queries.organizations(c.rt.sessions, c.actor)
 
 
 @router.post("/organizations", status_code=201)
 def create_organization(body: OrganizationCreate, c: Caller) -> dict[str, Any]:
     o = tenancy.create_organization(c.rt.sessions, c.actor, body.name, body.kind, body.region, body.flags, c.now)
-    return {"id": o.id, "name": o.name, "kind": o.kind, "region": o.region, "flags": o.flags}
+    return tenancy_queries.organization_view(o)
 
 
 @router.get("/projects")
 def list_projects(c: Caller) -> list[dict[str, Any]]:
-    with c.rt.sessions() as s:
-        rows = s.execute(
-            select(t.Project, t.Organization.name)
-            .join(t.Organization, t.Organization.id == t.Project.organization_id)
-            .order_by(t.Project.name)
-        ).all()
-        visible = c.actor.role in (Role.OPERATOR, Role.REVIEWER)
-        return [
-            {"id": p.id, "name": p.name, "organization": org}
-            for p, org in rows
-            if visible or c.actor.sees_project(p.id, p.organization_id)
-        ]
+    return tenancy_queries.projects(c.rt.sessions, c.actor)
 
 
 @router.post("/projects", status_code=201)

@@ -9,15 +9,12 @@ from typing import Annotated, Any
 
 import pydantic
 from fastapi import APIRouter, Path, Response
-from sqlalchemy import select
 
 from kfabric.api.schemas import ApplicationCreate
 from kfabric.model.errors import KfabricError
-from kfabric.service import programs
+from kfabric.service import portal_applications, portal_jobs, programs
 from kfabric.service.actors import Role
-from kfabric.store import tables as t
 from kfabric.web import nav
-from kfabric.web.pages.jobs import visible_projects
 from kfabric.web.pages.submit import schema_error
 from kfabric.web.view import PageRoute, Posted, View, Viewer, describe
 
@@ -29,41 +26,15 @@ ApplicationId = Annotated[int, Path(ge=1, le=2**62)]
 APPLIERS = (Role.ORG_ADMIN, Role.OPERATOR)
 
 
-def _names(s: Any) -> dict[str, dict[int, str]]:
-    return {
-        "program": dict(s.execute(select(t.Program.id, t.Program.name)).all()),
-        "project": dict(s.execute(select(t.Project.id, t.Project.name)).all()),
-    }
-
-
 @router.get("/applications")
 def applications(view: Viewer) -> Response:
-    with view.rt.sessions() as s:
-        rows = programs.list_applications(s, view.actor)
-        names = _names(s)
+    rows, names = portal_applications.applications(view.rt.sessions, view.actor)
     return view.render("applications.html", rows=rows, names=names, may_apply=view.actor.role in APPLIERS)
 
 
-def program_facts(view: View) -> list[dict[str, Any]]:
-    """Every program with its rules (validated, as the service reads them) and the GPU models its pools hold."""
-    out = []
-    with view.rt.sessions() as s:
-        for p in programs.list_programs(s):
-            rules = programs.rules_to_json(programs.program_rules(p))
-            out.append({
-                "name": p.name,
-                "description": p.description,
-                "rules": rules,
-                "max_months": programs.max_months(programs.program_rules(p)),
-                "models": programs.program_models(view.rt.scenario.fleet, p.owner),
-            })  # fmt: skip
-    return out
-
-
 def _apply_form(view: View, values: dict[str, str], problem: tuple[int, str, str, str] | None = None) -> Response:
-    with view.rt.sessions() as s:
-        projects = visible_projects(s, view.actor)
-    facts = program_facts(view)
+    projects = portal_jobs.visible_projects(view.rt.sessions, view.actor)
+    facts = portal_applications.program_facts(view.rt.sessions, view.rt.scenario.fleet)
     chosen = values.get("program") or (facts[0]["name"] if facts else "")
     return view.render(
         "apply.html",
@@ -107,12 +78,8 @@ def apply(view: Viewer, form: Posted) -> Response:
 
 @router.get("/applications/{application_id}")
 def application_page(view: Viewer, application_id: ApplicationId) -> Response:
-    with view.rt.sessions() as s:
-        row = programs.get_application(s, view.actor, application_id)
-        names = _names(s)
-        reviews = list(s.scalars(select(t.Review).where(t.Review.application_id == row.id).order_by(t.Review.id)))
-        grant = s.scalars(select(t.Grant).where(t.Grant.application_id == row.id)).first()
-        s.expunge_all()
+    found = portal_applications.application_detail(view.rt.sessions, view.actor, application_id)
+    row, reviews, names = found.app, found.reviews, found.names
     decided = row.status != "submitted"
     # tenants see the reviewers' scores and comments once the application is decided (reviews stay independent)
     shown = reviews if decided or not view.actor.is_tenant else []
@@ -125,5 +92,5 @@ def application_page(view: Viewer, application_id: ApplicationId) -> Response:
         reviews=shown,
         review_count=len(reviews),
         mean=sum(r.weighted for r in reviews) / len(reviews) if reviews and decided else None,
-        grant=grant.name if grant else None,
+        grant=found.grant,
     )

@@ -4,18 +4,17 @@ list, and ``jobs.visible_job`` for one job (another tenant's job is a 404 page).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
 
 from kfabric.model.job import JobState
-from kfabric.service import job_output, jobs
-from kfabric.service.actors import Actor, Role
+from kfabric.service import jobs, portal_jobs
+from kfabric.service.actors import Role
+from kfabric.service.portal_records import JobRecord
 from kfabric.service.runtime import Runtime
-from kfabric.store import tables as t
 from kfabric.web import nav
 from kfabric.web.tables import Paging, query
 from kfabric.web.view import PageRoute, Posted, View, Viewer
@@ -25,8 +24,6 @@ nav.add("nav.jobs", "/jobs", frozenset({Role.OPERATOR, Role.ORG_ADMIN, Role.MEMB
 
 JobId = Annotated[int, Path(ge=1, le=2**62)]
 STATES = tuple(s.value for s in JobState)
-#: the "active" filter: jobs not yet ended
-ACTIVE = ("pending", "admitted", "running", "preempted")
 #: seconds between live refreshes of the queue and job pages
 REFRESH_S = 3
 #: lines of a job's output the job page shows (the end of it)
@@ -34,29 +31,6 @@ TAIL_LINES = 40
 
 
 # ---- the queue -----------------------------------------------------------------------------------------------
-
-
-def scoped(q: Select[Any], actor: Actor) -> Select[Any] | None:
-    """``q`` (over jobs joined with their project) limited to the jobs ``actor`` may see, as ``jobs.list_jobs``
-    limits them; None for roles that see no jobs."""
-    if actor.role is Role.ORG_ADMIN:
-        return q.where(t.Project.organization_id == actor.organization_id)
-    if actor.role is Role.MEMBER:
-        return q.where(t.Job.project_id.in_(sorted(actor.project_ids)))
-    if actor.role is Role.OPERATOR:
-        return q
-    return None
-
-
-def visible_projects(session: Session, actor: Actor) -> list[str]:
-    q = select(t.Project.name).order_by(t.Project.name)
-    if actor.role is Role.ORG_ADMIN:
-        q = q.where(t.Project.organization_id == actor.organization_id)
-    elif actor.role is Role.MEMBER:
-        q = q.where(t.Project.id.in_(sorted(actor.project_ids)))
-    elif actor.role is not Role.OPERATOR:
-        return []
-    return list(session.scalars(q).all())
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,43 +48,11 @@ class Filters:
         return {"state": self.state, "project": self.project}
 
 
-@dataclass(frozen=True, slots=True)
-class QueueRow:
-    job: t.Job
-    project: str
-    user: str
-
-
-def queue_page(rt: Runtime, actor: Actor, filters: Filters) -> tuple[list[QueueRow], Paging, list[str]]:
-    """One page of the jobs ``actor`` sees, newest first, and the projects the filter offers."""
-    base = select(t.Job.id).join(t.Project, t.Project.id == t.Job.project_id)
-    with rt.sessions() as s:
-        projects = visible_projects(s, actor)
-        scope = scoped(base, actor)
-        if scope is None:
-            return [], Paging.of("1", 0), projects
-        if filters.state == "active":
-            scope = scope.where(t.Job.state.in_(ACTIVE))
-        elif filters.state:
-            scope = scope.where(t.Job.state == filters.state)
-        if filters.project:
-            scope = scope.where(t.Project.name == filters.project)
-        total = int(s.scalar(select(func.count()).select_from(scope.subquery())) or 0)
-        paging = Paging.of(filters.page, total)
-        ids = scope.order_by(t.Job.id.desc()).limit(paging.size).offset(paging.offset).subquery()
-        rows = s.execute(
-            select(t.Job, t.Project.name, t.User.name)
-            .join(ids, ids.c.id == t.Job.id)
-            .join(t.Project, t.Project.id == t.Job.project_id)
-            .join(t.User, t.User.id == t.Job.user_id)
-            .order_by(t.Job.id.desc())
-        ).all()
-        return [QueueRow(j, p, u) for j, p, u in rows], paging, projects
-
-
 def _queue(view: View, state: str, project: str, page: str, template: str) -> Response:
     filters = Filters.of(state, project, page)
-    rows, paging, projects = queue_page(view.rt, view.actor, filters)
+    rows, paging, projects = portal_jobs.queue_page(
+        view.rt.sessions, view.actor, filters.state, filters.project, lambda total: Paging.of(filters.page, total)
+    )
     return view.render(
         template,
         rows=rows,
@@ -146,7 +88,7 @@ class Placement:
     nodes: list[tuple[str, list[int], int]]  # node, GPU indexes, milli per GPU
 
 
-def placement(rt: Runtime, row: t.Job) -> Placement | None:
+def placement(rt: Runtime, row: JobRecord) -> Placement | None:
     got = row.placement or {}
     pool_name = got.get("pool")
     if not pool_name:
@@ -161,54 +103,24 @@ def placement(rt: Runtime, row: t.Job) -> Placement | None:
     )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class OutputTail:
-    """The end of a job's output streams, or why the page shows none (``refused``)."""
-
-    out: job_output.JobLog | None
-    err: job_output.JobLog | None
-    refused: str = ""
-
-
-def output_tail(view: View, row: t.Job, posix_user: str, events: list[t.JobEvent]) -> OutputTail:
-    """The last lines of the job's output, read as ``GET /v1/jobs/{id}/log`` reads them (service/job_output.py):
-    for the job's user and operators only; on ``sim`` the output is the job's state changes."""
-    if row.user_id != view.actor.user_id and not view.actor.is_operator:
-        return OutputTail(None, None, view.t("job.output.owner_only"))
-    files = bool(getattr(view.rt.controller.backends.get(row.backend), "output_files", True))
-    changes = [(e.at_s, e.from_state, e.to_state, e.reason) for e in events] if not files else []
-    try:
-        out, err = (job_output.job_log(row, posix_user, changes, files, stream, tail_lines=TAIL_LINES)
-                    for stream in ("out", "err"))  # fmt: skip
-        return OutputTail(out, err)
-    except job_output.OutputRefused as exc:
-        return OutputTail(None, None, str(exc))
+def _writes_files(rt: Runtime) -> Callable[[str], bool]:
+    """Whether a backend writes output files (``local``, ``slurm``); on ``sim`` the output is the state changes."""
+    return lambda backend: bool(getattr(rt.controller.backends.get(backend), "output_files", True))
 
 
 def job_context(view: View, job_id: int) -> dict[str, Any]:
-    with view.rt.sessions() as s:
-        row, project = jobs.visible_job(s, view.actor, job_id)
-        owner = s.get(t.User, row.user_id)
-        user, posix_user = (owner.name, owner.posix_user) if owner is not None else ("", "")
-        events = list(s.scalars(select(t.JobEvent).where(t.JobEvent.job_id == row.id).order_by(t.JobEvent.id)))
-        grant = s.get(t.Grant, row.grant_id) if row.grant_id is not None else None
-        s.expunge_all()
-    may_cancel = (
-        row.state not in jobs.FINAL
-        and not row.cancel_requested
-        and (view.actor.role is not Role.MEMBER or row.user_id == view.actor.user_id)
-    )
+    d = portal_jobs.job_detail(view.rt.sessions, view.actor, job_id, _writes_files(view.rt), TAIL_LINES)
     return {
-        "job": row,
-        "project": project.name,
-        "user": user,
-        "events": events,
-        "grant": grant.name if grant else None,
-        "where": placement(view.rt, row),
-        "may_cancel": may_cancel,
-        "final": row.state in jobs.FINAL,
-        "spec_items": sorted(row.spec.items()),
-        "output": output_tail(view, row, posix_user, events),
+        "job": d.job,
+        "project": d.project,
+        "user": d.user,
+        "events": d.events,
+        "grant": d.grant,
+        "where": placement(view.rt, d.job),
+        "may_cancel": d.may_cancel,
+        "final": d.final,
+        "spec_items": sorted(d.job.spec.items()),
+        "output": d.output or portal_jobs.JobOutput(None, None, view.t("job.output.owner_only")),
         "tail_lines": TAIL_LINES,
         "refresh_s": REFRESH_S,
     }

@@ -7,20 +7,15 @@ providers here; tenants have their own usage page) and the audit log with filter
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import plotly.graph_objects as go
 from fastapi import APIRouter, Response
-from sqlalchemy import func, select
 
-from kfabric.model.errors import Conflict, PermissionDenied, ValidationError
-from kfabric.service import accounting, audit
+from kfabric.model.errors import PermissionDenied, ValidationError
+from kfabric.service import accounting, portal_jobs, portal_operations, portal_usage
 from kfabric.service.actors import Actor, Role
-from kfabric.service.node_health import live_view, require_viewer
-from kfabric.store import tables as t
 from kfabric.web import nav
 from kfabric.web.tables import Paging, chart, query
 from kfabric.web.view import PageRoute, Posted, View, Viewer
@@ -41,38 +36,9 @@ REPORT_GROUPS = ("organization", "program", "site", "provider", "gpu_model", "pr
 
 @router.get("/fleet")
 def fleet(view: Viewer) -> Response:
-    require_viewer(view.actor)
     ctl = view.rt.controller
-    with view.rt.sessions() as s:
-        live = live_view(s, ctl.live, ctl.pool_backend, view.actor, view.now)
-    f = ctl.live.fleet
-    pools = {p.name: p for p in f.pools}
-    groups: dict[tuple[str, str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    sites: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    today = datetime.fromtimestamp(view.now, UTC).date().isoformat()
-    for p in live["pools"]:
-        g = groups[(p["site"], p["owner"], p["gpu_model"])]
-        online = p["online"] <= today
-        for k in ("gpus", "gpus_free", "gpus_allocated", "gpus_out"):
-            g[k] += p[k]
-        g["nodes"] += p["nodes"]
-        g["gpus_online"] += p["gpus"] if online else 0
-        pool = pools[p["name"]]
-        use = sites[p["site"]]
-        if online:
-            use["it_kw"] += pool.power_kw
-            # an estimate: the pool's node power x the share of its GPUs allocated now
-            use["busy_kw"] += pool.power_kw * (p["gpus_allocated"] / p["gpus"] if p["gpus"] else 0)
-    power = []
-    for name, use in sorted(sites.items()):
-        facts = f.site(name)
-        cap_kw = facts.power_cap_mw * 1000
-        power.append({
-            "site": name, "pue": facts.pue, "cap_kw": cap_kw, "full_kw": use["it_kw"] * facts.pue,
-            "busy_kw": use["busy_kw"] * facts.pue, "full_pct": 100 * use["it_kw"] * facts.pue / cap_kw,
-            "busy_pct": 100 * use["busy_kw"] * facts.pue / cap_kw,
-        })  # fmt: skip
-    rows = [{"site": k[0], "owner": k[1], "model": k[2], **v} for k, v in sorted(groups.items())]
+    live = portal_operations.fleet_live(view.rt.sessions, ctl.live, ctl.pool_backend, view.actor, view.now)
+    rows, power = portal_operations.fleet_summary(live, ctl.live.fleet, view.now)
     return view.render("fleet.html", live=live, rows=rows, power=power)
 
 
@@ -81,33 +47,14 @@ def fleet(view: Viewer) -> Response:
 
 @router.get("/queue")
 def queue_by_reason(view: Viewer, reason: str = "", page: str = "") -> Response:
-    view.actor.require_operator("see every tenant's queue")
     reason = reason[:32]
-    with view.rt.sessions() as s:
-        counts = s.execute(
-            select(t.Job.reason_code, func.count())
-            .where(t.Job.state == "pending")
-            .group_by(t.Job.reason_code)
-            .order_by(func.count().desc(), t.Job.reason_code)
-        ).all()
-        total = sum(n for _c, n in counts)
-        jobs: list[Any] = []
-        paging = Paging.of("1", 0)
-        if reason:
-            n = next((n for c, n in counts if c == reason), 0)
-            paging = Paging.of(page[:10], n)
-            jobs = list(
-                s.execute(
-                    select(t.Job, t.Project.name, t.User.name)
-                    .join(t.Project, t.Project.id == t.Job.project_id)
-                    .join(t.User, t.User.id == t.Job.user_id)
-                    .where(t.Job.state == "pending", t.Job.reason_code == reason)
-                    .order_by(t.Job.id)
-                    .limit(paging.size)
-                    .offset(paging.offset)
-                ).all()
-            )
-            s.expunge_all()
+    counts = portal_jobs.pending_reasons(view.rt.sessions, view.actor)
+    total = sum(n for _c, n in counts)
+    jobs: list[Any] = []
+    paging = Paging.of("1", 0)
+    if reason:
+        paging = Paging.of(page[:10], next((n for c, n in counts if c == reason), 0))
+        jobs = portal_jobs.pending_with(view.rt.sessions, view.actor, reason, paging)
     fig = go.Figure(go.Bar(x=[n for _c, n in counts], y=[c or "—" for c, _n in counts], orientation="h"))
     fig.update_layout(
         height=120 + 28 * len(counts), xaxis_title=view.t("queue.pending_jobs"), yaxis_autorange="reversed"
@@ -152,8 +99,7 @@ def _report(view: View, by: str, since: str, until: str) -> tuple[list[dict[str,
     _report_viewer(view.actor)
     by = by if by in REPORT_GROUPS else "organization"
     lo, hi = _day_bound(view, since, "since", False), _day_bound(view, until, "until", True)
-    with view.rt.sessions() as s:
-        return accounting.usage_report(s, view.actor, by, lo, hi), by
+    return portal_usage.usage_report(view.rt.sessions, view.actor, by, lo, hi), by
 
 
 @router.get("/reports")
@@ -183,49 +129,23 @@ def reports_csv(view: Viewer, by: str = "organization", since: str = "", until: 
 # ---- the audit log -----------------------------------------------------------------------------------------------
 
 
-def _audit_scope(actor: Actor) -> Any:
-    q = select(t.AuditEntry)
-    if actor.role is Role.ORG_ADMIN:
-        return q.where(t.AuditEntry.organization_id == actor.organization_id)
-    if actor.role is not Role.OPERATOR:
-        raise PermissionDenied("read the audit log", "operators and org-admins read it")
-    return q
-
-
 def _audit_page(view: View, filters: dict[str, str], verified: dict[str, Any] | None, status: int = 200) -> Response:
-    q = _audit_scope(view.actor)
-    if filters["actor"]:
-        q = q.where(t.AuditEntry.actor == filters["actor"])
-    if filters["action"]:
-        q = q.where(t.AuditEntry.action == filters["action"])
-    if filters["object_type"]:
-        q = q.where(t.AuditEntry.object_type == filters["object_type"])
-    if filters["object_id"]:
-        q = q.where(t.AuditEntry.object_id == filters["object_id"])
-    lo = _day_bound(view, filters["since"], "since", False)
-    hi = _day_bound(view, filters["until"], "until", True)
-    if lo is not None:
-        q = q.where(t.AuditEntry.at_s >= lo)
-    if hi is not None:
-        q = q.where(t.AuditEntry.at_s < hi)
-    with view.rt.sessions() as s:
-        total = int(s.scalar(select(func.count()).select_from(q.subquery())) or 0)
-        paging = Paging.of(filters["page"], total)
-        rows = list(s.scalars(q.order_by(t.AuditEntry.id.desc()).limit(paging.size).offset(paging.offset)).all())
-        actions = list(s.scalars(select(t.AuditEntry.action).distinct().order_by(t.AuditEntry.action)).all())
-        head = s.get(t.ChainHead, 1) if view.actor.is_operator else None
-        head_view = {"entries": head.count, "hash": head.hash} if head is not None else None
-        s.expunge_all()
+    portal_operations.require_audit_reader(view.actor)  # before the dates: a refused reader learns nothing more
+    wanted = portal_operations.AuditFilter(
+        filters["actor"], filters["action"], filters["object_type"], filters["object_id"],
+        _day_bound(view, filters["since"], "since", False), _day_bound(view, filters["until"], "until", True),
+    )  # fmt: skip
+    found = portal_operations.audit_page(view.rt.sessions, view.actor, wanted, lambda n: Paging.of(filters["page"], n))
     shown = {k: v for k, v in filters.items() if k != "page"}
     return view.render(
         "audit.html",
         status=status,
-        rows=rows,
-        paging=paging,
+        rows=found.rows,
+        paging=found.paging,
         filters=shown,
         query=query,
-        actions=actions,
-        head=head_view,
+        actions=found.actions,
+        head=found.head,
         verified=verified,
         may_verify=view.actor.is_operator,
     )
@@ -249,15 +169,7 @@ def audit_log(
 @router.post("/audit/verify")
 def audit_verify(view: Viewer, form: Posted) -> Response:
     """Recompute the whole chain with the server's audit keys (on demand: it reads every entry)."""
-    view.actor.require_operator("verify the audit log")
-    started = time.perf_counter()
-    try:
-        with view.rt.sessions() as s:
-            v = audit.verify_chain(s)
-        verified: dict[str, Any] = {"ok": True, "entries": v.entries, "hash": v.hash, "keys": list(v.keys)}
-    except Conflict as exc:
-        verified = {"ok": False, "problem": str(exc)}
-    verified["seconds"] = time.perf_counter() - started
+    verified = portal_operations.verify(view.rt.sessions, view.actor)
     verified["at"] = view.now
     f = {k: form.get(k) for k in ("actor", "action", "object_type", "object_id", "since", "until")}
     filters = _filters(f["actor"], f["action"], f["object_type"], f["object_id"], f["since"], f["until"], "")

@@ -11,14 +11,11 @@ from typing import Annotated, Any
 
 import pydantic
 from fastapi import APIRouter, Path, Response
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from kfabric.api.schemas import ReviewCreate
 from kfabric.model.errors import KfabricError, PermissionDenied
-from kfabric.service import programs
+from kfabric.service import portal_applications, programs
 from kfabric.service.actors import Actor, Role
-from kfabric.store import tables as t
 from kfabric.web import nav
 from kfabric.web.pages.submit import schema_error
 from kfabric.web.view import PageRoute, Posted, View, Viewer, describe
@@ -38,26 +35,12 @@ def require_reviewer(actor: Actor) -> None:
         raise PermissionDenied("review applications", f"needs the reviewer role; you are {actor.role.value}")
 
 
-def names(s: Session) -> dict[str, dict[int, str]]:
-    return {
-        "program": dict(s.execute(select(t.Program.id, t.Program.name)).all()),
-        "organization": dict(s.execute(select(t.Organization.id, t.Organization.name)).all()),
-        "project": dict(s.execute(select(t.Project.id, t.Project.name)).all()),
-    }
-
-
 @router.get("/review")
 def review_list(view: Viewer) -> Response:
     actor = view.actor
     require_reviewer(actor)
-    with view.rt.sessions() as s:
-        open_apps = programs.list_applications(s, actor, "submitted")
-        mine = {
-            r.application_id: r for r in s.scalars(select(t.Review).where(t.Review.reviewer_id == actor.user_id)).all()
-        }
-        declared = programs.declared_conflicts(s, actor)
-        named = names(s)
-        s.expunge_all()
+    work = portal_applications.review_work(view.rt.sessions, actor)
+    open_apps, mine, declared, named = work.open_apps, work.mine, work.declared, work.names
     own_org = {a.id for a in open_apps if a.organization_id == actor.organization_id is not None}
     todo = [a for a in open_apps if a.id not in mine and a.id not in declared and a.id not in own_org]
     scored = [a for a in open_apps if a.id in mine]
@@ -68,26 +51,16 @@ def review_list(view: Viewer) -> Response:
 def _context(view: View, application_id: int) -> dict[str, Any]:
     actor = view.actor
     require_reviewer(actor)
-    with view.rt.sessions() as s:
-        app = programs.get_application(s, actor, application_id)
-        prog = s.get(t.Program, app.program_id)
-        assert prog is not None
-        rules = programs.program_rules(prog)
-        mine = s.scalars(
-            select(t.Review).where(t.Review.application_id == app.id, t.Review.reviewer_id == actor.user_id)
-        ).first()
-        count = len(s.scalars(select(t.Review.id).where(t.Review.application_id == app.id)).all())
-        conflict = programs.conflict_of(s, actor, app)
-        named = names(s)
-        s.expunge_all()
+    c = portal_applications.review_context(view.rt.sessions, actor, application_id)
+    app, named = c.app, c.names
     return {
         "app": app,
-        "program": prog,
-        "criteria": list(rules.review_weights),
-        "min_reviews": rules.min_reviews,
-        "review_count": count,
-        "mine": mine,
-        "conflict": conflict,
+        "program": c.program,
+        "criteria": list(c.rules.review_weights),
+        "min_reviews": c.rules.min_reviews,
+        "review_count": c.review_count,
+        "mine": c.mine,
+        "conflict": c.conflict,
         "organization": named["organization"].get(app.organization_id, "?"),
         "project": named["project"].get(app.project_id, "?"),
         "score_min": SCORE_MIN,

@@ -13,10 +13,9 @@ from kfabric.api.schemas import JobCreate
 from kfabric.model.errors import KfabricError, ValidationError
 from kfabric.model.job import MinTopology, PriorityClass
 from kfabric.model.sovereignty import Classification
-from kfabric.service import feasibility, jobs
+from kfabric.service import feasibility, jobs, portal_jobs
 from kfabric.service.actors import Role
 from kfabric.web import nav
-from kfabric.web.pages.jobs import visible_projects
 from kfabric.web.view import Form, PageRoute, Posted, View, Viewer, describe
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -78,8 +77,7 @@ def schema_error(exc: pydantic.ValidationError) -> ValidationError:
 
 
 def _form(view: View, values: dict[str, str], problem: tuple[int, str, str, str] | None = None) -> Response:
-    with view.rt.sessions() as s:
-        projects = visible_projects(s, view.actor)
+    projects = portal_jobs.visible_projects(view.rt.sessions, view.actor)
     models = sorted({p.gpu_model for p in view.rt.scenario.fleet.pools if p.gpus > 0})
     return view.render(
         "submit.html",
