@@ -24,7 +24,12 @@ def program_view(p: t.Program) -> dict[str, Any]:
             "rules": p.rules}  # fmt: skip
 
 
-def application_view(a: t.Application, names: dict[str, dict[int, str]], reviews: list[t.Review]) -> dict[str, Any]:
+def application_view(
+    a: t.Application, names: dict[str, dict[int, str]], reviews: list[t.Review], actor: Actor | None = None
+) -> dict[str, Any]:
+    """The public form of an application with the reviews ``actor`` may read (all, for a new one's answer)."""
+    if actor is not None:
+        reviews = programs.reviews_shown(actor, a.status, reviews)
     return {
         "id": a.id,
         "program": names["program"].get(a.program_id),
@@ -76,14 +81,14 @@ def applications(sessions: sessionmaker[Session], actor: Actor, status: str | No
     with sessions() as s:
         rows = programs.list_applications(s, actor, status)
         names, reviews = _names(s), _reviews(s, (a.id for a in rows))
-        return [application_view(a, names, reviews.get(a.id, [])) for a in rows]
+        return [application_view(a, names, reviews.get(a.id, []), actor) for a in rows]
 
 
 def application(sessions: sessionmaker[Session], actor: Actor, application_id: int) -> dict[str, Any]:
     """One application the caller may see, with its reviews (404 otherwise)."""
     with sessions() as s:
         a = programs.get_application(s, actor, application_id)
-        return application_view(a, _names(s), _reviews(s, [a.id]).get(a.id, []))
+        return application_view(a, _names(s), _reviews(s, [a.id]).get(a.id, []), actor)
 
 
 def new_application(sessions: sessionmaker[Session], a: t.Application) -> dict[str, Any]:

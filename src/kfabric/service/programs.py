@@ -9,8 +9,9 @@ under-use detection, views) are in :mod:`kfabric.service.grants`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -498,3 +499,13 @@ def declare_conflict(
             s.delete(row)
             s.flush()
         return audit.record(s, actor.name, CONFLICT_ACTION, "application", app.id, now_s, app.organization_id, detail)
+
+
+ReviewT = TypeVar("ReviewT")
+
+
+def reviews_shown(actor: Actor, status: str, reviews: Sequence[ReviewT]) -> list[ReviewT]:
+    """The reviews of an application in ``status`` that ``actor`` may read: the applicant's tenants see the
+    reviewers' scores and comments once the application is decided (until then reviews stay independent of the
+    applicant); operators and reviewers see them all along. The API and the portal both answer with this."""
+    return list(reviews) if status != "submitted" or not actor.is_tenant else []

@@ -81,8 +81,7 @@ def application_page(view: Viewer, application_id: ApplicationId) -> Response:
     found = portal_applications.application_detail(view.rt.sessions, view.actor, application_id)
     row, reviews, names = found.app, found.reviews, found.names
     decided = row.status != "submitted"
-    # tenants see the reviewers' scores and comments once the application is decided (reviews stay independent)
-    shown = reviews if decided or not view.actor.is_tenant else []
+    shown = programs.reviews_shown(view.actor, row.status, reviews)
     return view.render(
         "application.html",
         app=row,
@@ -91,6 +90,6 @@ def application_page(view: Viewer, application_id: ApplicationId) -> Response:
         decided=decided,
         reviews=shown,
         review_count=len(reviews),
-        mean=sum(r.weighted for r in reviews) / len(reviews) if reviews and decided else None,
+        mean=sum(r.weighted for r in shown) / len(shown) if shown and decided else None,
         grant=found.grant,
     )
