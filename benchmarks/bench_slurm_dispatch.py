@@ -33,14 +33,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy import select
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "backends" / "slurm"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from slurm_lab import SlurmLab, port_base, start_lab, stop_lab  # noqa: E402
+from slurm_lab import SlurmLab, one_cluster_fleet, port_base, start_lab, stop_lab  # noqa: E402
 
 from kfabric.backends.base import LaunchSpec, NodeGpus  # noqa: E402
 from kfabric.backends.identity import account_for  # noqa: E402
@@ -57,47 +56,6 @@ from posix_accounts import IS_ROOT, JOB_ACCOUNT, create_account, delete_account,
 FINAL = {"succeeded", "failed", "cancelled", "timeout"}
 LAUNCHED_OR_LATER = {"running"} | FINAL
 PROJECT = "bench"
-
-
-def _fleet(lab: SlurmLab) -> str:
-    """A one-cluster fleet (one site, one project with an ample grant) over the lab's discovered pools."""
-    pools = [
-        {**p, "owner": "government", "nodes_per_rack": p["nodes"]}
-        for p in discover(lab.config, online=date(2020, 1, 1)).pools
-    ]
-    site = lab.config.site
-    doc = {
-        "name": "bench-slurm",
-        "description": "one real Slurm cluster, dispatch benchmark",
-        "owners": [{"name": "government", "kind": "government"}],
-        "sites": [
-            {
-                "name": site,
-                "certification": "government-operated",
-                "clearance": "restricted",
-                "region": "kr",
-                "operator": "bench",
-                "power_cap_mw": 10.0,
-                "pue": 1.2,
-            }
-        ],
-        "clusters": [{"name": lab.name, "site": site, "backend": "slurm"}],
-        "pools": pools,
-        "organizations": [{"name": "kisti", "kind": "institute"}],
-        "projects": [{"name": PROJECT, "organization": "kisti"}],
-        "programs": [{"name": "sovereign"}],
-        "grants": [
-            {
-                "id": "g-bench",
-                "program": "sovereign",
-                "project": PROJECT,
-                "start": date(2020, 1, 1),
-                "end": date(2100, 1, 1),
-                "credit_su_hours": 1e9,
-            }
-        ],
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
 
 
 class Timer:
@@ -130,7 +88,7 @@ def run(n_jobs: int, n_nodes: int, timeout_s: float, overrides: dict[str, Any]) 
             f"sqlite:///{root}/k.db",
             load_policy("kfabric"),
             {lab.name: backend},
-            fleet_document=_fleet(lab),
+            fleet_document=one_cluster_fleet(lab, "bench-slurm", PROJECT, 1e9),
             audit_key_file=root / "audit.key",
         )
         try:

@@ -189,6 +189,24 @@ def up_pools(lab: SlurmLab) -> list[dict[str, Any]]:
     return pools
 
 
+def one_cluster_fleet(lab: SlurmLab, name: str = "one-slurm", project: str = "p", credit_su_hours: float = 1e6) -> str:
+    """One real Slurm cluster as a one-site fleet (its nodes that are up), one project with an ample grant."""
+    site = lab.config.site
+    doc = {
+        "name": name, "description": "one real Slurm cluster",
+        "owners": [{"name": "government", "kind": "government"}],
+        "sites": [{"name": site, "certification": "government-operated", "clearance": "restricted", "region": "kr",
+                   "operator": "test", "power_cap_mw": 10.0, "pue": 1.2}],
+        "clusters": [{"name": lab.name, "site": site, "backend": "slurm"}], "pools": up_pools(lab),
+        "organizations": [{"name": "kisti", "kind": "institute"}],
+        "projects": [{"name": project, "organization": "kisti"}],
+        "programs": [{"name": "sovereign"}],
+        "grants": [{"id": f"g-{project}", "program": "sovereign", "project": project, "start": date(2020, 1, 1),
+                    "end": date(2100, 1, 1), "credit_su_hours": credit_su_hours}],
+    }  # fmt: skip
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 def two_site_fleet(a: SlurmLab, b: SlurmLab) -> str:
     site = {"region": "kr", "operator": "test", "power_cap_mw": 10.0, "pue": 1.2}
     doc = {

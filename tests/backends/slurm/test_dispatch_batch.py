@@ -8,17 +8,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Sequence
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from slurm_lab import SlurmLab, fresh_prefix, spec, wait_for, wait_state
+from slurm_lab import SlurmLab, fresh_prefix, one_cluster_fleet, spec, wait_for, wait_state
 
 from kfabric.backends.base import BackendUnavailable, LaunchSpec, RunState
 from kfabric.backends.slurm import SlurmBackend, SlurmCli
-from kfabric.backends.slurm.discover import discover
 from kfabric.scenarios.policies import load_policy
 from kfabric.service import jobs
 from kfabric.service.auth import authenticate
@@ -143,7 +140,7 @@ def test_controller_hands_a_ticks_launches_over_in_batches(slurm_a: SlurmLab, tm
     backend.launch_many = counted  # type: ignore[method-assign]
     rt = open_runtime(
         f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), {slurm_a.name: backend},
-        fleet_document=_fleet(slurm_a),
+        fleet_document=one_cluster_fleet(slurm_a, "batch-dispatch"),
     )  # fmt: skip
     try:
         with rt.sessions() as s:
@@ -182,7 +179,7 @@ def test_a_cancel_while_the_launch_is_in_flight_terminates_what_it_launched(slur
 
     backend.launch_many = held  # type: ignore[method-assign]
     rt = open_runtime(f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), {slurm_a.name: backend},
-                      fleet_document=_fleet(slurm_a))  # fmt: skip
+                      fleet_document=one_cluster_fleet(slurm_a, "batch-dispatch"))  # fmt: skip
     try:
         with rt.sessions() as s:
             assert rt.bootstrap_token is not None
@@ -213,24 +210,3 @@ def test_a_cancel_while_the_launch_is_in_flight_terminates_what_it_launched(slur
     assert len(slurm_a.jobs_named(name)) == 1  # launched once
     states = slurm_a.cmd("squeue", "--all", "--states=all", "--noheader", f"--name={name}", "-o", "%T").split()
     assert states and states[0] in ("CANCELLED", "COMPLETING", "COMPLETED"), states  # nothing left running
-
-
-def _fleet(slurm_a: SlurmLab) -> str:
-    """One real Slurm cluster as a one-site fleet with one project and an ample grant."""
-    pools = [
-        {**p, "owner": "government", "nodes_per_rack": p["nodes"]}
-        for p in discover(slurm_a.config, online=date(2020, 1, 1)).pools
-    ]
-    site = slurm_a.config.site
-    doc = {
-        "name": "batch-dispatch", "description": "one real Slurm cluster",
-        "owners": [{"name": "government", "kind": "government"}],
-        "sites": [{"name": site, "certification": "government-operated", "clearance": "restricted", "region": "kr",
-                   "operator": "test", "power_cap_mw": 10.0, "pue": 1.2}],
-        "clusters": [{"name": slurm_a.name, "site": site, "backend": "slurm"}], "pools": pools,
-        "organizations": [{"name": "kisti", "kind": "institute"}], "projects": [{"name": "p", "organization": "kisti"}],
-        "programs": [{"name": "sovereign"}],
-        "grants": [{"id": "g", "program": "sovereign", "project": "p", "start": date(2020, 1, 1),
-                    "end": date(2100, 1, 1), "credit_su_hours": 1e6}],
-    }  # fmt: skip
-    return yaml.safe_dump(doc, sort_keys=False)

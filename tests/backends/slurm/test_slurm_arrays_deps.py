@@ -5,12 +5,10 @@ run: every array task ran, never more than the cap at once, and the chain ran in
 from __future__ import annotations
 
 import time
-from datetime import date
 from pathlib import Path
 
 import pytest
-import yaml
-from slurm_lab import SlurmLab, fresh_prefix, up_pools
+from slurm_lab import SlurmLab, fresh_prefix, one_cluster_fleet
 from sqlalchemy import select
 
 from kfabric.scenarios.policies import load_policy
@@ -24,26 +22,13 @@ pytestmark = pytest.mark.integration
 FINAL = ("succeeded", "failed", "cancelled", "timeout")
 
 
-def _fleet(lab: SlurmLab) -> str:
-    site = lab.config.site
-    doc = {
-        "name": "arrays-deps", "description": "one real Slurm cluster",
-        "owners": [{"name": "government", "kind": "government"}],
-        "sites": [{"name": site, "certification": "government-operated", "clearance": "restricted", "region": "kr",
-                   "operator": "test", "power_cap_mw": 10.0, "pue": 1.2}],
-        "clusters": [{"name": lab.name, "site": site, "backend": "slurm"}], "pools": up_pools(lab),
-        "organizations": [{"name": "kisti", "kind": "institute"}], "projects": [{"name": "p", "organization": "kisti"}],
-        "programs": [{"name": "sovereign"}],
-        "grants": [{"id": "g", "program": "sovereign", "project": "p", "start": date(2020, 1, 1),
-                    "end": date(2100, 1, 1), "credit_su_hours": 1e6}],
-    }  # fmt: skip
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
 def test_array_cap_and_afterok_chain_on_slurm(slurm_a: SlurmLab, tmp_path: Path, job_account: str) -> None:
     backend = slurm_a.backend(job_name_prefix=fresh_prefix())
     rt = open_runtime(
-        f"sqlite:///{tmp_path}/k.db", load_policy("kfabric"), {slurm_a.name: backend}, fleet_document=_fleet(slurm_a)
+        f"sqlite:///{tmp_path}/k.db",
+        load_policy("kfabric"),
+        {slurm_a.name: backend},
+        fleet_document=one_cluster_fleet(slurm_a, "arrays-deps"),
     )
     try:
         map_users(rt.sessions, job_account)
