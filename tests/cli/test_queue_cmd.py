@@ -20,7 +20,15 @@ from kfabric.api.app import create_app
 from kfabric.cli.errors import UsageError
 from kfabric.cli.main import main
 from kfabric.cli.queue_cmd import parse_states
-from kfabric.cli.queue_fields import fold_arrays, parse_format, parse_sort, plain_lines, run_time, sort_jobs
+from kfabric.cli.queue_fields import (
+    fold_arrays,
+    parse_format,
+    parse_sort,
+    plain_lines,
+    run_time,
+    sort_jobs,
+    where_or_why,
+)
 from kfabric.store import tables as t
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "api"))
@@ -236,3 +244,20 @@ def test_a_long_queue_prints_plain_columns(as_user: Any, capsys: pytest.CaptureF
     assert lines[0].split() == ["JOBID", "NAME", "STATE"] and "│" not in out
     assert sum(1 for line in lines if " bulk" in line) == 1500
     assert lines[-1].startswith(f"{len(lines) - 2} jobs")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        # held: the reason says it all; the expected-start "why" only repeats it and is left out
+        ({"reason_code": "held", "reason": "held by its user", "expected_start_why": "held by its user"},
+         "held: held by its user"),
+        # a different why is added
+        ({"reason_code": "resources", "reason": "no pool has 8 free GPUs",
+          "expected_start_why": "beyond the planning horizon"},
+         "resources: no pool has 8 free GPUs; no expected start: beyond the planning horizon"),
+    ],
+)  # fmt: skip
+def test_reason_column_adds_the_expected_start_why_only_when_it_says_more(extra: dict[str, Any], expect: str) -> None:
+    job = {"state": "pending", "expected_start_s": None, **extra}
+    assert where_or_why(job) == expect

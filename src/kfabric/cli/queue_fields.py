@@ -116,8 +116,8 @@ def where_or_why(job: Job) -> str:
     if state not in FINAL_STATES:
         if job.get("expected_start_s") is not None:
             text += f"; expected start {fmt_time(job['expected_start_s'])}"
-        elif job.get("expected_start_why"):
-            text += f"; no expected start: {job['expected_start_why']}"
+        elif job.get("expected_start_why") and str(job["expected_start_why"]) not in text:
+            text += f"; no expected start: {job['expected_start_why']}"  # unless it only repeats why it waits
     return text
 
 
