@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from kfabric.client import Client
+from serve_process import kfabric_serve
 
 FINAL = ("succeeded", "failed", "cancelled", "timeout")
 
@@ -54,12 +52,6 @@ class LocalServer:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_job(client: Client, job_id: int, states: tuple[str, ...] = FINAL, timeout_s: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -75,31 +67,15 @@ def serve_local(account: str, gpus: int = 2) -> Iterator[LocalServer]:
     top = Path(tempfile.mkdtemp(prefix="kfabric-output-", dir="/tmp"))
     top.chmod(0o755)
     state = top / ".kfabric"
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "kfabric.cli.main", "serve", "--fleet", "local", "--local-gpus", str(gpus),
-        "--tick", "0.2", "--port", str(port), "--state-dir", str(state), "--log-level", "warning",
-    ]  # fmt: skip
-    log = open(top / "server.log", "wb")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=top)
+    args = ("--fleet", "local", "--local-gpus", str(gpus), "--tick", "0.2", "--state-dir", str(state),
+            "--log-level", "warning")  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (top / "server.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, (top / "server.log").read_text()
-            time.sleep(0.05)
-        server = LocalServer(top, state, f"http://127.0.0.1:{port}", proc)
-        with server.client() as op:
-            op.set_posix_user("admin", account)
-        yield server
+        with kfabric_serve(top, *args, timeout_s=30) as (url, proc):
+            server = LocalServer(top, state, url, proc)
+            with server.client() as op:
+                op.set_posix_user("admin", account)
+            yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        log.close()
         for pid_file in (state / "local" / "jobs").glob("*/pid"):
             text = pid_file.read_text().strip()
             with contextlib.suppress(OSError):

@@ -10,22 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
 from kfabric.client import Client
+from serve_process import kfabric_serve
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 MISSING = "Chromium not installed: apt-get install -y chromium (and pip install playwright; never `playwright install`)"
@@ -56,12 +52,6 @@ def require_browser() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Server:
     url: str
@@ -82,32 +72,12 @@ def serve_lab() -> Iterator[Server]:
     (its process group, by pid) and its folder removed at the end."""
     top = Path(tempfile.mkdtemp(prefix="kfabric-web-"))
     state = top / "state"
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "kfabric.cli.main", "serve", "--fleet", "lab", "--tick", "0.2", "--port", str(port),
-        "--state-dir", str(state), "--log-level", "warning", "--account-interval", "5",
-    ]  # fmt: skip
-    log = open(top / "server.log", "wb")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=top)
+    args = ("--fleet", "lab", "--tick", "0.2", "--state-dir", str(state), "--log-level", "warning",
+            "--account-interval", "5")  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (top / "server.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, (top / "server.log").read_text()
-            time.sleep(0.1)
-        yield Server(f"http://127.0.0.1:{port}", state, proc)
+        with kfabric_serve(top, *args) as (url, proc):
+            yield Server(url, state, proc)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
         shutil.rmtree(top, ignore_errors=True)
 
 
