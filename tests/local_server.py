@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kfabric.client import Client
-from serve_process import kfabric_serve
+from serve_process import kfabric_serve, kill_runners
 
 FINAL = ("succeeded", "failed", "cancelled", "timeout")
 
@@ -76,9 +75,5 @@ def serve_local(account: str, gpus: int = 2) -> Iterator[LocalServer]:
                 op.set_posix_user("admin", account)
             yield server
     finally:
-        for pid_file in (state / "local" / "jobs").glob("*/pid"):
-            text = pid_file.read_text().strip()
-            with contextlib.suppress(OSError):
-                if text.isdigit() and str(pid_file.parent) in Path(f"/proc/{text}/cmdline").read_text(errors="replace"):
-                    os.killpg(int(text), signal.SIGKILL)
+        kill_runners(state)
         subprocess.run(["rm", "-rf", str(top)], check=False)

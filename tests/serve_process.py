@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -24,13 +24,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def kfabric_serve(top: Path, *args: str, timeout_s: float = 60.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``kfabric serve ARGS --port P`` run in ``top`` (its output in ``top/server.log``); yields its URL and process
-    once it answers. At the end its process group gets SIGTERM, and SIGKILL if it has not stopped in 20 s."""
+def kfabric_serve(
+    top: Path, *args: str, timeout_s: float = 60.0, env: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``kfabric serve ARGS --port P`` run in ``top`` (its output in ``top/server.log``; ``env`` instead of this
+    process's environment); yields its URL and process once it answers. At the end its process group gets
+    SIGTERM, and SIGKILL if it has not stopped in 20 s."""
     port = free_port()
     cmd = [sys.executable, "-m", "kfabric.cli.main", "serve", *args, "--port", str(port)]
     log = open(top / "server.log", "wb")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=top)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=top)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -50,3 +53,12 @@ def kfabric_serve(top: Path, *args: str, timeout_s: float = 60.0) -> Iterator[tu
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+
+
+def kill_runners(state: Path) -> None:
+    """Kill what the ``local`` backend's job runners left running under ``state`` (they outlive the server)."""
+    for pid_file in (state / "local" / "jobs").glob("*/pid"):
+        text = pid_file.read_text().strip()
+        with contextlib.suppress(OSError):
+            if text.isdigit() and str(pid_file.parent) in Path(f"/proc/{text}/cmdline").read_text(errors="replace"):
+                os.killpg(int(text), signal.SIGKILL)

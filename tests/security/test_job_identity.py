@@ -13,10 +13,7 @@ import contextlib
 import os
 import secrets
 import shlex
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from kfabric.backends import identity
@@ -32,6 +28,7 @@ from kfabric.client import ApiError, Client
 from kfabric.model.errors import ValidationError
 from kfabric.service import posix
 from posix_accounts import IS_ROOT, NOT_ROOT, account_name, create_account, delete_account
+from serve_process import kfabric_serve, kill_runners
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason=NOT_ROOT)
 
@@ -72,12 +69,6 @@ class Server:
         return Client(self.url, token or (self.state / "operator.token").read_text().strip())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def accounts() -> Iterator[Accounts]:
     made = Accounts(account_name("victim"), account_name("attacker"), account_name("spare"))
@@ -100,39 +91,15 @@ def server(accounts: Accounts) -> Iterator[Server]:
     state.mkdir(mode=0o755)
     (state / "left-over.txt").write_text("from before\n")
     (state / "left-over.txt").chmod(0o644)
-    port = _free_port()
     env = {**os.environ, "KFABRIC_TEST_SECRET": SECRET}
-    cmd = [
-        sys.executable, "-m", "kfabric.cli.main", "serve", "--fleet", "local", "--local-gpus", "4", "--tick", "0.2",
-        "--port", str(port), "--state-dir", str(state), "--log-level", "warning",
-    ]  # fmt: skip
-    log = open(top / "server.log", "wb")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=top)
+    args = ("--fleet", "local", "--local-gpus", "4", "--tick", "0.2", "--state-dir", str(state), "--log-level",
+            "warning")  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (top / "server.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, (top / "server.log").read_text()
-            time.sleep(0.05)
-        yield Server(state, f"http://127.0.0.1:{port}", proc)
+        with kfabric_serve(top, *args, timeout_s=30, env=env) as (url, proc):
+            yield Server(state, url, proc)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        log.close()
-        _kill_runners(state)
+        kill_runners(state)
         subprocess.run(["rm", "-rf", str(top)], check=False)
-
-
-def _kill_runners(state: Path) -> None:
-    for pid_file in (state / "local" / "jobs").glob("*/pid"):
-        text = pid_file.read_text().strip()
-        with contextlib.suppress(OSError):
-            if text.isdigit() and str(pid_file.parent) in Path(f"/proc/{text}/cmdline").read_text(errors="replace"):
-                os.killpg(int(text), signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
