@@ -94,14 +94,18 @@ def test_two_slurm_clusters_are_one_fleet(
                 .join(t.UsageRecord, t.UsageRecord.job_id == t.Job.id)
                 .group_by(t.Job.id, t.Project.name, t.Job.admitted_at_s, t.Job.started_at_s, t.Job.ended_at_s)
             ).all()
+        # the live count accrues at each cycle while a run holds its GPUs, and a run leaves at the end Slurm reports
+        # once the controller has seen it: it may have accrued up to then. Slurm's end is in whole seconds (up to
+        # 1 s early), and an end is seen within a poll interval (1 s) plus a tick: per run at most slack_s more.
+        slack_s = 1.0 + 1.0 + 1.0
         held: dict[str, float] = {}
         for project, admitted, started, ended, su in per_job:
-            held[project] = held.get(project, 0.0) + su * (ended - admitted) / max(ended - started, 1e-9)
+            rate = su / max(ended - started, 1e-9)
+            held[project] = held.get(project, 0.0) + rate * (ended - admitted + slack_s)
         usage = rt.controller.live.snap.usage_su
         for project, su in su_by_project.items():
-            # counted from admission to the end the controller saw (Slurm reports whole seconds): at least what
-            # was billed, within a few percent of the admission..end SU of the records (1.3 % over, measured)
-            assert su <= usage[project] <= held[project] * 1.05
+            # at least what was billed; at most admission..end of the records plus the observation slack
+            assert su <= usage[project] <= held[project], (project, su, usage[project], held[project])
         assert set(su_by_project) == {"sovereign-fm", "nova-llm"}
     finally:
         rt.close()
