@@ -19,6 +19,7 @@ dominate the start rate. Run by hand; nothing here is asserted in tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -27,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -73,7 +74,10 @@ class Timer:
             self.calls += 1
 
 
-def run(n_jobs: int, n_nodes: int, timeout_s: float, overrides: dict[str, Any]) -> dict[str, Any]:
+@contextlib.contextmanager
+def private_lab(n_nodes: int) -> Iterator[SlurmLab]:
+    """One private Slurm cluster of ``n_nodes`` nodes (and, as root, the throwaway account jobs run as), removed at
+    the end."""
     root = Path(tempfile.mkdtemp(prefix="kfabric-bench-slurm-", dir="/tmp"))
     root.chmod(0o755)  # munged needs every parent of its socket world-executable
     lab: SlurmLab | None = None
@@ -81,15 +85,26 @@ def run(n_jobs: int, n_nodes: int, timeout_s: float, overrides: dict[str, Any]) 
         create_account(JOB_ACCOUNT)  # jobs run as a throwaway account, never as root
     try:
         lab = start_lab("bench", n_nodes, port_base(set()), root)
+        yield lab
+    finally:
+        if lab is not None:
+            stop_lab(lab)
+        shutil.rmtree(root, ignore_errors=True)
+        if IS_ROOT:
+            delete_account(JOB_ACCOUNT)
+
+
+def run(n_jobs: int, n_nodes: int, timeout_s: float, overrides: dict[str, Any]) -> dict[str, Any]:
+    with private_lab(n_nodes) as lab:
         backend = SlurmBackend(dataclasses.replace(lab.config, **overrides))
         launch, poll, read = Timer(backend.launch_many), Timer(backend.poll), Timer(backend._refresh)
         backend.launch_many, backend.poll, backend._refresh = launch, poll, read  # type: ignore[method-assign]
         rt = open_runtime(
-            f"sqlite:///{root}/k.db",
+            f"sqlite:///{lab.dir.parent}/k.db",
             load_policy("kfabric"),
             {lab.name: backend},
             fleet_document=one_cluster_fleet(lab, "bench-slurm", PROJECT, 1e9),
-            audit_key_file=root / "audit.key",
+            audit_key_file=lab.dir.parent / "audit.key",
         )
         try:
             schedule = Timer(rt.controller.schedule)
@@ -126,12 +141,6 @@ def run(n_jobs: int, n_nodes: int, timeout_s: float, overrides: dict[str, Any]) 
             lat = latencies(rt)
         finally:
             rt.close()
-    finally:
-        if lab is not None:
-            stop_lab(lab)
-        shutil.rmtree(root, ignore_errors=True)
-        if IS_ROOT:
-            delete_account(JOB_ACCOUNT)
     assert t_launched is not None and t_started is not None
     return {
         "jobs": n_jobs,
@@ -185,13 +194,7 @@ def raw(n_jobs: int, n_nodes: int, timeout_s: float, overrides: dict[str, Any]) 
     """Slurm's own ceiling on this machine, without kfabric: the same sbatch arguments the backend writes for a
     1-GPU ``true`` job (without kfabric's node choice: Slurm places them), ``submit_parallel`` sbatch commands in
     flight, then ``squeue`` read until every job has started and every job has ended."""
-    root = Path(tempfile.mkdtemp(prefix="kfabric-bench-slurm-raw-", dir="/tmp"))
-    root.chmod(0o755)
-    lab: SlurmLab | None = None
-    if IS_ROOT:
-        create_account(JOB_ACCOUNT)
-    try:
-        lab = start_lab("bench", n_nodes, port_base(set()), root)
+    with private_lab(n_nodes) as lab:
         backend = SlurmBackend(dataclasses.replace(lab.config, **overrides))
         account = account_for("bench", JOB_ACCOUNT)
         first_node = discover(lab.config, online=date(2020, 1, 1)).pools[0]["node_names"][0]
@@ -220,12 +223,6 @@ def raw(n_jobs: int, n_nodes: int, timeout_s: float, overrides: dict[str, Any]) 
                 t_final = now
                 break
             time.sleep(0.05)
-    finally:
-        if lab is not None:
-            stop_lab(lab)
-        shutil.rmtree(root, ignore_errors=True)
-        if IS_ROOT:
-            delete_account(JOB_ACCOUNT)
     assert t_started is not None
     return {"jobs": n_jobs, "nodes": n_nodes, "sbatch_jobs_per_s": n_jobs / t_submitted,
             "start_jobs_per_s": n_jobs / t_started, "all_final_s": t_final,
