@@ -21,7 +21,7 @@ from builders import (
 from kfabric.model import MinTopology, PriorityClass
 from kfabric.model.job import MILLI_PER_GPU
 from kfabric.sched.cycle import cycle
-from kfabric.sched.memo import CycleMemo
+from kfabric.sched.memo import CycleMemo, PlacementMemo
 from kfabric.sched.placer import CLASS, TIME_LIMIT, NoFit, Placer
 from kfabric.sched.policy import Policy
 from kfabric.sched.profile import Profile
@@ -85,7 +85,7 @@ def test_shape_fits_without_foresees_a_rack_that_freeing_makes_whole() -> None:
 
 # ---- the placer --------------------------------------------------------------------------------------------------
 def _placer(snap: Snapshot, profiles: dict[int, Profile]) -> Placer:
-    return Placer(snap.capacity, PLACEMENTS["best-fit"], profiles, NOW)
+    return Placer(snap.capacity, PLACEMENTS["best-fit"], profiles, NOW, PlacementMemo())
 
 
 def test_a_placer_answers_fit_with_the_choice_it_used() -> None:

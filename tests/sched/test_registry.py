@@ -12,7 +12,8 @@ from builders import a_fleet, online_capacity
 
 from kfabric.model.errors import ValidationError
 from kfabric.model.fleet import Sharing
-from kfabric.sched import placement, registry, single
+from kfabric.sched import bounded, placement, registry, single
+from kfabric.sched.memo import PlacementMemo
 from kfabric.sched.policy import BACKFILL_MODES, Policy
 from kfabric.sched.presets import PRESETS
 from kfabric.sched.registry import BackfillMode, Preemption
@@ -38,9 +39,9 @@ def test_a_policy_resolves_once_per_set_of_names() -> None:
     assert Policy(backfill="none").modes() is not a.modes()
 
 
-def test_only_fgd_measures_against_the_queue_and_only_kfabric_has_a_few_nodes_form() -> None:
+def test_only_fgd_measures_against_the_queue_and_only_kfabric_remembers_node_terms() -> None:
     queue = {n for n, m in registry.PLACEMENT_MODES.items() if m.queue_workload}
-    few = {n for n, m in registry.PLACEMENT_MODES.items() if m.scorer is not None and m.scorer.few is not None}
+    few = {n for n, m in registry.PLACEMENT_MODES.items() if m.scorer is not None and m.scorer.terms is not None}
     scored = {n for n, m in registry.PLACEMENT_MODES.items() if m.scorer is not None}
     assert (queue, few, scored) == ({"fgd"}, {"kfabric"}, {"best-fit", "fgd", "kfabric"})
     for name in scored:
@@ -94,17 +95,17 @@ def test_a_mistyped_name_says_which_was_meant(data: dict[str, str], where: str, 
     assert scoped.value.where == "scenario." + where
 
 
-def test_the_few_nodes_form_of_a_scorer_without_one_is_its_array_form() -> None:
+def test_a_choice_among_few_nodes_is_the_scorers_own_choice() -> None:
     cap = online_capacity(a_fleet().pool("a", gpus_per_node=4, nodes=5).build())
     ask = Ask(2, 1000, 0, 0, (0,), "job-7")
     nodes = [4, 1, 3]
     workload = own_shape(ask.milli, ask.gpus, ask.cpu, ask.mem)
-    for scorer in (placement.BEST_FIT, placement.FGD):
-        assert scorer.few is None
-        assert scorer.over_few(cap, nodes, ask, workload) == scorer.over(cap, np.array(nodes), ask, workload)
-    kfabric = placement.KFABRIC
-    assert kfabric.over is single.kfabric
-    assert kfabric.over_few(cap, nodes, ask, workload) == kfabric.over(cap, np.array(nodes), ask, workload)
+    memo = PlacementMemo()
+    for scorer in (placement.BEST_FIT, placement.FGD, placement.KFABRIC):
+        got = bounded.choose(scorer, cap, nodes, ask, workload, memo)
+        assert got == scorer.over(cap, np.array(nodes), ask, workload)
+    assert placement.KFABRIC.over is single.kfabric and placement.KFABRIC.terms is single.kfabric_terms
+    assert len(memo.terms) == 1  # kfabric's terms of the three (equally empty) nodes: one entry; others have none
 
 
 def _names() -> set[str]:

@@ -32,6 +32,7 @@ import numpy.typing as npt
 from kfabric.model.fleet import Fleet
 from kfabric.scenarios.openb import load_openb, read_node_rows
 from kfabric.sched.capacity import Capacity
+from kfabric.sched.memo import PlacementMemo
 from kfabric.sched.packing import GPU_MILLI, TaskSpec, job_of, task_spec_problem, workload_of
 from kfabric.sched.placement import PlaceRequest
 from kfabric.sched.registry import PLACEMENTS
@@ -197,6 +198,7 @@ def replay(
     in ``order`` (default: the fleet's)."""
     place = PLACEMENTS[policy]
     cap = online(fleet)
+    memo = PlacementMemo()
     cpu_pools = list(order) if order is not None else list(range(len(cap.pools)))
     gpu_pools = [pi for pi in cpu_pools if cap.pools[pi].gpus_per_node > 0]
     pools: dict[tuple[str, ...], list[int]] = {}
@@ -210,7 +212,7 @@ def replay(
                 task.gpu_spec,
                 [pi for pi in gpu_pools if not task.gpu_spec or cap.pools[pi].model in task.gpu_spec],
             )
-        found = place(cap, PlaceRequest(job_of(task, f"{tag}{i}"), allowed, workload=workload))
+        found = place(cap, PlaceRequest(job_of(task, f"{tag}{i}"), allowed, workload=workload, memo=memo))
         if found is not None:
             for s in found.shares:
                 cap.take(s.node, s.gpus, s.gpu_milli, s.cpu_milli, s.memory_mib)

@@ -8,12 +8,9 @@ larger than ``placement.EXACT_SCAN_NODES`` nodes a pool offers representatives i
 * a share of one GPU (:func:`share_nodes`): for each amount of free milli on an already shared GPU, the first
   node with it, plus the whole-GPU representatives.
 
-:func:`kfabric_few` is :func:`kfabric.sched.single.kfabric` in plain Python for such a handful of nodes
-(numpy's per-call cost dominates at this size): the same score, terms and ties; tests hold the two equal. The
-two are one scorer (``placement.KFABRIC``, a :class:`~kfabric.sched.single.Scorer` with this ``few`` form);
-the placement runs whichever form the registered scorer offers, never naming a function.
-A node's terms depend only on its pool and free resources (and the ask and workload), so they are remembered
-per capacity index.
+:func:`choose` picks among such a handful the node the scorer's ``over`` would pick; for a scorer with per-node
+terms (kfabric) it remembers each node's terms, computed by the scorer's own arithmetic, and compares them in
+plain Python (numpy's per-call cost dominates at this size).
 """
 
 from __future__ import annotations
@@ -21,15 +18,12 @@ from __future__ import annotations
 from itertools import islice
 from math import floor
 
-from kfabric.model.job import MILLI_PER_GPU
-from kfabric.sched.capacity import Capacity
-from kfabric.sched.fragmentation import frag_tables
-from kfabric.sched.single import GRID, PRIME, Ask, Choice, Static, gpus_on, static
-from kfabric.sched.workload import Workload
+import numpy as np
 
-#: node terms remembered per capacity index before the memo is emptied
-MEMO_LIMIT = 100_000
-Terms = tuple[float, tuple[tuple[int, float, float], ...]]
+from kfabric.sched.capacity import Capacity
+from kfabric.sched.memo import PlacementMemo
+from kfabric.sched.single import GRID, PRIME, Ask, Choice, Scorer, gpus_on
+from kfabric.sched.workload import Workload
 
 
 def bucket_nodes(cap: Capacity, pool: int, ask: Ask, per_bucket: int, scan: int) -> list[int]:
@@ -69,34 +63,36 @@ def share_nodes(cap: Capacity, pool: int, ask: Ask, per_bucket: int, scan: int) 
     return list(dict.fromkeys(nodes + bucket_nodes(cap, pool, ask, per_bucket, scan)))
 
 
-def kfabric_few(cap: Capacity, nodes: list[int], ask: Ask, workload: Workload) -> Choice:
-    """:func:`kfabric.sched.single.kfabric` over a handful of nodes, in plain Python."""
-    st = static(cap)
-    if len(st.memo) > MEMO_LIMIT:
-        st.memo.clear()
-        st.memo_workloads.clear()
-    # keys hold only numbers (the garbage collector skips them); the workloads they name are kept alive here
-    st.memo_workloads.setdefault(id(workload), workload)
+def choose(
+    scorer: Scorer, cap: Capacity, nodes: list[int], ask: Ask, workload: Workload, memo: PlacementMemo
+) -> Choice:
+    """The scorer's choice among a handful of ``nodes`` (non-empty, all holding the ask): the same as
+    ``scorer.over`` on them. A scorer with per-node ``terms`` has them remembered per node (``memo.terms``): a
+    node's terms depend only on its pool and free resources (and the ask and workload), and the representatives
+    of a large fleet repeat from job to job, so most placements compute none (numpy's per-call cost dominates
+    at this size); the terms of the nodes not remembered are computed together, by the scorer's own arithmetic."""
+    if scorer.terms is None:
+        return scorer.over(cap, np.array(nodes, dtype=np.int64), ask, workload)
+    keys = _keys(cap, nodes, ask, memo.remember(workload))
+    known = memo.terms
+    missing = [i for i, key in enumerate(keys) if key not in known]
+    if missing:
+        found = scorer.terms(cap, np.array([nodes[i] for i in missing], dtype=np.int64), ask, workload)
+        for i, terms in zip(missing, found, strict=True):
+            known[keys[i]] = terms
     salt = ask.salt
     rank = {pi: float(i) for i, pi in enumerate(ask.order)} if len(ask.order) > 1 else {}
     last = float(len(ask.order))
     # per (node, GPU), on the grid: score, pool rank, breaks a whole rack, milli left on the GPU, remaining
-    # share; then the node's place in the ask's pseudo-random order, the GPU slot, the node
+    # share; then the node's place in the ask's pseudo-random order, the GPU slot, the node (``single.lexmin``)
     rows: list[tuple[float, float, float, float, float, int, int, int]] = []
-    for node in nodes:
-        row = cap.milli[node].tolist()
-        cpu, mem = cap.cpu_free.item(node), cap.mem_free.item(node)
-        pool = cap.node_pool.item(node)
-        key = (id(workload), ask.gpus, ask.milli, ask.cpu, ask.mem, pool, cpu, mem, *row)
-        terms = st.memo.get(key)
-        if terms is None:
-            terms = st.memo[key] = _terms(cap, st, node, [f if f > 0 else 0 for f in row], cpu, mem, ask, workload)
-        remaining, per_gpu = terms
+    for node, key in zip(nodes, keys, strict=True):
+        remaining, per_gpu = known[key]
         breaks = 0.0
         if cap.whole.item(node) == cap.node_gpus.item(node):
             rack = cap.node_rack.item(node)
             breaks = GRID if cap.rack_full.item(rack) == cap.rack_size.item(rack) else 0.0
-        position = floor(rank.get(pool, last) * GRID) if rank else 0.0
+        position = floor(rank.get(cap.node_pool.item(node), last) * GRID) if rank else 0.0
         order = (node + 1) * salt % PRIME
         for g, score, left in per_gpu:
             rows.append((score, position, breaks, left, remaining, order, g, node))
@@ -104,29 +100,9 @@ def kfabric_few(cap: Capacity, nodes: list[int], ask: Ask, workload: Workload) -
     return best[7], gpus_on(cap, best[7], ask, best[6])
 
 
-def _terms(cap: Capacity, st: Static, node: int, free: list[int], cpu: int, mem: int, ask: Ask, wl: Workload) -> Terms:
-    """Remaining share and, per GPU slot that takes the ask, (slot, score, milli left on it), on the grid."""
-    total = sum(free)
-    cpm, mpm = wl.cpu_per_milli, wl.mem_per_milli
-    strand = _stranded(total - ask.demand, cpu - ask.cpu, mem - ask.mem, cpm, mpm)
-    strand -= _stranded(total, cpu, mem, cpm, mpm)
-    remaining = (cpu - ask.cpu) / max(cap.cpu_total.item(node), 1)
-    remaining += (mem - ask.mem) / max(cap.mem_total.item(node), 1)
-    remaining += (total - ask.demand) / max(cap.node_gpus.item(node) * MILLI_PER_GPU, 1)
-    if not ask.share:
-        tables = frag_tables(wl, st.model_names, cap.milli.shape[1])
-        growth = tables.delta_one(st.node_model.item(node), cpu, free, cap.whole.item(node), ask.cpu, ask.gpus)
-        return floor(remaining * GRID), ((0, floor((growth / tables.total_weight + strand) * GRID), 0.0),)
-    waste, m = wl.waste_list, ask.milli
-    slots = ((g, waste[f - m] - waste[f] + strand, f - m) for g, f in enumerate(free) if f >= m)
-    return floor(remaining * GRID), tuple((g, floor(score * GRID), floor(left * GRID)) for g, score, left in slots)
-
-
-def _stranded(gpu_free: int, cpu_free: int, mem_free: int, cpu_per_milli: float, mem_per_milli: float) -> float:
-    """:func:`kfabric.sched.fragmentation.stranded` of one node."""
-    short = 0.0
-    if cpu_per_milli > 0:
-        short = max(short, gpu_free - cpu_free / cpu_per_milli)
-    if mem_per_milli > 0:
-        short = max(short, gpu_free - mem_free / mem_per_milli)
-    return short
+def _keys(cap: Capacity, nodes: list[int], ask: Ask, workload: int) -> list[tuple[int, ...]]:
+    """What a node's terms depend on: the workload, the ask, the node's pool and its free CPU, memory and milli
+    per GPU slot (numbers only: the garbage collector skips such keys)."""
+    head = (workload, ask.gpus, ask.milli, ask.cpu, ask.mem)
+    pool, cpu, mem, milli = cap.node_pool, cap.cpu_free, cap.mem_free, cap.milli
+    return [(*head, pool.item(n), cpu.item(n), mem.item(n), *milli[n].tolist()) for n in nodes]

@@ -161,6 +161,11 @@ class Capacity:
         self.node_pool, self.node_rack, self.node_unit = layout.node_pool, layout.node_rack, layout.node_unit
         self.node_gpus, self.cpu_total, self.mem_total = layout.node_gpus, layout.cpu_total, layout.mem_total
         self.rack_size, self.unit_size, self.unit_pool = layout.rack_size, layout.unit_size, layout.unit_pool
+        #: the fleet's GPU model names (sorted) and each node's index into them (what model-aware scores read)
+        self.gpu_models = tuple(sorted({p.model for p in self.pools}))
+        index = {m: i for i, m in enumerate(self.gpu_models)}
+        pool_model = np.array([index[p.model] for p in self.pools] or [0], dtype=np.int64)
+        self.node_model: IntArray = pool_model[self.node_pool]
 
     def _init_columns(self, cols: NodeColumns) -> None:
         """The dynamic numbers: read here as numpy arrays (written only by ``cols``, see ``sched.node_columns``)."""
@@ -190,10 +195,6 @@ class Capacity:
         self._orders: list[tuple[int, dict[int, None], list[int]]] = []
         self._order_epoch = 0
         self._order_saved: dict[int, int] = {}
-        #: heterogeneity tiers of a set of pools when the request carries no per-job speeds (placement._tiers)
-        self.pool_order_cache: dict[tuple[int, ...], list[list[int]]] = {}
-        #: tables derived from the fleet alone, built on first use by the modules that need them (``single.static``)
-        self.derived: object | None = None
 
     # ---- queries -------------------------------------------------------------------------------------------
     def node_full(self, node: int) -> bool:

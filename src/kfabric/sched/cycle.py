@@ -167,7 +167,7 @@ class _Cycle:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws, self.q, self.policy, self.now, self.snap = ws, ws.q, ws.policy, ws.now, ws.snap
-        self.placer = Placer(ws.cap, ws.modes.placement.place, ws.profiles, ws.now)
+        self.placer = Placer(ws.cap, ws.modes.placement.place, ws.profiles, ws.now, ws.memo.placement)
         self.preemptor = Preemptor(ws, self.placer)
 
     def run(self) -> Decision:

@@ -28,6 +28,7 @@ from kfabric.model.job import MILLI_PER_GPU, Job, MinTopology
 from kfabric.sched import bounded, single
 from kfabric.sched.capacity import Capacity, PoolInfo
 from kfabric.sched.gangs import gang
+from kfabric.sched.memo import PlacementMemo
 from kfabric.sched.request import PlacementFn, PlaceRequest, host_share, node_counts, share
 from kfabric.sched.single import Ask, Scorer
 from kfabric.sched.workload import Workload, from_task_types, own_shape
@@ -163,7 +164,7 @@ def _workload(req: PlaceRequest, ask: Ask) -> Workload:
     return own_shape(ask.milli, ask.gpus, ask.cpu, ask.mem)
 
 
-def _score(cap: Capacity, pools: list[int], req: PlaceRequest, scorer: Scorer) -> Placement | None:
+def _score(cap: Capacity, pools: list[int], req: PlaceRequest, scorer: Scorer, memo: PlacementMemo) -> Placement | None:
     """Score the fitting nodes of ``pools`` together (a small fleet), or representatives of the one pool
     ``pools`` holds in a large fleet."""
     job = req.job
@@ -171,7 +172,7 @@ def _score(cap: Capacity, pools: list[int], req: PlaceRequest, scorer: Scorer) -
     cpu, mem = host_share(job, req, job.gpus)
     ask = Ask(gpus, job.gpu_milli if gpus else 0, cpu, mem, tuple(pools), job.id)
     if len(pools) > 1 or cap.n_nodes <= EXACT_SCAN_NODES or gpus == 0:
-        nodes = single.fitting(cap, single.span(cap, pools), ask)
+        nodes = single.fitting(cap, single.span(cap, pools, memo), ask)
         return _one(cap, *scorer.over(cap, nodes, ask, _workload(req, ask)), ask) if nodes.size else None
     pool = pools[0]
     if ask.share:
@@ -182,7 +183,7 @@ def _score(cap: Capacity, pools: list[int], req: PlaceRequest, scorer: Scorer) -
         return None
     if not few:
         return None
-    return _one(cap, *scorer.over_few(cap, few, ask, _workload(req, ask)), ask)
+    return _one(cap, *bounded.choose(scorer, cap, few, ask, _workload(req, ask), memo), ask)
 
 
 def _one(cap: Capacity, node: int, gpus: tuple[int, ...], ask: Ask) -> Placement:
@@ -195,7 +196,9 @@ def _policy(scorer: Scorer | None, reorder: bool) -> PlacementFn:
         job = req.job
         need = job.gpu_milli_total
         together = scorer is not None and cap.n_nodes <= EXACT_SCAN_NODES
-        for tier in _tiers(cap, req) if reorder else [list(req.pools)]:
+        memo = req.memo if req.memo is not None else PlacementMemo()
+        memo.bind(cap)
+        for tier in _tiers(cap, req, memo) if reorder else [list(req.pools)]:
             run: list[int] = []  # consecutive single-node pools, scored together
             for pi in tier:
                 p = cap.pools[pi]
@@ -206,16 +209,16 @@ def _policy(scorer: Scorer | None, reorder: bool) -> PlacementFn:
                     if together:
                         run.append(pi)
                         continue
-                    found = _score(cap, [pi], req, scorer)
+                    found = _score(cap, [pi], req, scorer, memo)
                 else:
                     if run and scorer is not None:
-                        found = _score(cap, run, req, scorer)
+                        found = _score(cap, run, req, scorer, memo)
                         run = []
                     found = found or _in_pool(cap, p, req, first=scorer is None)
                 if found is not None:
                     return found
             if run and scorer is not None:
-                found = _score(cap, run, req, scorer)
+                found = _score(cap, run, req, scorer, memo)
                 if found is not None:
                     return found
         return None
@@ -235,18 +238,18 @@ def work_per_su(cap: Capacity, req: PlaceRequest, pi: int) -> float:
 def prefer_pools(cap: Capacity, req: PlaceRequest) -> list[int]:
     """Heterogeneity-aware order: most work per service unit first (:func:`work_per_su`); then the cheaper model
     (keep premium GPUs for jobs that need them); then the pool index (the fleet's order)."""
-    return [pi for tier in _tiers(cap, req) for pi in tier]
+    return [pi for tier in _tiers(cap, req, PlacementMemo()) for pi in tier]
 
 
-def _tiers(cap: Capacity, req: PlaceRequest) -> list[list[int]]:
+def _tiers(cap: Capacity, req: PlaceRequest, memo: PlacementMemo) -> list[list[int]]:
     """:func:`prefer_pools` cut into tiers of equal work per SU: a tier's pools are scored together (the
     earlier pool, i.e. the cheaper model, wins ties); the next tier is tried only when nothing in one fits.
     Without per-job speeds the tiers depend on the pools alone: computed once per set of pools."""
     if not req.speed:
         pools = tuple(req.pools)
-        cached = cap.pool_order_cache.get(pools)
+        cached = memo.tiers.get(pools)
         if cached is None:
-            cached = cap.pool_order_cache[pools] = _cut(cap, req)
+            cached = memo.tiers[pools] = _cut(cap, req)
         return cached
     return _cut(cap, req)
 
@@ -265,7 +268,7 @@ def _cut(cap: Capacity, req: PlaceRequest) -> list[list[int]]:
 
 BEST_FIT: Scorer = Scorer("best-fit", single.best_fit)
 FGD: Scorer = Scorer("fgd", single.fgd)
-KFABRIC: Scorer = Scorer("kfabric", single.kfabric, few=bounded.kfabric_few)
+KFABRIC: Scorer = Scorer("kfabric", single.kfabric, terms=single.kfabric_terms)
 
 first_fit: PlacementFn = _policy(None, reorder=False)
 best_fit: PlacementFn = _policy(BEST_FIT, reorder=False)

@@ -11,6 +11,7 @@ from kfabric.model.decision import Placement
 from kfabric.model.job import MILLI_PER_GPU, Job
 from kfabric.model.reasons import PendingReason, ReasonCode
 from kfabric.sched.capacity import Capacity
+from kfabric.sched.memo import PlacementMemo
 from kfabric.sched.placement import PlaceRequest
 from kfabric.sched.profile import Profile
 from kfabric.sched.quota import PoolChoice
@@ -50,8 +51,10 @@ class Placer:
     availability profiles (filled as reservations are made); ``task_types`` the queue's, for scorers that
     measure fragmentation against them."""
 
-    def __init__(self, cap: Capacity, place: Place, profiles: dict[int, Profile], now_s: float) -> None:
-        self.cap, self.place_fn, self.profiles, self.now = cap, place, profiles, now_s
+    def __init__(
+        self, cap: Capacity, place: Place, profiles: dict[int, Profile], now_s: float, memo: PlacementMemo
+    ) -> None:
+        self.cap, self.place_fn, self.profiles, self.now, self.memo = cap, place, profiles, now_s, memo
         self.task_types: tuple[tuple[int, int, float], ...] = ()
         self._host_cache: dict[tuple[int, ...], tuple[int, int]] = {}
         #: CPU milli and memory MiB per GPU of each pool's nodes
@@ -90,7 +93,7 @@ class Placer:
             fit = [pi for pi in group if self.may_fit(pi, job)] if prefilter else group
             if not fit:
                 continue
-            req = PlaceRequest(job, fit, cpu, mem, task_types=self.task_types)
+            req = PlaceRequest(job, fit, cpu, mem, task_types=self.task_types, memo=self.memo)
             placement = self.place_fn(self.cap, req)
             if placement is not None:
                 pi = self.cap.pool_by_name[placement.pool].index

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from kfabric.model.decision import NodeShare, Placement
 from kfabric.model.job import Job
 from kfabric.sched.capacity import Capacity
+from kfabric.sched.memo import PlacementMemo
 from kfabric.sched.workload import Workload
 
 
@@ -26,6 +27,9 @@ class PlaceRequest:
     task_types: tuple[tuple[int, int, float], ...] = ()
     #: the target workload with CPU, memory and models (wins over ``task_types``); see ``sched.workload``
     workload: Workload | None = None
+    #: what placements under this capacity index remember (``sched.memo``; the cycle passes its memo's); None:
+    #: nothing is remembered beyond this request (same placement, slower)
+    memo: PlacementMemo | None = None
 
 
 PlacementFn = Callable[[Capacity, PlaceRequest], Placement | None]

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from kfabric.model.job import MILLI_PER_GPU
 from kfabric.sched.capacity import Capacity
 from kfabric.sched.fragmentation import frag_tables, stranded
+from kfabric.sched.memo import PlacementMemo, Terms
 from kfabric.sched.workload import Workload
 
 I64 = npt.NDArray[np.int64]
@@ -69,59 +70,30 @@ class Ask:
         return zlib.crc32(self.tie.encode()) % (PRIME - 1) + 1
 
 
-Memo = dict[tuple[int, ...], tuple[float, tuple[tuple[int, float, float], ...]]]
 ScoreFn = Callable[[Capacity, I64, Ask, Workload], Choice]
-FewFn = Callable[[Capacity, list[int], Ask, Workload], Choice]
+TermsFn = Callable[[Capacity, I64, Ask, Workload], list[Terms]]
 
 
 @dataclass(frozen=True, slots=True)
 class Scorer:
     """A single-node score, registered under a placement name (``sched.registry``). ``over`` scores an array of
-    candidate nodes (numpy); ``few``, where the scorer has one, is the same score, ties included, over the
-    handful of representatives a large fleet offers (:mod:`kfabric.sched.bounded`), in plain Python because
-    numpy's per-call cost dominates at that size."""
+    candidate nodes. ``terms``, where the scorer has it, gives each node's terms on the score grid, computed by the
+    same arithmetic as ``over`` (for a score whose terms depend only on a node's pool and free resources): a
+    placement over the handful of representatives a large fleet offers remembers them per node and compares
+    them in ``over``'s order of ties (:func:`kfabric.sched.bounded.choose`)."""
 
     name: str
     over: ScoreFn
-    few: FewFn | None = None
-
-    def over_few(self, cap: Capacity, nodes: list[int], ask: Ask, workload: Workload) -> Choice:
-        """The choice among a handful of ``nodes`` (non-empty, all holding the ask)."""
-        if self.few is not None:
-            return self.few(cap, nodes, ask, workload)
-        return self.over(cap, np.array(nodes, dtype=np.int64), ask, workload)
+    terms: TermsFn | None = None
 
 
-@dataclass(slots=True)
-class Static:
-    """What scorers keep per capacity index: GPU model ids, node lists of pool lists, node terms."""
-
-    model_names: tuple[str, ...]
-    node_model: I64
-    spans: dict[tuple[int, ...], I64]
-    memo: Memo
-    memo_workloads: dict[int, Workload]
-
-
-def static(cap: Capacity) -> Static:
-    """The capacity's :class:`Static`, built on first use (fleets do not change under an index)."""
-    found = cap.derived
-    if not isinstance(found, Static):
-        names = tuple(sorted({p.model for p in cap.pools}))
-        index = {m: i for i, m in enumerate(names)}
-        pool_model = np.array([index[p.model] for p in cap.pools] or [0], dtype=np.int64)
-        found = cap.derived = Static(names, pool_model[cap.node_pool], {}, {}, {})
-    return found
-
-
-def span(cap: Capacity, pools: Sequence[int]) -> I64:
-    """Every node of ``pools``, pool by pool in the given order (cached per pool list)."""
-    st = static(cap)
+def span(cap: Capacity, pools: Sequence[int], memo: PlacementMemo) -> I64:
+    """Every node of ``pools``, pool by pool in the given order (remembered per pool list)."""
     key = tuple(pools)
-    found = st.spans.get(key)
+    found = memo.spans.get(key)
     if found is None:
         ranges = [np.arange(cap.pools[pi].first_node, cap.pools[pi].first_node + cap.pools[pi].nodes) for pi in key]
-        found = st.spans[key] = np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
+        found = memo.spans[key] = np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
     return found
 
 
@@ -229,44 +201,80 @@ def best_fit(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> Choice:
 
 def fgd(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> Choice:
     """Fragmentation gradient descent over ``nodes`` (non-empty, all holding the ask)."""
-    st = static(cap)
     free = free_milli(cap, nodes)
-    tables = frag_tables(workload, st.model_names, free.shape[1])
-    model, cpu, whole = st.node_model[nodes], cap.cpu_free[nodes], cap.whole[nodes]
+    tables = frag_tables(workload, cap.gpu_models, free.shape[1])
+    model, cpu, whole = cap.node_model[nodes], cap.cpu_free[nodes], cap.whole[nodes]
     delta = tables.delta(model, cpu, free, whole, ask.cpu, ask.milli, ask.gpus)
     return _choice(cap, nodes, lexmin(nodes, ask, delta), free.shape[1], ask)
 
 
-def kfabric(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> Choice:
-    """kfabric's packing score over ``nodes`` (non-empty, all holding the ask); see the module doc."""
-    st = static(cap)
-    free = free_milli(cap, nodes)
-    total = free.sum(axis=1)
-    cpu, mem = cap.cpu_free[nodes], cap.mem_free[nodes]
-    strand = strand_growth(total, cpu, mem, ask, workload)
-    width = free.shape[1]
+def kfabric_score(cap: Capacity, nodes: I64, ask: Ask, workload: Workload, free: I64, total: I64) -> F64:
+    """kfabric's score before ties (see the module doc): per node, or per (node, GPU slot) for a share of a GPU
+    (``inf`` where the slot can not hold it); ``free``: :func:`free_milli` of ``nodes``, ``total`` its row sums.
+    The one place the score is computed (:func:`kfabric` and :func:`kfabric_terms` both call it)."""
+    strand = strand_growth(total, cap.cpu_free[nodes], cap.mem_free[nodes], ask, workload)
     if ask.share:
         fits = free >= ask.milli
         waste = workload.waste
         growth = np.where(fits, waste[np.where(fits, free - ask.milli, 0)] - waste[free], np.inf)
+        shared: F64 = growth + strand[:, None]
+        return shared
+    tables = frag_tables(workload, cap.gpu_models, free.shape[1])
+    cpu, whole = cap.cpu_free[nodes], cap.whole[nodes]
+    frag = tables.delta(cap.node_model[nodes], cpu, free, whole, ask.cpu, ask.milli, ask.gpus)
+    out: F64 = frag / tables.total_weight + strand
+    return out
+
+
+def left_on_gpu(free: I64, ask: Ask) -> F64:
+    """Milli each GPU slot would have left after the share (a whole GPU's worth where it can not hold it)."""
+    out: F64 = np.where(free >= ask.milli, free - ask.milli, MILLI_PER_GPU).astype(np.float64)
+    return out
+
+
+def kfabric(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> Choice:
+    """kfabric's packing score over ``nodes`` (non-empty, all holding the ask); see the module doc. Ties: the
+    earlier pool, not breaking a fully free rack, (a share:) the tightest GPU, the least remaining share."""
+    free = free_milli(cap, nodes)
+    total = free.sum(axis=1)
+    score = kfabric_score(cap, nodes, ask, workload, free, total)
+    if ask.share:
         flat = lexmin(
             nodes,
             ask,
-            growth + strand[:, None],
+            score,
             lambda: pool_rank(cap, nodes, ask)[:, None],
             lambda: breaks_rack(cap, nodes)[:, None],
-            lambda: np.where(fits, free - ask.milli, MILLI_PER_GPU).astype(np.float64),
+            lambda: left_on_gpu(free, ask),
             lambda: remaining_share(cap, nodes, total, ask)[:, None],
         )
-        return _choice(cap, nodes, flat, width, ask)
-    tables = frag_tables(workload, st.model_names, width)
-    growth = tables.delta(st.node_model[nodes], cpu, free, cap.whole[nodes], ask.cpu, ask.milli, ask.gpus)
-    flat = lexmin(
-        nodes,
-        ask,
-        growth / tables.total_weight + strand,
-        lambda: pool_rank(cap, nodes, ask),
-        lambda: breaks_rack(cap, nodes),
-        lambda: remaining_share(cap, nodes, total, ask),
-    )
-    return _choice(cap, nodes, flat, width, ask)
+    else:
+        flat = lexmin(
+            nodes,
+            ask,
+            score,
+            lambda: pool_rank(cap, nodes, ask),
+            lambda: breaks_rack(cap, nodes),
+            lambda: remaining_share(cap, nodes, total, ask),
+        )
+    return _choice(cap, nodes, flat, free.shape[1], ask)
+
+
+def kfabric_terms(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> list[Terms]:
+    """Each node's :func:`kfabric` terms on the grid, as :func:`lexmin` compares them: its remaining share and,
+    per GPU slot that holds the ask, (slot, score, milli left on it; 0 for whole GPUs, which have no such tie).
+    Pool rank and rack breaking depend on more than the node's own resources: the caller adds them."""
+    free = free_milli(cap, nodes)
+    total = free.sum(axis=1)
+    score = grid(kfabric_score(cap, nodes, ask, workload, free, total))
+    remaining: list[float] = grid(remaining_share(cap, nodes, total, ask)).tolist()
+    if not ask.share:
+        per_node: list[float] = score.tolist()
+        return [(r, ((0, s, 0.0),)) for r, s in zip(remaining, per_node, strict=True)]
+    scores: list[list[float]] = score.tolist()
+    fits: list[list[bool]] = (free >= ask.milli).tolist()
+    left: list[list[float]] = grid(left_on_gpu(free, ask)).tolist()
+    return [
+        (r, tuple((g, row[g], gap[g]) for g in range(len(row)) if ok[g]))
+        for r, row, gap, ok in zip(remaining, scores, left, fits, strict=True)
+    ]
