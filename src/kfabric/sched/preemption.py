@@ -22,12 +22,9 @@ from kfabric.sched.quota import PoolChoice
 from kfabric.sched.request import node_counts
 from kfabric.sched.snapshot import RunningJob
 from kfabric.sched.trial import Trial
-from kfabric.sched.victims import VICTIM_CANDIDATES, VictimTable
+from kfabric.sched.victims import VICTIM_CANDIDATES, VictimRules, VictimTable
 
 __all__ = ["MISS_LIMIT", "Plan", "Preemptor"]
-
-#: the arguments of ``VictimTable.allowed`` / ``allowed_from``: below priority, borrowed too, now, min run, service
-VictimRules = tuple[int | None, bool, float, float, tuple[int, int, tuple[float, ...]] | None]
 
 
 class Plan:
@@ -107,7 +104,7 @@ class Preemptor:
                 continue
             claims = self.reclaim and self.quota.claims(job, c.pool)
             t = self.ws.victim_table(c.pool)
-            picked.extend(t.candidates(t.allowed(*self._victim_rules(job, claims, reclaim_only))))
+            picked.extend(t.candidates(t.allowed(self._victim_rules(job, claims, reclaim_only))))
         picked.sort(key=lambda x: x[:3])
         return [x[3] for x in picked[:VICTIM_CANDIDATES]]
 
@@ -196,7 +193,7 @@ class Preemptor:
         if self._known_miss(pool, miss, len(counts)):
             return None
         table = self.ws.victim_table(pool)
-        got = cheapest_nodes(cap, pool, table, table.allowed(*rules), len(counts), span)
+        got = cheapest_nodes(cap, pool, table, table.allowed(rules), len(counts), span)
         if isinstance(got, int):
             self._remember_miss(pool, miss, table, rules, got)
             return None
@@ -233,7 +230,7 @@ class Preemptor:
         if len(misses) > MISS_LIMIT:
             misses.clear()
         # work placed in this cycle may be displaced once it has run the minimum run time, not before
-        when = table.allowed_from(*rules)
+        when = table.allowed_from(rules)
         until = next_freeable(self.cap, pool, table, when, self.now, self.now + self.policy.min_run_s)
         misses[key] = (self.cap.released[pool], most, until)  # until > now: a node freeable now is not "later"
 

@@ -19,6 +19,10 @@ from kfabric.model.job import MILLI_PER_GPU
 from kfabric.sched.run_index import PoolRuns
 from kfabric.sched.snapshot import RunningJob
 
+#: what a job may displace (:meth:`VictimTable.allowed`): (below_priority, borrowed_too, now_s, min_run_s,
+#: service_above)
+VictimRules = tuple[int | None, bool, float, float, tuple[int, int, tuple[float, ...]] | None]
+
 #: victims considered per preemption attempt (cheapest first) by jobs that fit on one node
 VICTIM_CANDIDATES = 256
 #: cost added to work that is not borrowed, so borrowed work is always displaced first
@@ -98,18 +102,13 @@ class VictimTable:
             got = self.memo["cost"] = np.where(self.borrowed, 0.0, NOT_BORROWED_COST) + self.lost
         return got
 
-    def allowed(
-        self,
-        below_priority: int | None,
-        borrowed_too: bool,
-        now_s: float,
-        min_run_s: float,
-        service_above: tuple[int, int, tuple[float, ...]] | None = None,
-    ) -> npt.NDArray[np.bool_]:
-        """Which runs may be displaced: lower priority class than ``below_priority`` (when set), or borrowed
-        (when ``borrowed_too``), or (``service_above = (priority, level, thresholds)``) of at most that
-        priority class in a higher attained-service queue than ``level`` and not on its own reservation; all
-        running for at least ``min_run_s`` and not already chosen in this cycle."""
+    def allowed(self, rules: VictimRules) -> npt.NDArray[np.bool_]:
+        """Which runs may be displaced under ``rules = (below_priority, borrowed_too, now_s, min_run_s,
+        service_above)``: lower priority class than ``below_priority`` (when set), or borrowed (when
+        ``borrowed_too``), or (``service_above = (priority, level, thresholds)``) of at most that priority class
+        in a higher attained-service queue than ``level`` and not on its own reservation; all running for at
+        least ``min_run_s`` and not already chosen in this cycle."""
+        below_priority, borrowed_too, now_s, min_run_s, service_above = rules
         by_rule, service_at = self._rule_masks(below_priority, borrowed_too, service_above)
         allowed = by_rule.copy()
         if service_at is not None:
@@ -118,19 +117,13 @@ class VictimTable:
         allowed &= self.alive & self.preemptible & ~self.taken
         return allowed
 
-    def allowed_from(
-        self,
-        below_priority: int | None,
-        borrowed_too: bool,
-        now_s: float,
-        min_run_s: float,
-        service_above: tuple[int, int, tuple[float, ...]] | None = None,
-    ) -> npt.NDArray[np.float64]:
-        """When each run may be displaced under the rules of :meth:`allowed` if it keeps running: ``-inf``
+    def allowed_from(self, rules: VictimRules) -> npt.NDArray[np.float64]:
+        """When each run may be displaced under the ``rules`` of :meth:`allowed` if it keeps running: ``-inf``
         when it may be now, ``inf`` when it never may be (chosen in this cycle counts as may be); else the
         time it reaches the minimum run time or, under ``service_above``, the higher attained-service queue
         (its service grows by its GPUs per second)."""
-        by_rule, service_at = self._rule_masks(below_priority, borrowed_too, service_above)
+        _, _, now_s, min_run_s, service_above = rules
+        by_rule, service_at = self._rule_masks(rules[0], rules[1], service_above)
         when = np.where(by_rule, -np.inf, np.inf)
         if service_at is not None:
             mask, level, thresholds = service_at
