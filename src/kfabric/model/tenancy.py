@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
 from typing import Generic, TypeVar
 
-from kfabric.model.errors import require, require_name
+from kfabric.model.errors import ValidationError, require, require_name
 from kfabric.model.job import PriorityClass
 
 
@@ -18,6 +19,15 @@ class OrgKind(Enum):
     INSTITUTE = "institute"
     STARTUP = "startup"
     ENTERPRISE = "enterprise"
+
+    @classmethod
+    def parse(cls, text: object, where: str = "organization.kind") -> OrgKind:
+        """The kind named ``text``; :class:`ValidationError` at ``where`` listing the kinds otherwise."""
+        try:
+            return cls(text)
+        except ValueError:
+            choices = ", ".join(k.value for k in cls)
+            raise ValidationError(where, f"unknown kind {text!r}", f"use one of: {choices}") from None
 
 
 class OnExhausted(Enum):
@@ -79,6 +89,18 @@ class ProgramRules:
 
     def __post_init__(self) -> None:
         require(
+            self.eligible_kinds != frozenset(),
+            "program.rules.eligible_kinds",
+            "names no kind",
+            "omit the rule to admit every kind",
+        )
+        require(
+            self.review_weights != (),
+            "program.rules.review_weights",
+            "names no criterion",
+            'e.g. {"impact": 2, "readiness": 1}',
+        )
+        require(
             self.min_reviews >= 0,
             "program.rules.min_reviews",
             f"must be >= 0, got {self.min_reviews}",
@@ -113,6 +135,41 @@ class ProgramRules:
 
     def cap_for(self, model_class: str) -> int | None:
         return dict(self.per_project_cap).get(model_class)
+
+    @property
+    def max_months(self) -> int:
+        """The longest grant, in program months of 30 days, that fits in ``max_duration_days`` (rounded down, so
+        a granted ``months × 30`` days never exceeds the program's maximum: 365 days → 12 months)."""
+        return self.max_duration_days // 30
+
+    def check_kind(self, program: str, org: Organization, where: str) -> None:
+        """Raise :class:`ValidationError` at ``where`` unless the program admits organizations of ``org``'s kind."""
+        if org.kind in self.eligible_kinds:
+            return
+        kinds = ", ".join(sorted(k.value for k in self.eligible_kinds))
+        raise ValidationError(
+            where,
+            f"organization {org.name!r} is a {org.kind.value}; program {program!r} admits only: {kinds}",
+            "apply for an organization of an eligible kind, or to another program",
+        )
+
+    def check_criteria(self, program: str, scored: Collection[str], where: str) -> None:
+        """Raise :class:`ValidationError` at ``where`` unless ``scored`` names exactly the program's review
+        criteria (each scored once, 0..10: the :class:`Review` checks the range)."""
+        criteria = [c for c, _w in self.review_weights]
+        missing, extra = sorted(set(criteria) - set(scored)), sorted(set(scored) - set(criteria))
+        parts = [f"missing {', '.join(missing)}"] if missing else []
+        parts += [f"not criteria of program {program!r}: {', '.join(extra)}"] if extra else []
+        require(not parts, where, "; ".join(parts), f"score exactly: {', '.join(criteria)} (0..10 each)")
+
+    def check_days(self, program: str, days: float, where: str) -> None:
+        """Raise :class:`ValidationError` at ``where`` unless a grant of ``days`` fits in ``max_duration_days``."""
+        require(
+            days <= self.max_duration_days + 1e-9,
+            where,
+            f"runs {days:g} days; program {program!r} grants at most {self.max_duration_days} days",
+            "end it earlier",
+        )
 
     def price_for(self, org: Organization) -> float:
         factors = dict(self.price_factor)
@@ -149,10 +206,42 @@ class Application:
 
     def __post_init__(self) -> None:
         where = f"application {self.id!r}"
+        require_name(self.gpu_model_class, f"{where}.gpu_model_class")
+        require(len(self.gpu_model_class) <= 64, f"{where}.gpu_model_class", "longer than 64 characters")
         for name, value in (("gpus", self.gpus), ("months", self.months)):
             whole = isinstance(value, int) and not isinstance(value, bool)
             require(whole, f"{where}.{name}", f"must be a whole number, got {value!r}")
             require(value >= 1, f"{where}.{name}", f"must be >= 1, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class EligibleApplication:
+    """An application as its program admits it, checked in this one place: the organization's kind is one the
+    program admits, the months fit in its maximum duration and the GPUs in its per-project cap of the model."""
+
+    program: Program
+    organization: Organization
+    application: Application
+
+    def __post_init__(self) -> None:
+        rules, app, name = self.program.rules, self.application, self.program.name
+        where = f"application {app.id!r}"
+        rules.check_kind(name, self.organization, f"{where}.organization")
+        most = rules.max_months
+        require(
+            app.months <= most,
+            f"{where}.months",
+            f"asks {app.months} months; program {name!r} grants at most {rules.max_duration_days} days "
+            f"= {most} months of 30 days",
+            f"ask for at most {most} months" if most else "this program takes no applications by the month",
+        )
+        cap = rules.cap_for(app.gpu_model_class)
+        require(
+            cap is None or app.gpus <= cap,
+            f"{where}.gpus",
+            f"asks {app.gpus} {app.gpu_model_class}; program {name!r} grants one project at most {cap}",
+            f"ask for at most {cap} {app.gpu_model_class}",
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,8 @@ from kfabric.service.programs import (
     DAY_S,
     HOLDING,
     MONTH_S,
-    check_eligible,
     check_model,
+    organization_of,
     program_by_name,
     program_rules,
 )
@@ -276,16 +276,6 @@ def _check_grants_something(app: t.Application, reserved: bool, credit_su_hours:
     )
 
 
-def _check_duration(rules: m.ProgramRules, program: str, name: str, start_s: float, end_s: float) -> None:
-    days = (end_s - start_s) / DAY_S
-    if days > rules.max_duration_days + 1e-9:
-        raise ValidationError(
-            f"grant {name!r}.end",
-            f"runs {days:g} days; program {program!r} grants at most {rules.max_duration_days} days",
-            "end it earlier",
-        )
-
-
 def _named_parties(s: Session, prog: t.Program, project: str) -> Parties:
     proj = s.scalars(select(t.Project).where(t.Project.name == project)).first()
     if proj is None:
@@ -318,8 +308,9 @@ def create_grant(
             prog = program_by_name(s, program)
             p = _named_parties(s, prog, project)
             rules = program_rules(prog)
-            check_eligible(rules, program, p.org)
-            _check_duration(rules, program, name, start_s, end_s)
+            # the program's rules, as for an application (the model's checks; a direct grant has no application)
+            rules.check_kind(program, organization_of(p.org), f"grant {name!r}.project")
+            rules.check_days(program, (end_s - start_s) / DAY_S, f"grant {name!r}.end")
             if fleet is not None and reserved_model is not None:
                 check_model(fleet, program, prog.owner, reserved_model, reserved_gpus, f"grant {name!r}.reserved_model")
             w = weight if weight is not None else float(max(reserved_gpus, 1))

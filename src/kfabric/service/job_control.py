@@ -235,10 +235,10 @@ def update(
         first_job: Job | None = None
         for r in pending:
             _apply(r, changes, dependency)
-            try:
+            try:  # the changed job is checked by building it, as a submission is
                 job = build_job(str(r.id), project.name, actor.name, r.spec, r.submitted_at_s)
             except ValidationError as e:
-                raise ValidationError(e.where.replace(f"job '{r.id}'", "update", 1), e.problem, e.fix) from None
+                raise _as_update(e, r.id) from None
             first_job = first_job or job
             r.reason_code, r.reason = UPDATED, f"updated by {actor.name}; waiting for the next scheduling cycle"
         assert first_job is not None
@@ -256,6 +256,15 @@ def update(
         _job, project, pending, whole, detail = change(session)
         _record(session, actor, "job.update", jr, pending, project, now_s, {"changes": detail})
         return Changed(str(jr), "update", tuple(r.id for r in pending), _count("updated", pending, whole))
+
+
+def _as_update(e: ValidationError, job_id: int) -> ValidationError:
+    """The model's error about changed job ``job_id`` (``job 'ID'.FIELD``, or ``job.FIELD`` for a field the spec
+    could not parse) as the update names its fields (``update.FIELD``)."""
+    for prefix in (f"job '{job_id}'", "job"):
+        if e.where == prefix or e.where.startswith(prefix + "."):
+            return ValidationError("update" + e.where[len(prefix) :], e.problem, e.fix)
+    return e
 
 
 def _current(row: t.Job, key: str) -> Any:
@@ -282,8 +291,8 @@ def _check_right(actor: Actor, key: str, old: Any, new: Any) -> None:
     if key == "priority":
         try:
             before, after = PriorityClass.parse(str(old)), PriorityClass.parse(str(new))
-        except ValueError as exc:
-            raise ValidationError("update.priority", str(exc)) from None
+        except ValueError:
+            return  # not a priority class: building the changed job refuses it (update.priority), for every role
         if after > before:
             raise PermissionDenied(
                 "raise the priority",

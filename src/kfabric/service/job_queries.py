@@ -11,10 +11,12 @@ used by both paths, so they cannot drift; tests/api/test_job_list_json.py checks
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import to_json
@@ -22,13 +24,13 @@ from sqlalchemy import Select, Text, cast, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kfabric.model.errors import Conflict, PermissionDenied
-from kfabric.service import job_output
-from kfabric.service.actors import Actor, Role
+from kfabric.service import job_output, job_visibility
+from kfabric.service.actors import Actor
 from kfabric.service.jobs import visible_job
 from kfabric.store import tables as t
 
 #: the columns :func:`fields` reads, in its argument order (the list selects exactly these); the two JSON columns
-#: as their text, decoded a page at a time (:func:`list_fields`)
+#: as their text, decoded a page at a time (:func:`page_fields`)
 _COLUMNS = (
     t.Job.id, t.Project.name, t.User.name, t.Job.name, t.Job.state, t.Job.reason_code, t.Job.reason,
     t.Job.expected_start_s, t.Job.expected_start_why, t.Job.submitted_at_s, t.Job.admitted_at_s,
@@ -169,19 +171,17 @@ def _listing(
     actor: Actor, states: set[str] | None, project: str | None, limit: int, after_id: int, users: set[str] | None,
     pool: str | None,
 ) -> Select[*tuple[Any, ...]] | None:  # fmt: skip
-    """The list's query (None: the caller's role sees no jobs), by the rules of ``jobs.list_jobs``."""
+    """The list's query (None: the caller's role sees no jobs); who sees which jobs is ``job_visibility``'s rule."""
     q = (
         select(*_COLUMNS)
         .join(t.Project, t.Project.id == t.Job.project_id)
         .outerjoin(t.User, t.User.id == t.Job.user_id)
         .where(t.Job.id > after_id)
     )
-    if actor.role is Role.ORG_ADMIN:
-        q = q.where(t.Project.organization_id == actor.organization_id)
-    elif actor.role is Role.MEMBER:
-        q = q.where(t.Job.project_id.in_(actor.project_ids))
-    elif actor.role is not Role.OPERATOR:
+    scoped = job_visibility.scoped_jobs(q, actor)
+    if scoped is None:
         return None
+    q = scoped
     if states:
         q = q.where(t.Job.state.in_(sorted(states)))
     if project:
@@ -193,44 +193,100 @@ def _listing(
     return q.order_by(t.Job.id).limit(limit)
 
 
-_gc_lock = threading.Lock()
-_gc_paused_by = 0  # requests in :func:`_gc_paused` now
-_gc_was_enabled = True
+# ---- the collector pause -------------------------------------------------------------------------------------
+
+#: pages of at least this many rows are built with the cyclic garbage collector paused (:func:`pause_pays`)
+GC_PAUSE_MIN_ROWS = 5000
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a page is built: decoding and building 10,000 jobs allocates ~500,000
-    objects, each allocation burst running the collector over every live one (~40 % of the page's CPU, measured).
-    The page's objects hold no cycles; the collector runs again as soon as the last such request ends (the
-    collector's state is the process's: concurrent pages share one pause, and a disabled collector stays off)."""
-    global _gc_paused_by, _gc_was_enabled
-    with _gc_lock:
-        if _gc_paused_by == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_paused_by += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_paused_by -= 1
-            if _gc_paused_by == 0 and _gc_was_enabled:
-                gc.enable()
+def pause_pays(rows: int) -> bool:
+    """Whether building a page of ``rows`` jobs is worth pausing the process's cyclic garbage collector. A page's
+    rows become new container objects (decoded specs and placements, the fields), none in a reference cycle; with
+    the collector on, every 700 of them start a young collection over the page built so far, and, in a page of
+    thousands, now and then a full one over the whole process. Measured (``benchmarks/bench_list_gc_pause.py``,
+    docs/benchmarks.md; 4 runs, 2-CPU machine): 1,000 rows 6.8-7.8 ms of CPU with the collector on, 6-9 % less
+    paused; 3,000 rows 23-28 ms, -11 to -15 %; 5,000-6,000 rows 46-59 ms, -13 to -18 %; 7,000-10,000 rows (the
+    CLI asks 10,000 a page) 77-208 ms, -15 to -60 %, a full collection landing in many of them. Below 5,000 rows
+    the pause saves a few milliseconds: not worth turning a process-wide switch off for."""
+    return rows >= GC_PAUSE_MIN_ROWS
 
 
-def list_fields(
-    sessions: sessionmaker[Session], actor: Actor, node_names: Sequence[str], states: set[str] | None = None,
-    project: str | None = None, limit: int = 1000, after_id: int = 0, users: set[str] | None = None,
-    pool: str | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """The public fields of the jobs ``actor`` may see, by id, filtered in SQL: ``states``, ``project`` (name),
-    ``users`` (names) and ``pool`` (where the job is or was placed); at most ``limit`` after ``after_id``."""
+@dataclass(frozen=True, slots=True)
+class PauseEvent:
+    """What :class:`CollectorPause` tells its watchers: ``paused`` (page ``page`` of ``rows`` rows turned the
+    collector off) or ``resumed`` (the same page ended, the collector is on again; ``collected``: the young
+    collection the pause held back runs now)."""
+
+    kind: str
+    page: int
+    rows: int
+    collected: bool = False
+
+
+class CollectorPause:
+    """The one pause of the cyclic garbage collector that list pages take (its state is the process's). Only one
+    page at a time owns the pause: a page that starts while another owns it is built with the collector as it
+    finds it, and the pause ends when its owner's page is built, whatever else is still running. So the collector
+    is never off for longer than one page build, however many list requests a client keeps in flight; when a pause
+    ends, the young collection it held back (the new objects of every thread, cyclic garbage included) runs at
+    once. A collector someone else turned off is left off. ``watchers`` are called with the pause's lock held, in
+    order (tests check the pauses through them): they must return quickly and not list jobs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = 0  # the page that owns the pause now (0: none)
+        self._pages = itertools.count(1)
+        self.watchers: list[Callable[[PauseEvent], None]] = []
+
+    def _tell(self, event: PauseEvent) -> None:
+        for watch in self.watchers:
+            watch(event)
+
+    @contextmanager
+    def around(self, rows: int) -> Iterator[None]:
+        """The build of one page of ``rows`` rows: paused when :func:`pause_pays` and no other page owns the
+        pause."""
+        page, owns = next(self._pages), False
+        if pause_pays(rows):
+            with self._lock:
+                owns = self._owner == 0 and gc.isenabled()
+                if owns:
+                    gc.disable()
+                    self._owner = page
+                    self._tell(PauseEvent("paused", page, rows))
+        try:
+            yield
+        finally:
+            if owns:
+                with self._lock:
+                    self._owner = 0
+                    gc.enable()
+                    held_back = gc.get_count()[0] > gc.get_threshold()[0]
+                    self._tell(PauseEvent("resumed", page, rows, held_back))
+                if held_back:
+                    gc.collect(0)
+
+
+#: the list's collector pause (``COLLECTOR_PAUSE.watchers``: the hook tests observe it through)
+COLLECTOR_PAUSE = CollectorPause()
+
+
+def list_rows(
+    sessions: sessionmaker[Session], actor: Actor, states: set[str] | None = None, project: str | None = None,
+    limit: int = 1000, after_id: int = 0, users: set[str] | None = None, pool: str | None = None,
+) -> list[list[Any]]:  # fmt: skip
+    """The stored columns (``_COLUMNS``) of the jobs ``actor`` may see, by id, filtered in SQL: ``states``,
+    ``project`` (name), ``users`` (names) and ``pool`` (where the job is or was placed); at most ``limit`` after
+    ``after_id``."""
     q = _listing(actor, states, project, limit, after_id, users, pool)
     if q is None:
         return []
     with sessions() as s:  # a Core statement on the session's connection: no ORM row machinery
-        rows: list[list[Any]] = [list(r) for r in s.connection().execute(q).all()]
+        return [list(r) for r in s.connection().execute(q).all()]
+
+
+def page_fields(rows: list[list[Any]], node_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The public fields of :func:`list_rows`' rows (their JSON columns decoded in place)."""
     # the page's JSON columns in one decoder call each (one call per value costs ~3 times more); a NULL placement
     # is JSON's null
     specs = json.loads("[" + ",".join(r[_SPEC] for r in rows) + "]")
@@ -240,13 +296,21 @@ def list_fields(
     return [fields(node_names, *r) for r in rows]
 
 
+def page_json(rows: list[list[Any]], node_names: Sequence[str]) -> bytes:
+    """:func:`page_fields` as the API's JSON (a list of public jobs), encoded in one pass; non-finite numbers as
+    ``null``, as the API's models write them. The page's objects are gone when it returns."""
+    return to_json(page_fields(rows, node_names), inf_nan_mode="null")
+
+
 def list_json(
     sessions: sessionmaker[Session], actor: Actor, node_names: Sequence[str], states: set[str] | None = None,
     project: str | None = None, limit: int = 1000, after_id: int = 0, users: set[str] | None = None,
     pool: str | None = None,
 ) -> bytes:  # fmt: skip
-    """:func:`list_fields` as the API's JSON (a list of public jobs), encoded in one pass; non-finite numbers as
-    ``null``, as the API's models write them."""
-    with _gc_paused():
-        page = list_fields(sessions, actor, node_names, states, project, limit, after_id, users, pool)
-        return to_json(page, inf_nan_mode="null")
+    """The jobs :func:`list_rows` selects as the API's JSON (:func:`page_json`), built under the collector pause
+    when it pays."""
+    rows = list_rows(sessions, actor, states, project, limit, after_id, users, pool)
+    with COLLECTOR_PAUSE.around(len(rows)):
+        body = page_json(rows, node_names)
+        del rows  # freed before the pause ends: the collection it held back need not walk them
+    return body

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from kfabric.model.job import JobState, check_transition
@@ -240,34 +240,3 @@ def transition(session: Session, row: t.Job, to: JobState, now_s: float, reason:
     if to is not JobState.PENDING:
         row.reason_code, row.reason = "", reason
     row.expected_start_s = None
-
-
-def list_jobs(
-    session: Session,
-    actor: Actor,
-    states: set[str] | None = None,
-    project: str | None = None,
-    limit: int = 1000,
-    after_id: int = 0,
-    users: set[str] | None = None,
-    pool: str | None = None,
-) -> list[tuple[t.Job, str]]:
-    """Jobs ``actor`` may see, by id, filtered in SQL: ``states``, ``project`` (name), ``users`` (names) and
-    ``pool`` (where the job is or was placed)."""
-    q = select(t.Job, t.Project.name).join(t.Project, t.Project.id == t.Job.project_id).where(t.Job.id > after_id)
-    if actor.role is Role.ORG_ADMIN:
-        q = q.where(t.Project.organization_id == actor.organization_id)
-    elif actor.role is Role.MEMBER:
-        q = q.where(t.Job.project_id.in_(actor.project_ids))
-    elif actor.role is not Role.OPERATOR:
-        return []
-    if states:
-        q = q.where(t.Job.state.in_(sorted(states)))
-    if project:
-        q = q.where(t.Project.name == project)
-    if users:
-        q = q.where(t.Job.user_id.in_(select(t.User.id).where(t.User.name.in_(sorted(users)))))
-    if pool:
-        q = q.where(t.Job.placement["pool"].as_string() == pool)
-    q = q.options(defer(t.Job.script))  # a list never shows scripts (up to 256 KiB each)
-    return [(j, p) for j, p in session.execute(q.order_by(t.Job.id).limit(limit)).all()]

@@ -16,19 +16,8 @@ from kfabric.model.fleet import Fleet
 from kfabric.service import programs
 from kfabric.service.actors import Actor
 from kfabric.service.portal_records import ApplicationRecord, ProgramRecord, ReviewRecord, of
+from kfabric.service.program_queries import Names, names_in
 from kfabric.store import tables as t
-
-#: names by id of the objects an application refers to
-Names = dict[str, dict[int, str]]
-
-
-def names_in(s: Session) -> Names:
-    """Program, organization and project names by id (the pages show names, the rows hold ids)."""
-    return {
-        "program": dict(s.execute(select(t.Program.id, t.Program.name)).all()),
-        "organization": dict(s.execute(select(t.Organization.id, t.Organization.name)).all()),
-        "project": dict(s.execute(select(t.Project.id, t.Project.name)).all()),
-    }
 
 
 def rules_of(prog: ProgramRecord) -> m.ProgramRules:

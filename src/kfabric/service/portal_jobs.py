@@ -1,6 +1,7 @@
-"""What the portal's job pages read: the queue a user sees (the jobs ``jobs.list_jobs`` would list, filtered and
-paged), one job with its events, owner, grant and the tail of its output, and the operators' queue by pending
-reason. Every function opens its own read and returns plain records (:mod:`kfabric.service.portal_records`)."""
+"""What the portal's job pages read: the queue a user sees (the jobs ``job_visibility`` lets it see, as the API's
+list, filtered and paged), one job with its events, owner, grant and the tail of its output, and the operators'
+queue by pending reason. Every function opens its own read and returns plain records
+(:mod:`kfabric.service.portal_records`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from kfabric.service import job_output, jobs
+from kfabric.service import job_output, job_visibility, jobs
 from kfabric.service.actors import Actor, Role
 from kfabric.service.portal_records import JobEventRecord, JobRecord, Window, of
 from kfabric.store import tables as t
@@ -25,27 +26,9 @@ ACTIVE = ("pending", "admitted", "running", "preempted")
 # ---- the queue -----------------------------------------------------------------------------------------------
 
 
-def _scoped(q: Select[Any], actor: Actor) -> Select[Any] | None:
-    """``q`` (over jobs joined with their project) limited to the jobs ``actor`` may see, as ``jobs.list_jobs``
-    limits them; None for roles that see no jobs."""
-    if actor.role is Role.ORG_ADMIN:
-        return q.where(t.Project.organization_id == actor.organization_id)
-    if actor.role is Role.MEMBER:
-        return q.where(t.Job.project_id.in_(sorted(actor.project_ids)))
-    if actor.role is Role.OPERATOR:
-        return q
-    return None
-
-
 def _project_names(session: Session, actor: Actor) -> list[str]:
-    q = select(t.Project.name).order_by(t.Project.name)
-    if actor.role is Role.ORG_ADMIN:
-        q = q.where(t.Project.organization_id == actor.organization_id)
-    elif actor.role is Role.MEMBER:
-        q = q.where(t.Project.id.in_(sorted(actor.project_ids)))
-    elif actor.role is not Role.OPERATOR:
-        return []
-    return list(session.scalars(q).all())
+    q = job_visibility.scoped_projects(select(t.Project.name).order_by(t.Project.name), actor)
+    return list(session.scalars(q).all()) if q is not None else []
 
 
 def visible_projects(sessions: sessionmaker[Session], actor: Actor) -> list[str]:
@@ -87,7 +70,7 @@ def queue_page(
     ""), newest first; ``window(total)`` picks the page. Also the projects the filter offers."""
     with sessions() as s:
         projects = _project_names(s, actor)
-        scope = _scoped(select(t.Job.id).join(t.Project, t.Project.id == t.Job.project_id), actor)
+        scope = job_visibility.scoped_jobs(select(t.Job.id).join(t.Project, t.Project.id == t.Job.project_id), actor)
         if scope is None:
             return [], window(0), projects
         scope = _filtered(scope, state, project)

@@ -20,8 +20,8 @@ from kfabric.model import tenancy as m
 from kfabric.model.fleet import Fleet
 from kfabric.service import grants, programs
 from kfabric.service.actors import Actor
-from kfabric.service.portal_applications import Names, names_in
 from kfabric.service.portal_records import ApplicationRecord, ProgramRecord, ReviewRecord, of
+from kfabric.service.program_queries import Names, names_in
 from kfabric.store import tables as t
 
 #: per GPU model: ``gpus`` in the program's pools, ``reserved`` now by grants in force, ``free``

@@ -17,6 +17,8 @@ from kfabric.store import tables as t
 
 #: grant statuses that count (reserved capacity, credit)
 IN_FORCE = ("active", "flagged")
+#: names by id of the objects an application refers to (:func:`names_in`)
+Names = dict[str, dict[int, str]]
 
 
 def program_view(p: t.Program) -> dict[str, Any]:
@@ -25,7 +27,7 @@ def program_view(p: t.Program) -> dict[str, Any]:
 
 
 def application_view(
-    a: t.Application, names: dict[str, dict[int, str]], reviews: list[t.Review], actor: Actor | None = None
+    a: t.Application, names: Names, reviews: list[t.Review], actor: Actor | None = None
 ) -> dict[str, Any]:
     """The public form of an application with the reviews ``actor`` may read (all, for a new one's answer)."""
     if actor is not None:
@@ -48,11 +50,13 @@ def application_view(
     }
 
 
-def _names(s: Session) -> dict[str, dict[int, str]]:
+def names_in(s: Session) -> Names:
+    """Program, organization and project names by id (answers and pages show names, the rows hold ids); the one
+    lookup the API's applications and the portal's application and program pages share."""
     return {
-        "program": {i: n for i, n in s.execute(select(t.Program.id, t.Program.name))},
-        "organization": {i: n for i, n in s.execute(select(t.Organization.id, t.Organization.name))},
-        "project": {i: n for i, n in s.execute(select(t.Project.id, t.Project.name))},
+        "program": dict(s.execute(select(t.Program.id, t.Program.name)).all()),
+        "organization": dict(s.execute(select(t.Organization.id, t.Organization.name)).all()),
+        "project": dict(s.execute(select(t.Project.id, t.Project.name)).all()),
     }
 
 
@@ -80,7 +84,7 @@ def applications(sessions: sessionmaker[Session], actor: Actor, status: str | No
     """The applications the caller may see (optionally with ``status``), each with its reviews."""
     with sessions() as s:
         rows = programs.list_applications(s, actor, status)
-        names, reviews = _names(s), _reviews(s, (a.id for a in rows))
+        names, reviews = names_in(s), _reviews(s, (a.id for a in rows))
         return [application_view(a, names, reviews.get(a.id, []), actor) for a in rows]
 
 
@@ -88,13 +92,13 @@ def application(sessions: sessionmaker[Session], actor: Actor, application_id: i
     """One application the caller may see, with its reviews (404 otherwise)."""
     with sessions() as s:
         a = programs.get_application(s, actor, application_id)
-        return application_view(a, _names(s), _reviews(s, [a.id]).get(a.id, []), actor)
+        return application_view(a, names_in(s), _reviews(s, [a.id]).get(a.id, []), actor)
 
 
 def new_application(sessions: sessionmaker[Session], a: t.Application) -> dict[str, Any]:
     """The answer to a new application (no reviews yet)."""
     with sessions() as s:
-        return application_view(a, _names(s), [])
+        return application_view(a, names_in(s), [])
 
 
 def grant_names(sessions: sessionmaker[Session], g: t.Grant) -> tuple[str | None, str | None]:

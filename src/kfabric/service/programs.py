@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kfabric.model import tenancy as m
-from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError, require, require_name
+from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError, require
 from kfabric.model.fleet import Fleet, Sharing
 from kfabric.model.job import PriorityClass
 from kfabric.model.suggest import did_you_mean
@@ -29,7 +29,6 @@ from kfabric.store import tables as t
 DAY_S = 86400.0
 MONTH_S = 30 * DAY_S  # a program month: grants run months × 30 days
 HOLDING = ("active", "flagged")  # grant statuses that hold their reservation
-_KINDS = ", ".join(k.value for k in m.OrgKind)
 _RULE_KEYS = tuple(f.name for f in fields(m.ProgramRules))
 
 
@@ -92,10 +91,9 @@ def rules_of_json(data: object, where: str = "program.rules") -> m.ProgramRules:
     kw: dict[str, Any] = {}
     if "eligible_kinds" in d:
         kinds = _strings(d["eligible_kinds"], f"{where}.eligible_kinds")
-        require(kinds != [], f"{where}.eligible_kinds", "names no kind", "omit the rule to admit every kind")
-        for i, k in enumerate(kinds):
-            require(k in m.OrgKind._value2member_map_, f"{where}.eligible_kinds[{i}]", f"{k!r}", f"use: {_KINDS}")
-        kw["eligible_kinds"] = frozenset(m.OrgKind(k) for k in kinds)
+        kw["eligible_kinds"] = frozenset(
+            m.OrgKind.parse(k, f"{where}.eligible_kinds[{i}]") for i, k in enumerate(kinds)
+        )
     if "per_project_cap" in d:
         caps = _object(d["per_project_cap"], f"{where}.per_project_cap")
         kw["per_project_cap"] = tuple((k, _integer(v, f"{where}.per_project_cap.{k}")) for k, v in caps.items())
@@ -103,8 +101,6 @@ def rules_of_json(data: object, where: str = "program.rules") -> m.ProgramRules:
         if key in d:
             obj = _object(d[key], f"{where}.{key}")
             kw[key] = tuple((k, _number(v, f"{where}.{key}.{k}")) for k, v in obj.items())
-    if kw.get("review_weights") == ():
-        raise ValidationError(f"{where}.review_weights", "names no criterion", 'e.g. {"impact": 2, "readiness": 1}')
     if "max_duration_days" in d:
         kw["max_duration_days"] = _integer(d["max_duration_days"], f"{where}.max_duration_days")
     if d.get("max_job_duration_s") is not None:
@@ -237,22 +233,24 @@ def program_by_name(session: Session, name: str) -> t.Program:
 # ---- applications --------------------------------------------------------------------------------------------
 
 
-def check_eligible(rules: m.ProgramRules, program: str, org: t.Organization) -> None:
-    """Raise :class:`ValidationError` unless the organization's kind is one the program admits."""
-    if any(k.value == org.kind for k in rules.eligible_kinds):
-        return
-    kinds = ", ".join(sorted(k.value for k in rules.eligible_kinds))
-    raise ValidationError(
-        "application.organization",
-        f"organization {org.name!r} is a {org.kind}; program {program!r} admits only: {kinds}",
-        "apply for an organization of an eligible kind, or to another program",
-    )
+def organization_of(row: t.Organization) -> m.Organization:
+    """The domain's organization of a stored one."""
+    return m.Organization(row.name, m.OrgKind.parse(row.kind), row.region, frozenset(row.flags))
+
+
+def program_of(row: t.Program) -> m.Program:
+    """The domain's program of a stored one (its rules validated by :func:`program_rules`)."""
+    return m.Program(row.name, row.description, row.owner, program_rules(row), row.weight)
 
 
 def max_months(rules: m.ProgramRules) -> int:
-    """The longest grant, in program months of 30 days, that fits in ``max_duration_days`` (rounded down, so
-    a granted ``months × 30`` days never exceeds the program's maximum: 365 days → 12 months)."""
-    return rules.max_duration_days // 30
+    """The longest grant in program months (:attr:`~kfabric.model.tenancy.ProgramRules.max_months`)."""
+    return rules.max_months
+
+
+def _as_application(e: ValidationError, app_id: str) -> ValidationError:
+    """The model's error about application ``app_id`` (not stored yet) as the API and CLI name its fields."""
+    return ValidationError(e.where.replace(f"application {app_id!r}", "application", 1), e.problem, e.fix)
 
 
 def apply(
@@ -267,26 +265,25 @@ def apply(
     now_s: float,
     fleet: Fleet | None = None,
 ) -> t.Application:
-    """Submit an application for ``project`` (its organization's admins, or operators). Eligibility, maximum
-    duration, the per-project cap of the asked model and a justification that says something are enforced here;
-    given the service's ``fleet``, also that the pools the program may use hold the asked model and count (the
-    API always passes it)."""
+    """Submit an application for ``project`` (its organization's admins, or operators). The ask is checked by
+    building the model's :class:`~kfabric.model.tenancy.Application` and
+    :class:`~kfabric.model.tenancy.EligibleApplication` (the program's eligible kind, maximum duration, per-project
+    cap of the asked model); here, that the justification says something and, given the service's ``fleet``, that the
+    pools the program may use hold the asked model and count (the API always passes it)."""
     if actor.role not in (Role.OPERATOR, Role.ORG_ADMIN):
         raise PermissionDenied(
             "apply to programs", f"needs the org-admin or operator role; you are {actor.role.value}", "ask your admin"
         )
-    require_name(gpu_model_class, "application.gpu_model_class")
-    require(len(gpu_model_class) <= 64, "application.gpu_model_class", "longer than 64 characters")
     require(
         isinstance(justification, str) and justification.strip() != "",
         "application.justification",
         "is empty",
         "say why the project needs the GPUs and what it will do with them (--justification TEXT)",
     )
-    try:  # the model checks the asked GPUs and months; it names an application without an id "application 'new'"
-        m.Application("new", program, "", project, gpu_model_class, gpus, months, justification)
+    try:  # the model checks the asked model name, GPUs and months (an application without an id is 'new')
+        asked = m.Application("new", program, "", project, gpu_model_class, gpus, months, justification)
     except ValidationError as e:
-        raise ValidationError(e.where.replace("application 'new'", "application", 1), e.problem, e.fix) from None
+        raise _as_application(e, "new") from None
     with sessions.begin() as s:
         prog = program_by_name(s, program)
         proj = s.scalars(select(t.Project).where(t.Project.name == project)).first()
@@ -294,25 +291,12 @@ def apply(
             raise NotFound("project", project, "kfabric projects lists the projects you can see")
         org = s.get(t.Organization, proj.organization_id)
         assert org is not None
-        rules = program_rules(prog)
-        check_eligible(rules, program, org)
-        most = max_months(rules)
-        if months > most:
-            raise ValidationError(
-                "application.months",
-                f"asks {months} months; program {program!r} grants at most {rules.max_duration_days} days "
-                f"= {most} months of 30 days",
-                f"ask for at most {most} months" if most else "this program takes no applications by the month",
-            )
+        try:  # the model checks the program's rules: eligible kind, months, per-project cap
+            m.EligibleApplication(program_of(prog), organization_of(org), asked)
+        except ValidationError as e:
+            raise _as_application(e, "new") from None
         if fleet is not None:
             check_model(fleet, program, prog.owner, gpu_model_class, gpus, "application.gpu_model_class")
-        cap = rules.cap_for(gpu_model_class)
-        if cap is not None and gpus > cap:
-            raise ValidationError(
-                "application.gpus",
-                f"asks {gpus} {gpu_model_class}; program {program!r} grants one project at most {cap}",
-                f"ask for at most {cap} {gpu_model_class}",
-            )
         row = t.Application(
             program_id=prog.id,
             organization_id=org.id,
@@ -390,19 +374,8 @@ def review(
             prog = s.get(t.Program, app.program_id)
             assert prog is not None
             rules = program_rules(prog)
-            criteria = [c for c, _w in rules.review_weights]
-            missing, extra = sorted(set(criteria) - set(scores)), sorted(set(scores) - set(criteria))
-            if missing or extra:
-                problem = "; ".join(
-                    part
-                    for part in (
-                        f"missing {', '.join(missing)}" if missing else "",
-                        f"not criteria of program {prog.name!r}: {', '.join(extra)}" if extra else "",
-                    )
-                    if part
-                )
-                raise ValidationError("review.scores", problem, f"score exactly: {', '.join(criteria)} (0..10 each)")
-            values = tuple((c, _number(scores[c], f"review.scores.{c}")) for c in criteria)
+            rules.check_criteria(prog.name, scores, "review.scores")
+            values = tuple((c, _number(scores[c], f"review.scores.{c}")) for c, _w in rules.review_weights)
             weighted = m.Review(str(application_id), actor.name, values).weighted(rules.review_weights)
             row = s.scalars(
                 select(t.Review).where(t.Review.application_id == app.id, t.Review.reviewer_id == actor.user_id)

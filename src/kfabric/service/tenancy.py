@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kfabric.model.errors import Conflict, NotFound, PermissionDenied, ValidationError
-from kfabric.model.tenancy import OrgKind
+from kfabric.model.tenancy import Organization, OrgKind, Project
 from kfabric.scenarios.loader import Scenario
 from kfabric.service import audit, posix
 from kfabric.service.actors import Actor, Role
@@ -80,11 +80,7 @@ def create_organization(
     sessions: sessionmaker[Session], actor: Actor, name: str, kind: str, region: str, flags: list[str], now_s: float
 ) -> t.Organization:
     actor.require_operator("create organizations")
-    try:
-        OrgKind(kind)
-    except ValueError:
-        choices = ", ".join(k.value for k in OrgKind)
-        raise ValidationError("organization.kind", f"unknown kind {kind!r}", f"use one of: {choices}") from None
+    Organization(name, OrgKind.parse(kind), region, frozenset(flags))  # the model checks the name and the kind
     with sessions.begin() as s:
         if s.scalars(select(t.Organization).where(t.Organization.name == name)).first():
             raise Conflict(f"organization {name!r}", "exists already", "pick another name")
@@ -123,6 +119,7 @@ def create_project(
         if not (actor.is_operator or (actor.role is Role.ORG_ADMIN and actor.organization_id == org.id)):
             raise PermissionDenied("create projects", "only operators and the organization's admins create projects")
         name = tenant_name(actor, "project", name, org)
+        Project(name, org.name)  # the model checks the name
         if s.scalars(select(t.Project).where(t.Project.name == name)).first():
             raise Conflict(f"project {name!r}", "exists already", "pick another name")
         project = t.Project(name=name, organization_id=org.id)

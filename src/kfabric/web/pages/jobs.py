@@ -1,6 +1,6 @@
 """My jobs: the queue (state, pending reason, expected start; filters, paging, live refresh), a job's page (spec,
-events as a timeline, where it runs, its output, cancel). Tenancy is the API's: the jobs ``jobs.list_jobs`` would
-list, and ``jobs.visible_job`` for one job (another tenant's job is a 404 page)."""
+events as a timeline, where it runs, its output, cancel). Tenancy is the API's: the jobs ``job_visibility.scoped_jobs``
+lets a caller see, and ``jobs.visible_job`` for one job (another tenant's job is a 404 page)."""
 
 from __future__ import annotations
 
