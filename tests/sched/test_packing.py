@@ -62,6 +62,7 @@ def test_expected_waste_values() -> None:
     # V(600) = 0.5*V(0) + 0.5*V(200) = 100; V(800) = 0.5*V(200) + 0.5*V(400) = 200; V(1000) = 150
     w = Workload([TaskType(600, 1), TaskType(400, 1)])
     assert [w.waste[x] for x in (0, 399, 400, 600, 800, 1000)] == pytest.approx([0, 399, 200, 100, 200, 150])
+    assert w.waste_list == pytest.approx(w.waste.tolist())
 
 
 def test_expected_waste_without_gpu_types_is_all_free() -> None:
@@ -201,6 +202,11 @@ def test_fragmentation_delta_matches_placing_and_remeasuring(cap: Capacity, work
             cap.logging = False
             got = delta[i, g] if ask.share else delta[i]
             assert got == pytest.approx(after - before), (n, g)
+            if not ask.share:
+                one = tables.delta_one(
+                    int(cap.node_model[n]), int(cap.cpu_free[n]), free[i].tolist(), int(cap.whole[n]), ask.cpu, ask.gpus
+                )
+                assert one == pytest.approx(after - before)
 
 
 # ---- kfabric's packing score, table-driven -----------------------------------------------------------------------

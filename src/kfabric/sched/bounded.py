@@ -8,9 +8,9 @@ larger than ``placement.EXACT_SCAN_NODES`` nodes a pool offers representatives i
 * a share of one GPU (:func:`share_nodes`): for each amount of free milli on an already shared GPU, the first
   node with it, plus the whole-GPU representatives.
 
-:func:`choose` picks among such a handful the node the scorer's ``over`` would pick; for a scorer with per-node
-terms (kfabric) it remembers each node's terms, computed by the scorer's own arithmetic, and compares them in
-plain Python (numpy's per-call cost dominates at this size).
+:func:`choose` picks among such a handful the node the scorer's ``over`` would pick; for a scorer with a per-node
+``terms`` form (kfabric: :func:`kfabric_terms`, plain Python, as numpy's per-call cost dominates at this size) it
+remembers each node's terms and compares them in the array form's order of ties.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from math import floor
 
 import numpy as np
 
+from kfabric.model.job import MILLI_PER_GPU
 from kfabric.sched.capacity import Capacity
-from kfabric.sched.memo import PlacementMemo
+from kfabric.sched.fragmentation import frag_tables
+from kfabric.sched.memo import PlacementMemo, Terms
 from kfabric.sched.single import GRID, PRIME, Ask, Choice, Scorer, gpus_on
 from kfabric.sched.workload import Workload
 
@@ -66,33 +68,34 @@ def share_nodes(cap: Capacity, pool: int, ask: Ask, per_bucket: int, scan: int) 
 def choose(
     scorer: Scorer, cap: Capacity, nodes: list[int], ask: Ask, workload: Workload, memo: PlacementMemo
 ) -> Choice:
-    """The scorer's choice among a handful of ``nodes`` (non-empty, all holding the ask): the same as
-    ``scorer.over`` on them. A scorer with per-node ``terms`` has them remembered per node (``memo.terms``): a
-    node's terms depend only on its pool and free resources (and the ask and workload), and the representatives
-    of a large fleet repeat from job to job, so most placements compute none (numpy's per-call cost dominates
-    at this size); the terms of the nodes not remembered are computed together, by the scorer's own arithmetic."""
+    """The scorer's choice among a handful of ``nodes`` (non-empty, all holding the ask): ``scorer.over`` on them,
+    or, for a scorer with a per-node ``terms`` form (kfabric), its terms remembered per node (``memo.terms``: a
+    node's terms depend only on its pool and free resources, and the ask and workload; the representatives of a
+    large fleet repeat from job to job) compared in ``over``'s order of ties."""
     if scorer.terms is None:
         return scorer.over(cap, np.array(nodes, dtype=np.int64), ask, workload)
-    keys = _keys(cap, nodes, ask, memo.remember(workload))
-    known = memo.terms
-    missing = [i for i, key in enumerate(keys) if key not in known]
-    if missing:
-        found = scorer.terms(cap, np.array([nodes[i] for i in missing], dtype=np.int64), ask, workload)
-        for i, terms in zip(missing, found, strict=True):
-            known[keys[i]] = terms
+    terms_of, known = scorer.terms, memo.terms
+    head = (memo.remember(workload), ask.gpus, ask.milli, ask.cpu, ask.mem)
     salt = ask.salt
     rank = {pi: float(i) for i, pi in enumerate(ask.order)} if len(ask.order) > 1 else {}
     last = float(len(ask.order))
     # per (node, GPU), on the grid: score, pool rank, breaks a whole rack, milli left on the GPU, remaining
     # share; then the node's place in the ask's pseudo-random order, the GPU slot, the node (``single.lexmin``)
     rows: list[tuple[float, float, float, float, float, int, int, int]] = []
-    for node, key in zip(nodes, keys, strict=True):
-        remaining, per_gpu = known[key]
+    for node in nodes:
+        row = cap.milli[node].tolist()
+        cpu, mem = cap.cpu_free.item(node), cap.mem_free.item(node)
+        pool = cap.node_pool.item(node)
+        key = (*head, pool, cpu, mem, *row)  # numbers only: the garbage collector skips such keys
+        terms = known.get(key)
+        if terms is None:
+            terms = known[key] = terms_of(cap, node, [f if f > 0 else 0 for f in row], cpu, mem, ask, workload)
+        remaining, per_gpu = terms
         breaks = 0.0
         if cap.whole.item(node) == cap.node_gpus.item(node):
             rack = cap.node_rack.item(node)
             breaks = GRID if cap.rack_full.item(rack) == cap.rack_size.item(rack) else 0.0
-        position = floor(rank.get(cap.node_pool.item(node), last) * GRID) if rank else 0.0
+        position = floor(rank.get(pool, last) * GRID) if rank else 0.0
         order = (node + 1) * salt % PRIME
         for g, score, left in per_gpu:
             rows.append((score, position, breaks, left, remaining, order, g, node))
@@ -100,9 +103,32 @@ def choose(
     return best[7], gpus_on(cap, best[7], ask, best[6])
 
 
-def _keys(cap: Capacity, nodes: list[int], ask: Ask, workload: int) -> list[tuple[int, ...]]:
-    """What a node's terms depend on: the workload, the ask, the node's pool and its free CPU, memory and milli
-    per GPU slot (numbers only: the garbage collector skips such keys)."""
-    head = (workload, ask.gpus, ask.milli, ask.cpu, ask.mem)
-    pool, cpu, mem, milli = cap.node_pool, cap.cpu_free, cap.mem_free, cap.milli
-    return [(*head, pool.item(n), cpu.item(n), mem.item(n), *milli[n].tolist()) for n in nodes]
+def kfabric_terms(cap: Capacity, node: int, free: list[int], cpu: int, mem: int, ask: Ask, wl: Workload) -> Terms:
+    """:func:`kfabric.sched.single.kfabric`'s terms of one node with ``free`` milli per GPU slot (>= 0), ``cpu`` and
+    ``mem`` free, in plain Python (numpy's per-call cost dominates for one node): its remaining share and, per GPU
+    slot that takes the ask, (slot, score, milli left on it), on the grid. The same terms as the array form's
+    (``tests/sched/test_packing.py`` holds the choices equal)."""
+    total = sum(free)
+    cpm, mpm = wl.cpu_per_milli, wl.mem_per_milli
+    strand = _stranded(total - ask.demand, cpu - ask.cpu, mem - ask.mem, cpm, mpm)
+    strand -= _stranded(total, cpu, mem, cpm, mpm)
+    remaining = (cpu - ask.cpu) / max(cap.cpu_total.item(node), 1)
+    remaining += (mem - ask.mem) / max(cap.mem_total.item(node), 1)
+    remaining += (total - ask.demand) / max(cap.node_gpus.item(node) * MILLI_PER_GPU, 1)
+    if not ask.share:
+        tables = frag_tables(wl, cap.gpu_models, cap.milli.shape[1])
+        growth = tables.delta_one(cap.node_model.item(node), cpu, free, cap.whole.item(node), ask.cpu, ask.gpus)
+        return floor(remaining * GRID), ((0, floor((growth / tables.total_weight + strand) * GRID), 0.0),)
+    waste, m = wl.waste_list, ask.milli
+    slots = ((g, waste[f - m] - waste[f] + strand, f - m) for g, f in enumerate(free) if f >= m)
+    return floor(remaining * GRID), tuple((g, floor(score * GRID), floor(left * GRID)) for g, score, left in slots)
+
+
+def _stranded(gpu_free: int, cpu_free: int, mem_free: int, cpu_per_milli: float, mem_per_milli: float) -> float:
+    """:func:`kfabric.sched.fragmentation.stranded` of one node."""
+    short = 0.0
+    if cpu_per_milli > 0:
+        short = max(short, gpu_free - cpu_free / cpu_per_milli)
+    if mem_per_milli > 0:
+        short = max(short, gpu_free - mem_free / mem_per_milli)
+    return short

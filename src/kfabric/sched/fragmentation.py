@@ -19,6 +19,7 @@ every candidate (node, GPU) is a handful of array operations. Values are GPU mil
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,10 @@ class FragTables:
         self._usable = usable.reshape(-1)
         self._multi = multi.reshape(-1)
         self._whole_x = MILLI_PER_GPU // self.unit
+        # the same tables as lists, for :meth:`delta_one`
+        self._levels_list: list[int] = self.cpu_levels.tolist()
+        self._usable_list: list[float] = self._usable.tolist()
+        self._multi_list: list[float] = self._multi.tolist()
 
     def key(self, model: I64, cpu_free: I64) -> I64:
         """Feasibility class of nodes of GPU model ids ``model`` with ``cpu_free`` CPU milli free."""
@@ -104,6 +109,25 @@ class FragTables:
         multi = MILLI_PER_GPU * n_full2 * self._multi[key2[:, None] * self._g1 + n_full2]
         d2: F64 = (total2 - before - base)[:, None] - adj - multi
         return np.where(fits, d2, np.inf)
+
+    def delta_one(self, model: int, cpu_free: int, free: list[int], n_full: int, cpu: int, gpus: int) -> float:
+        """:meth:`delta` of one node for a CPU-only or whole-GPU task, in plain Python (cheaper than numpy
+        for a handful of nodes); ``free`` is the node's free milli per GPU slot (>= 0)."""
+        usable, multi, x_size, unit = self._usable_list, self._multi_list, self.x_size, self.unit
+        key_before = model * self._lc + bisect_right(self._levels_list, cpu_free)
+        key_after = model * self._lc + bisect_right(self._levels_list, cpu_free - cpu)
+        row_before, row_after = key_before * x_size, key_after * x_size
+        sum_before = sum_after = 0.0
+        for f in free:
+            if f > 0:
+                x = f // unit
+                sum_before += f * usable[row_before + x]
+                sum_after += f * usable[row_after + x]
+        if gpus:
+            sum_after -= gpus * MILLI_PER_GPU * usable[row_after + self._whole_x]
+        multi_before = MILLI_PER_GPU * n_full * multi[key_before * self._g1 + n_full]
+        multi_after = MILLI_PER_GPU * (n_full - gpus) * multi[key_after * self._g1 + n_full - gpus]
+        return -MILLI_PER_GPU * gpus * self.total_weight - sum_after - multi_after + sum_before + multi_before
 
 
 def frag_tables(workload: Workload, model_names: tuple[str, ...], width: int) -> FragTables:

@@ -71,16 +71,17 @@ class Ask:
 
 
 ScoreFn = Callable[[Capacity, I64, Ask, Workload], Choice]
-TermsFn = Callable[[Capacity, I64, Ask, Workload], list[Terms]]
+#: a scorer's terms of one node: (capacity, node, free milli per GPU slot (>= 0), free CPU, free memory, ask, workload)
+TermsFn = Callable[[Capacity, int, list[int], int, int, Ask, Workload], Terms]
 
 
 @dataclass(frozen=True, slots=True)
 class Scorer:
     """A single-node score, registered under a placement name (``sched.registry``). ``over`` scores an array of
-    candidate nodes. ``terms``, where the scorer has it, gives each node's terms on the score grid, computed by the
-    same arithmetic as ``over`` (for a score whose terms depend only on a node's pool and free resources): a
-    placement over the handful of representatives a large fleet offers remembers them per node and compares
-    them in ``over``'s order of ties (:func:`kfabric.sched.bounded.choose`)."""
+    candidate nodes. ``terms``, where the scorer has it, gives one node's terms on the score grid in plain Python
+    (for a score whose terms depend only on a node's pool and free resources): a placement over the handful of
+    representatives a large fleet offers remembers them per node and compares them in ``over``'s order of ties
+    (:func:`kfabric.sched.bounded.choose`); tests hold its choices equal to ``over``'s."""
 
     name: str
     over: ScoreFn
@@ -211,7 +212,7 @@ def fgd(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> Choice:
 def kfabric_score(cap: Capacity, nodes: I64, ask: Ask, workload: Workload, free: I64, total: I64) -> F64:
     """kfabric's score before ties (see the module doc): per node, or per (node, GPU slot) for a share of a GPU
     (``inf`` where the slot can not hold it); ``free``: :func:`free_milli` of ``nodes``, ``total`` its row sums.
-    The one place the score is computed (:func:`kfabric` and :func:`kfabric_terms` both call it)."""
+    (:func:`kfabric.sched.bounded.kfabric_terms` is the same score of one node in plain Python.)"""
     strand = strand_growth(total, cap.cpu_free[nodes], cap.mem_free[nodes], ask, workload)
     if ask.share:
         fits = free >= ask.milli
@@ -258,23 +259,3 @@ def kfabric(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> Choice:
             lambda: remaining_share(cap, nodes, total, ask),
         )
     return _choice(cap, nodes, flat, free.shape[1], ask)
-
-
-def kfabric_terms(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> list[Terms]:
-    """Each node's :func:`kfabric` terms on the grid, as :func:`lexmin` compares them: its remaining share and,
-    per GPU slot that holds the ask, (slot, score, milli left on it; 0 for whole GPUs, which have no such tie).
-    Pool rank and rack breaking depend on more than the node's own resources: the caller adds them."""
-    free = free_milli(cap, nodes)
-    total = free.sum(axis=1)
-    score = grid(kfabric_score(cap, nodes, ask, workload, free, total))
-    remaining: list[float] = grid(remaining_share(cap, nodes, total, ask)).tolist()
-    if not ask.share:
-        per_node: list[float] = score.tolist()
-        return [(r, ((0, s, 0.0),)) for r, s in zip(remaining, per_node, strict=True)]
-    scores: list[list[float]] = score.tolist()
-    fits: list[list[bool]] = (free >= ask.milli).tolist()
-    left: list[list[float]] = grid(left_on_gpu(free, ask)).tolist()
-    return [
-        (r, tuple((g, row[g], gap[g]) for g in range(len(row)) if ok[g]))
-        for r, row, gap, ok in zip(remaining, scores, left, fits, strict=True)
-    ]

@@ -53,6 +53,7 @@ class Workload:
         self.cpu_per_milli = cpu / gpu if gpu else 0.0
         self.mem_per_milli = mem / gpu if gpu else 0.0
         self._waste: npt.NDArray[np.float64] | None = None
+        self._waste_list: list[float] = []
         #: per-fleet compiled tables (``fragmentation.FragTables``), keyed by the fleet's models and GPU width
         self.tables: dict[tuple[tuple[str, ...], int], object] = {}
 
@@ -72,7 +73,14 @@ class Workload:
         """
         if self._waste is None:
             self._waste = _expected_waste(self.types)
+            self._waste_list = self._waste.tolist()
         return self._waste
+
+    @property
+    def waste_list(self) -> list[float]:
+        """:attr:`waste` as a list (plain-Python scoring)."""
+        self.waste  # noqa: B018 (computes both)
+        return self._waste_list
 
 
 def _expected_waste(types: Sequence[TaskType]) -> npt.NDArray[np.float64]:
