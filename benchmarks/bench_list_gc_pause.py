@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_queue_print import _fill  # the same store as the queue benchmark
+from bench_queue_print import _fill, local_runtime  # the same store as the queue benchmark
 
 
 def _collections() -> tuple[list[int], Any]:
@@ -48,20 +48,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="kfabric-bench-gc-"))
     os.environ.setdefault("KFABRIC_AUDIT_KEY_FILE", str(tmp / "audit.key"))
     from kfabric.api.app import create_app
-    from kfabric.backends.local import LocalBackend
-    from kfabric.scenarios.local import local_scenario_text
-    from kfabric.scenarios.policies import load_policy
     from kfabric.service import job_queries
     from kfabric.service.actors import Actor, Role
-    from kfabric.service.runtime import open_runtime
 
-    rt = open_runtime(
-        f"sqlite:///{tmp}/kfabric.db",
-        load_policy("kfabric"),
-        {"local": LocalBackend(tmp / "local", gpus=4)},
-        fleet="local",
-        fleet_document=local_scenario_text(4),
-    )
+    rt = local_runtime(tmp)
     try:
         app = create_app(rt)  # noqa: F841 - held, as a server holds it
         _fill(rt, args.jobs)

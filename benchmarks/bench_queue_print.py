@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from sqlalchemy import insert, select
@@ -107,6 +108,22 @@ def _time(cmd: list[str], env: dict[str, str], runs: int) -> tuple[float, float,
     return statistics.median(times), statistics.median(cpus), statistics.median(servers), lines
 
 
+def local_runtime(tmp: Path) -> Any:
+    """A runtime on the 4-GPU local fleet with its SQLite store under ``tmp`` (what both list benchmarks fill)."""
+    from kfabric.backends.local import LocalBackend
+    from kfabric.scenarios.local import local_scenario_text
+    from kfabric.scenarios.policies import load_policy
+    from kfabric.service.runtime import open_runtime
+
+    return open_runtime(
+        f"sqlite:///{tmp}/kfabric.db",
+        load_policy("kfabric"),
+        {"local": LocalBackend(tmp / "local", gpus=4)},
+        fleet="local",
+        fleet_document=local_scenario_text(4),
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=20_000)
@@ -116,19 +133,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="kfabric-bench-queue-"))
     os.environ.setdefault("KFABRIC_AUDIT_KEY_FILE", str(tmp / "audit.key"))
     from kfabric.api.app import create_app
-    from kfabric.backends.local import LocalBackend
     from kfabric.client import Client
-    from kfabric.scenarios.local import local_scenario_text
-    from kfabric.scenarios.policies import load_policy
-    from kfabric.service.runtime import open_runtime
 
-    rt = open_runtime(
-        f"sqlite:///{tmp}/kfabric.db",
-        load_policy("kfabric"),
-        {"local": LocalBackend(tmp / "local", gpus=4)},
-        fleet="local",
-        fleet_document=local_scenario_text(4),
-    )
+    rt = local_runtime(tmp)
     t0 = time.perf_counter()
     _fill(rt, args.jobs)
     print(f"filled the store with {args.jobs:,} jobs in {time.perf_counter() - t0:.1f} s")

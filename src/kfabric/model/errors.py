@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import TypeVar
+
+E = TypeVar("E", bound=Enum)
+
 
 class KfabricError(Exception):
     """Base of every error kfabric raises on purpose."""
@@ -80,3 +85,13 @@ class Unauthenticated(KfabricError):
     def __init__(self, problem: str, fix: str = "send Authorization: Bearer kf_... (CLI: KFABRIC_TOKEN)") -> None:
         self.problem, self.fix = problem, fix
         super().__init__(f"{problem} (fix: {fix})")
+
+
+def choice_of(kind: type[E], text: object, where: str, noun: str) -> E:
+    """The member of the enum ``kind`` whose value is ``text``; a :class:`ValidationError` at ``where`` ("unknown
+    ``noun`` ..."), listing the values, otherwise."""
+    try:
+        return kind(text)
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in kind)
+        raise ValidationError(where, f"unknown {noun} {text!r}", f"use one of: {choices}") from None

@@ -9,7 +9,7 @@ from datetime import date
 from enum import Enum
 from typing import Generic, TypeVar
 
-from kfabric.model.errors import ValidationError, require, require_name
+from kfabric.model.errors import ValidationError, choice_of, require, require_name
 from kfabric.model.job import PriorityClass
 
 
@@ -23,11 +23,7 @@ class OrgKind(Enum):
     @classmethod
     def parse(cls, text: object, where: str = "organization.kind") -> OrgKind:
         """The kind named ``text``; :class:`ValidationError` at ``where`` listing the kinds otherwise."""
-        try:
-            return cls(text)
-        except ValueError:
-            choices = ", ".join(k.value for k in cls)
-            raise ValidationError(where, f"unknown kind {text!r}", f"use one of: {choices}") from None
+        return choice_of(cls, text, where, "kind")
 
 
 class OnExhausted(Enum):

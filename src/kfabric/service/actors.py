@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from kfabric.model.errors import NotFound, PermissionDenied, ValidationError
+from kfabric.model.errors import NotFound, PermissionDenied, choice_of
 
 
 class Role(Enum):
@@ -19,11 +19,7 @@ class Role(Enum):
 
     @classmethod
     def parse(cls, text: str, where: str = "role") -> Role:
-        try:
-            return cls(text)
-        except ValueError:
-            choices = ", ".join(r.value for r in cls)
-            raise ValidationError(where, f"unknown role {text!r}", f"use one of: {choices}") from None
+        return choice_of(cls, text, where, "role")
 
 
 @dataclass(frozen=True, slots=True)
