@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from kfabric.model import Job, MinTopology
 from kfabric.model.job import MILLI_PER_GPU
 from kfabric.sched import bounded, placement, single
+from kfabric.sched.arith import ARRAYS, NUMBERS
 from kfabric.sched.capacity import Capacity
 from kfabric.sched.fragmentation import FragTables, frag_tables, stranded
 from kfabric.sched.memo import PlacementMemo
@@ -89,8 +90,9 @@ def test_workloads_of_the_cycle_and_of_a_job_are_cached() -> None:
 )
 def test_stranding(cpu_free: int, mem_free: int, expected: float) -> None:
     # 4 CPU milli and 40 MiB per GPU milli: 2000 free GPU milli need 8000 CPU and 80000 MiB
-    out = stranded(np.array([2000]), np.array([cpu_free]), np.array([mem_free]), 4.0, 40.0)
+    out = stranded(ARRAYS, np.array([2000]), np.array([cpu_free]), np.array([mem_free]), 4.0, 40.0)
     assert out.tolist() == pytest.approx([expected])
+    assert stranded(NUMBERS, 2000, cpu_free, mem_free, 4.0, 40.0) == out[0]
 
 
 # ---- FGD's measure against its definition ----------------------------------------------------------------------
@@ -114,10 +116,10 @@ def brute_frag(cap: Capacity, node: int, workload: Workload) -> float:
 
 
 @st.composite
-def capacities(draw: st.DrawFn) -> Capacity:
+def capacities(draw: st.DrawFn, max_gpus: int = 4) -> Capacity:
     nodes = [
         (
-            draw(st.integers(1, 4)),
+            draw(st.integers(1, max_gpus)),
             draw(st.sampled_from([4000, 8000, 16_000])),
             draw(st.sampled_from([16_384, 65_536])),
             draw(st.sampled_from(["H100", "RTX"])),
@@ -136,13 +138,13 @@ def capacities(draw: st.DrawFn) -> Capacity:
 
 
 @st.composite
-def workloads(draw: st.DrawFn) -> Workload:
+def workloads(draw: st.DrawFn, fractions: bool = False) -> Workload:
     types = []
     for _ in range(draw(st.integers(1, 5))):
         kind = draw(st.sampled_from(["cpu", "share", "whole"]))
         cpu = draw(st.sampled_from([0, 1000, 3000, 6000]))
         models = draw(st.sampled_from([(), ("H100",), ("RTX",)]))
-        weight = float(draw(st.integers(1, 5)))
+        weight = draw(st.floats(0.01, 5.0)) if fractions else float(draw(st.integers(1, 5)))
         if kind == "cpu":
             types.append(TaskType(0, 0, cpu, weight=weight))
         elif kind == "share":
@@ -174,7 +176,8 @@ def tables_of(cap: Capacity, workload: Workload) -> tuple[Capacity, FragTables]:
 def test_fragmentation_matches_definition(cap: Capacity, workload: Workload) -> None:
     st_, tables = tables_of(cap, workload)
     nodes = np.arange(cap.n_nodes)
-    got = tables.frag(st_.node_model[nodes], cap.cpu_free[nodes], single.free_milli(cap, nodes), cap.whole[nodes])
+    free = single.columns(single.free_milli(cap, nodes))
+    got = tables.frag(ARRAYS, st_.node_model[nodes], cap.cpu_free[nodes], free, cap.whole[nodes])
     assert got.tolist() == pytest.approx([brute_frag(cap, n, workload) for n in range(cap.n_nodes)])
 
 
@@ -186,9 +189,8 @@ def test_fragmentation_delta_matches_placing_and_remeasuring(cap: Capacity, work
     if not nodes.size:
         return
     free = single.free_milli(cap, nodes)
-    delta = tables.delta(
-        st_.node_model[nodes], cap.cpu_free[nodes], free, cap.whole[nodes], ask.cpu, ask.milli, ask.gpus
-    )
+    model, cpu, whole = st_.node_model[nodes], cap.cpu_free[nodes], cap.whole[nodes]
+    delta = single.per_slot(tables.growth(ARRAYS, model, cpu, single.columns(free), whole, *task(ask)), ask)
     for i, n in enumerate(nodes.tolist()):
         before = brute_frag(cap, n, workload)
         slots = [g for g in range(free.shape[1]) if free[i, g] >= ask.milli] if ask.share else [0]
@@ -202,11 +204,34 @@ def test_fragmentation_delta_matches_placing_and_remeasuring(cap: Capacity, work
             cap.logging = False
             got = delta[i, g] if ask.share else delta[i]
             assert got == pytest.approx(after - before), (n, g)
-            if not ask.share:
-                one = tables.delta_one(
-                    int(cap.node_model[n]), int(cap.cpu_free[n]), free[i].tolist(), int(cap.whole[n]), ask.cpu, ask.gpus
-                )
-                assert one == pytest.approx(after - before)
+
+
+def task(ask: Ask) -> tuple[int, int, int]:
+    return ask.cpu, ask.milli, ask.gpus
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacities(max_gpus=8), workloads(fractions=True), asks())
+def test_both_forms_of_a_formula_give_the_same_bits(cap: Capacity, workload: Workload, ask: Ask) -> None:
+    """Each node's fragmentation, its growth and kfabric's score, computed over all nodes with numpy and for the
+    node alone in plain Python (``sched.arith``), are the same float, not merely close: the large-fleet placement
+    compares the plain-Python terms where the pool scan compares the array ones."""
+    st_, tables = tables_of(cap, workload)
+    nodes = single.fitting(cap, np.arange(cap.n_nodes), ask)
+    if not nodes.size:
+        return
+    free = single.free_milli(cap, nodes)
+    model, cpu, whole = st_.node_model[nodes], cap.cpu_free[nodes], cap.whole[nodes]
+    cols = single.columns(free)
+    frag = tables.frag(ARRAYS, model, cpu, cols, whole)
+    growth = single.per_slot(tables.growth(ARRAYS, model, cpu, cols, whole, *task(ask)), ask)
+    score = single.kfabric_score(cap, nodes, ask, workload, free)
+    for i, n in enumerate(nodes.tolist()):
+        one = (int(st_.node_model[n]), int(cap.cpu_free[n]), free[i].tolist(), int(cap.whole[n]))
+        assert tables.frag(NUMBERS, *one) == frag[i]
+        assert tables.growth(NUMBERS, *one, *task(ask)) == (growth[i].tolist() if ask.share else [growth[i]])
+        mine = single.kfabric_growth(NUMBERS, cap, one[0], one[1], int(cap.mem_free[n]), one[2], one[3], ask, workload)
+        assert mine == (score[i].tolist() if ask.share else [score[i]])
 
 
 # ---- kfabric's packing score, table-driven -----------------------------------------------------------------------

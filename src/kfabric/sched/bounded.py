@@ -9,7 +9,8 @@ larger than ``placement.EXACT_SCAN_NODES`` nodes a pool offers representatives i
   node with it, plus the whole-GPU representatives.
 
 :func:`choose` picks among such a handful the node the scorer's ``over`` would pick; for a scorer with a per-node
-``terms`` form (kfabric: :func:`kfabric_terms`, plain Python, as numpy's per-call cost dominates at this size) it
+``terms`` form (kfabric: :func:`~kfabric.sched.single.kfabric_terms`, plain Python, as numpy's per-call cost
+dominates at this size) it
 remembers each node's terms and compares them in the array form's order of ties.
 """
 
@@ -20,10 +21,8 @@ from math import floor
 
 import numpy as np
 
-from kfabric.model.job import MILLI_PER_GPU
 from kfabric.sched.capacity import Capacity
-from kfabric.sched.fragmentation import frag_tables
-from kfabric.sched.memo import PlacementMemo, Terms
+from kfabric.sched.memo import PlacementMemo
 from kfabric.sched.single import GRID, PRIME, Ask, Choice, Scorer, gpus_on
 from kfabric.sched.workload import Workload
 
@@ -101,34 +100,3 @@ def choose(
             rows.append((score, position, breaks, left, remaining, order, g, node))
     best = min(rows)
     return best[7], gpus_on(cap, best[7], ask, best[6])
-
-
-def kfabric_terms(cap: Capacity, node: int, free: list[int], cpu: int, mem: int, ask: Ask, wl: Workload) -> Terms:
-    """:func:`kfabric.sched.single.kfabric`'s terms of one node with ``free`` milli per GPU slot (>= 0), ``cpu`` and
-    ``mem`` free, in plain Python (numpy's per-call cost dominates for one node): its remaining share and, per GPU
-    slot that takes the ask, (slot, score, milli left on it), on the grid. The same terms as the array form's
-    (``tests/sched/test_packing.py`` holds the choices equal)."""
-    total = sum(free)
-    cpm, mpm = wl.cpu_per_milli, wl.mem_per_milli
-    strand = _stranded(total - ask.demand, cpu - ask.cpu, mem - ask.mem, cpm, mpm)
-    strand -= _stranded(total, cpu, mem, cpm, mpm)
-    remaining = (cpu - ask.cpu) / max(cap.cpu_total.item(node), 1)
-    remaining += (mem - ask.mem) / max(cap.mem_total.item(node), 1)
-    remaining += (total - ask.demand) / max(cap.node_gpus.item(node) * MILLI_PER_GPU, 1)
-    if not ask.share:
-        tables = frag_tables(wl, cap.gpu_models, cap.milli.shape[1])
-        growth = tables.delta_one(cap.node_model.item(node), cpu, free, cap.whole.item(node), ask.cpu, ask.gpus)
-        return floor(remaining * GRID), ((0, floor((growth / tables.total_weight + strand) * GRID), 0.0),)
-    waste, m = wl.waste_list, ask.milli
-    slots = ((g, waste[f - m] - waste[f] + strand, f - m) for g, f in enumerate(free) if f >= m)
-    return floor(remaining * GRID), tuple((g, floor(score * GRID), floor(left * GRID)) for g, score, left in slots)
-
-
-def _stranded(gpu_free: int, cpu_free: int, mem_free: int, cpu_per_milli: float, mem_per_milli: float) -> float:
-    """:func:`kfabric.sched.fragmentation.stranded` of one node."""
-    short = 0.0
-    if cpu_per_milli > 0:
-        short = max(short, gpu_free - cpu_free / cpu_per_milli)
-    if mem_per_milli > 0:
-        short = max(short, gpu_free - mem_free / mem_per_milli)
-    return short

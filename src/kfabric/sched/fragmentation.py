@@ -19,16 +19,17 @@ every candidate (node, GPU) is a handful of array operations. Values are GPU mil
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from kfabric.model.job import MILLI_PER_GPU
+from kfabric.sched.arith import Arith, Vec
 from kfabric.sched.workload import Workload
 
 I64 = npt.NDArray[np.int64]
-F64 = npt.NDArray[np.float64]
 
 
 class FragTables:
@@ -61,73 +62,65 @@ class FragTables:
         self._usable = usable.reshape(-1)
         self._multi = multi.reshape(-1)
         self._whole_x = MILLI_PER_GPU // self.unit
-        # the same tables as lists, for :meth:`delta_one`
+        # the same tables as lists, for the plain-Python form (``sched.arith``)
         self._levels_list: list[int] = self.cpu_levels.tolist()
         self._usable_list: list[float] = self._usable.tolist()
         self._multi_list: list[float] = self._multi.tolist()
 
-    def key(self, model: I64, cpu_free: I64) -> I64:
-        """Feasibility class of nodes of GPU model ids ``model`` with ``cpu_free`` CPU milli free."""
-        out: I64 = model * self._lc + np.searchsorted(self.cpu_levels, cpu_free, side="right")
-        return out
+    def _form(self, a: Arith) -> tuple[Any, Any, Any]:
+        """The CPU levels and the usable and multi-GPU tables in ``a``'s form (arrays, or lists)."""
+        if a.arrays:
+            return self.cpu_levels, self._usable, self._multi
+        return self._levels_list, self._usable_list, self._multi_list
 
-    def _usable_sum(self, key: I64, free: I64) -> F64:
-        """Sum over GPU slots of free milli x weight of the types able to use it (one row per node)."""
-        w = self._usable[key[:, None] * self.x_size + free // self.unit]
-        out: F64 = (free * w).sum(axis=1)
-        return out
+    def _used(self, usable: Any, row: Vec, slots: Sequence[Vec]) -> Vec:
+        """Sum over GPU slots, slot by slot, of free milli x weight of the types able to use it."""
+        unit = self.unit
+        used: Vec = 0.0  # typed so that the compiled build takes an array too
+        for f in slots:
+            used = used + f * usable[row + f // unit]
+        return used
 
-    def _multi_term(self, key: I64, n_full: I64) -> F64:
-        out: F64 = MILLI_PER_GPU * n_full * self._multi[key * self._g1 + n_full]
-        return out
+    def frag(self, a: Arith, model: Vec, cpu_free: Vec, slots: Sequence[Vec], n_full: Vec) -> Vec:
+        """Fragmentation of nodes of GPU model ids ``model`` (GPU milli x weight); ``slots``: free milli (>= 0)
+        per GPU slot, slot by slot (one operand each); ``n_full``: whole free GPUs."""
+        levels, usable, multi = self._form(a)
+        key = model * self._lc + a.count_le(levels, cpu_free)
+        total: Vec = 0
+        for f in slots:
+            total = total + f
+        used = self._used(usable, key * self.x_size, slots)
+        return total * self.total_weight - used - MILLI_PER_GPU * n_full * multi[key * self._g1 + n_full]
 
-    def frag(self, model: I64, cpu_free: I64, free: I64, n_full: I64) -> F64:
-        """Fragmentation of nodes (GPU milli x weight); ``free`` is nodes x GPU slots of free milli >= 0."""
-        key = self.key(model, cpu_free)
-        total = free.sum(axis=1) * self.total_weight
-        out: F64 = total - self._usable_sum(key, free) - self._multi_term(key, n_full)
-        return out
-
-    def delta(self, model: I64, cpu_free: I64, free: I64, n_full: I64, cpu: int, milli: int, gpus: int) -> F64:
-        """Fragmentation growth for placing a task (``cpu`` CPU; ``gpus`` x ``milli``) on each node (which
-        must hold it): shape ``(nodes,)`` for CPU-only and whole-GPU tasks, ``(nodes, slots)`` for a share of
-        one GPU (``inf`` where that GPU can not hold it)."""
-        before = self.frag(model, cpu_free, free, n_full)
-        key2 = self.key(model, cpu_free - cpu)
-        total2 = (free.sum(axis=1) - milli * gpus) * self.total_weight
-        base = self._usable_sum(key2, free)
+    def growth(
+        self, a: Arith, model: Vec, cpu_free: Vec, slots: Sequence[Vec], n_full: Vec, cpu: int, milli: int, gpus: int
+    ) -> list[Vec]:
+        """Fragmentation growth for placing a task (``cpu`` CPU; ``gpus`` x ``milli``) on nodes that hold it
+        (operands as in :meth:`frag`): one value for CPU-only and whole-GPU tasks, one per GPU slot for a share
+        of one GPU (``inf`` where the slot can not hold it)."""
+        levels, usable, multi = self._form(a)
+        before = self.frag(a, model, cpu_free, slots, n_full)
+        key2 = model * self._lc + a.count_le(levels, cpu_free - cpu)
+        row2, unit = key2 * self.x_size, self.unit
+        total: Vec = 0
+        for f in slots:
+            total = total + f
+        total2 = (total - milli * gpus) * self.total_weight
+        used2 = self._used(usable, row2, slots)
         if gpus == 0 or milli >= MILLI_PER_GPU:
             if gpus:
-                base = base - gpus * MILLI_PER_GPU * self._usable[key2 * self.x_size + self._whole_x]
-            out: F64 = total2 - base - self._multi_term(key2, n_full - gpus) - before
-            return out
-        fits = free >= milli
-        x2 = np.where(fits, free - milli, 0)
-        row = key2[:, None] * self.x_size
-        adj = x2 * self._usable[row + x2 // self.unit] - free * self._usable[row + free // self.unit]
-        n_full2 = n_full[:, None] - (free == MILLI_PER_GPU)
-        multi = MILLI_PER_GPU * n_full2 * self._multi[key2[:, None] * self._g1 + n_full2]
-        d2: F64 = (total2 - before - base)[:, None] - adj - multi
-        return np.where(fits, d2, np.inf)
-
-    def delta_one(self, model: int, cpu_free: int, free: list[int], n_full: int, cpu: int, gpus: int) -> float:
-        """:meth:`delta` of one node for a CPU-only or whole-GPU task, in plain Python (cheaper than numpy
-        for a handful of nodes); ``free`` is the node's free milli per GPU slot (>= 0)."""
-        usable, multi, x_size, unit = self._usable_list, self._multi_list, self.x_size, self.unit
-        key_before = model * self._lc + bisect_right(self._levels_list, cpu_free)
-        key_after = model * self._lc + bisect_right(self._levels_list, cpu_free - cpu)
-        row_before, row_after = key_before * x_size, key_after * x_size
-        sum_before = sum_after = 0.0
-        for f in free:
-            if f > 0:
-                x = f // unit
-                sum_before += f * usable[row_before + x]
-                sum_after += f * usable[row_after + x]
-        if gpus:
-            sum_after -= gpus * MILLI_PER_GPU * usable[row_after + self._whole_x]
-        multi_before = MILLI_PER_GPU * n_full * multi[key_before * self._g1 + n_full]
-        multi_after = MILLI_PER_GPU * (n_full - gpus) * multi[key_after * self._g1 + n_full - gpus]
-        return -MILLI_PER_GPU * gpus * self.total_weight - sum_after - multi_after + sum_before + multi_before
+                used2 = used2 - gpus * MILLI_PER_GPU * usable[row2 + self._whole_x]
+            n2 = n_full - gpus
+            return [total2 - used2 - MILLI_PER_GPU * n2 * multi[key2 * self._g1 + n2] - before]
+        common = total2 - before - used2
+        out: list[Vec] = []
+        for f in slots:
+            fits = f >= milli
+            f2 = a.where(fits, f - milli, 0)
+            adj = f2 * usable[row2 + f2 // unit] - f * usable[row2 + f // unit]
+            n2 = n_full - (f == MILLI_PER_GPU)
+            out.append(a.where(fits, common - adj - MILLI_PER_GPU * n2 * multi[key2 * self._g1 + n2], math.inf))
+        return out
 
 
 def frag_tables(workload: Workload, model_names: tuple[str, ...], width: int) -> FragTables:
@@ -141,12 +134,12 @@ def frag_tables(workload: Workload, model_names: tuple[str, ...], width: int) ->
     return tables
 
 
-def stranded(gpu_free: I64, cpu_free: I64, mem_free: I64, cpu_per_milli: float, mem_per_milli: float) -> F64:
+def stranded(a: Arith, gpu_free: Vec, cpu_free: Vec, mem_free: Vec, cpu_per_milli: float, mem_per_milli: float) -> Vec:
     """Free GPU milli a node's free CPU or memory can not feed at the workload's CPU and memory per GPU milli
     (GPUs stranded because the host runs out first). A ratio of 0 (unknown) strands nothing."""
-    short = np.zeros(gpu_free.shape, dtype=np.float64)
+    short: Vec = 0.0
     if cpu_per_milli > 0:
-        short = np.maximum(short, gpu_free - cpu_free / cpu_per_milli)
+        short = a.maximum(short, gpu_free - cpu_free / cpu_per_milli)
     if mem_per_milli > 0:
-        short = np.maximum(short, gpu_free - mem_free / mem_per_milli)
+        short = a.maximum(short, gpu_free - mem_free / mem_per_milli)
     return short

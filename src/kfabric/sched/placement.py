@@ -268,7 +268,7 @@ def _cut(cap: Capacity, req: PlaceRequest) -> list[list[int]]:
 
 BEST_FIT: Scorer = Scorer("best-fit", single.best_fit)
 FGD: Scorer = Scorer("fgd", single.fgd)
-KFABRIC: Scorer = Scorer("kfabric", single.kfabric, terms=bounded.kfabric_terms)
+KFABRIC: Scorer = Scorer("kfabric", single.kfabric, terms=single.kfabric_terms)
 
 first_fit: PlacementFn = _policy(None, reorder=False)
 best_fit: PlacementFn = _policy(BEST_FIT, reorder=False)

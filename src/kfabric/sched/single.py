@@ -20,14 +20,17 @@ to the lowest GPU slot, so the same inputs give the same placement.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from math import floor
 
 import numpy as np
 import numpy.typing as npt
 
 from kfabric.model.job import MILLI_PER_GPU
+from kfabric.sched.arith import ARRAYS, NUMBERS, Arith, Vec
 from kfabric.sched.capacity import Capacity
 from kfabric.sched.fragmentation import frag_tables, stranded
 from kfabric.sched.memo import PlacementMemo, Terms
@@ -140,11 +143,20 @@ def free_milli(cap: Capacity, nodes: I64) -> I64:
     return out
 
 
+def remaining(
+    a: Arith, cpu_free: Vec, cpu_total: Vec, mem_free: Vec, mem_total: Vec, total: Vec, gpus: Vec, ask: Ask
+) -> Vec:
+    """Sum of the CPU, memory and GPU (``total`` free milli of ``gpus`` GPUs) a node would have left after the
+    ask, each as a share of the node's own (one formula for both forms, ``sched.arith``)."""
+    score = (cpu_free - ask.cpu) / a.maximum(cpu_total, 1)
+    score = score + (mem_free - ask.mem) / a.maximum(mem_total, 1)
+    return score + (total - ask.demand) / a.maximum(gpus * MILLI_PER_GPU, 1)
+
+
 def remaining_share(cap: Capacity, nodes: I64, free_total: I64, ask: Ask) -> F64:
-    """Sum of the CPU, memory and GPU each node would have left, each as a share of the node's own."""
-    score: F64 = (cap.cpu_free[nodes] - ask.cpu) / np.maximum(cap.cpu_total[nodes], 1)
-    score = score + (cap.mem_free[nodes] - ask.mem) / np.maximum(cap.mem_total[nodes], 1)
-    out: F64 = score + (free_total - ask.demand) / np.maximum(cap.node_gpus[nodes] * MILLI_PER_GPU, 1)
+    """:func:`remaining` of each of ``nodes``."""
+    cpu_total, mem_total, gpus = cap.cpu_total[nodes], cap.mem_total[nodes], cap.node_gpus[nodes]
+    out: F64 = remaining(ARRAYS, cap.cpu_free[nodes], cpu_total, cap.mem_free[nodes], mem_total, free_total, gpus, ask)
     return out
 
 
@@ -179,11 +191,39 @@ def _choice(cap: Capacity, nodes: I64, flat: int, width: int, ask: Ask) -> Choic
     return node, gpus_on(cap, node, ask, g)
 
 
-def strand_growth(total: I64, cpu: I64, mem: I64, ask: Ask, workload: Workload) -> F64:
-    """Growth of the GPU milli stranded by each node's CPU and memory if the ask is placed there."""
+def strand_growth(a: Arith, total: Vec, cpu: Vec, mem: Vec, ask: Ask, workload: Workload) -> Vec:
+    """Growth of the GPU milli stranded by a node's CPU and memory if the ask is placed there."""
     cpm, mpm = workload.cpu_per_milli, workload.mem_per_milli
-    after = stranded(total - ask.demand, cpu - ask.cpu, mem - ask.mem, cpm, mpm)
-    out: F64 = after - stranded(total, cpu, mem, cpm, mpm)
+    after = stranded(a, total - ask.demand, cpu - ask.cpu, mem - ask.mem, cpm, mpm)
+    return after - stranded(a, total, cpu, mem, cpm, mpm)
+
+
+def kfabric_growth(
+    a: Arith, cap: Capacity, model: Vec, cpu: Vec, mem: Vec, slots: Sequence[Vec], whole: Vec, ask: Ask, wl: Workload
+) -> list[Vec]:
+    """kfabric's score before ties (see the module doc) of nodes of GPU model ids ``model`` with ``cpu``, ``mem``
+    free, ``slots`` free milli (>= 0) slot by slot and ``whole`` free GPUs: one value, or one per GPU slot for a
+    share of a GPU (``inf`` where the slot can not hold it). One formula for both forms (``sched.arith``)."""
+    total: Vec = 0  # typed so that the compiled build takes an array too
+    for f in slots:
+        total = total + f
+    strand = strand_growth(a, total, cpu, mem, ask, wl)
+    if ask.share:
+        waste, m = (wl.waste if a.arrays else wl.waste_list), ask.milli
+        return [a.where(f >= m, waste[a.where(f >= m, f - m, 0)] - waste[f] + strand, math.inf) for f in slots]
+    tables = frag_tables(wl, cap.gpu_models, len(slots))
+    growth = tables.growth(a, model, cpu, slots, whole, ask.cpu, ask.milli, ask.gpus)
+    return [growth[0] / tables.total_weight + strand]
+
+
+def columns(free: I64) -> list[I64]:
+    """The GPU slots of nodes x slots ``free``, slot by slot (the operands of a formula's array form)."""
+    return [free[:, g] for g in range(free.shape[1])]
+
+
+def per_slot(values: list[F64], ask: Ask) -> F64:
+    """A formula's array-form result as nodes x slots for a share of a GPU, per node otherwise."""
+    out: F64 = np.stack(values, axis=1) if ask.share else np.asarray(values[0], dtype=np.float64)
     return out
 
 
@@ -205,26 +245,32 @@ def fgd(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> Choice:
     free = free_milli(cap, nodes)
     tables = frag_tables(workload, cap.gpu_models, free.shape[1])
     model, cpu, whole = cap.node_model[nodes], cap.cpu_free[nodes], cap.whole[nodes]
-    delta = tables.delta(model, cpu, free, whole, ask.cpu, ask.milli, ask.gpus)
+    delta = per_slot(tables.growth(ARRAYS, model, cpu, columns(free), whole, ask.cpu, ask.milli, ask.gpus), ask)
     return _choice(cap, nodes, lexmin(nodes, ask, delta), free.shape[1], ask)
 
 
-def kfabric_score(cap: Capacity, nodes: I64, ask: Ask, workload: Workload, free: I64, total: I64) -> F64:
-    """kfabric's score before ties (see the module doc): per node, or per (node, GPU slot) for a share of a GPU
-    (``inf`` where the slot can not hold it); ``free``: :func:`free_milli` of ``nodes``, ``total`` its row sums.
-    (:func:`kfabric.sched.bounded.kfabric_terms` is the same score of one node in plain Python.)"""
-    strand = strand_growth(total, cap.cpu_free[nodes], cap.mem_free[nodes], ask, workload)
-    if ask.share:
-        fits = free >= ask.milli
-        waste = workload.waste
-        growth = np.where(fits, waste[np.where(fits, free - ask.milli, 0)] - waste[free], np.inf)
-        shared: F64 = growth + strand[:, None]
-        return shared
-    tables = frag_tables(workload, cap.gpu_models, free.shape[1])
-    cpu, whole = cap.cpu_free[nodes], cap.whole[nodes]
-    frag = tables.delta(cap.node_model[nodes], cpu, free, whole, ask.cpu, ask.milli, ask.gpus)
-    out: F64 = frag / tables.total_weight + strand
-    return out
+def kfabric_score(cap: Capacity, nodes: I64, ask: Ask, workload: Workload, free: I64) -> F64:
+    """:func:`kfabric_growth` of ``nodes`` (``free``: their :func:`free_milli`): per node, or nodes x slots for a
+    share of a GPU."""
+    model, cpu, mem, whole = cap.node_model[nodes], cap.cpu_free[nodes], cap.mem_free[nodes], cap.whole[nodes]
+    return per_slot(kfabric_growth(ARRAYS, cap, model, cpu, mem, columns(free), whole, ask, workload), ask)
+
+
+def kfabric_terms(cap: Capacity, node: int, free: list[int], cpu: int, mem: int, ask: Ask, wl: Workload) -> Terms:
+    """:func:`kfabric`'s terms of one node with ``free`` milli per GPU slot (>= 0), ``cpu`` and ``mem`` free, in
+    plain Python (the :class:`Scorer`'s ``terms`` form): its remaining share and, per GPU slot that takes the
+    ask, (slot, score, milli left on it), on the grid; the same formulas as the array form."""
+    total = sum(free)  # integers: exact in any order
+    share = remaining(
+        NUMBERS, cpu, cap.cpu_total.item(node), mem, cap.mem_total.item(node), total, cap.node_gpus.item(node), ask
+    )
+    model, whole = cap.node_model.item(node), cap.whole.item(node)
+    scores = kfabric_growth(NUMBERS, cap, model, cpu, mem, free, whole, ask, wl)
+    if not ask.share:
+        return floor(share * GRID), ((0, floor(scores[0] * GRID), 0.0),)
+    m = ask.milli
+    slots = [(g, floor(scores[g] * GRID), floor((f - m) * GRID)) for g, f in enumerate(free) if f >= m]
+    return floor(share * GRID), tuple(slots)
 
 
 def left_on_gpu(free: I64, ask: Ask) -> F64:
@@ -238,7 +284,7 @@ def kfabric(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> Choice:
     earlier pool, not breaking a fully free rack, (a share:) the tightest GPU, the least remaining share."""
     free = free_milli(cap, nodes)
     total = free.sum(axis=1)
-    score = kfabric_score(cap, nodes, ask, workload, free, total)
+    score = kfabric_score(cap, nodes, ask, workload, free)
     if ask.share:
         flat = lexmin(
             nodes,
