@@ -184,13 +184,10 @@ def test_fragmentation_matches_definition(cap: Capacity, workload: Workload) -> 
 @settings(max_examples=120, deadline=None)
 @given(capacities(), workloads(), asks())
 def test_fragmentation_delta_matches_placing_and_remeasuring(cap: Capacity, workload: Workload, ask: Ask) -> None:
-    st_, tables = tables_of(cap, workload)
-    nodes = single.fitting(cap, np.arange(cap.n_nodes), ask)
+    tables, nodes, free = fitting_nodes(cap, workload, ask)
     if not nodes.size:
         return
-    free = single.free_milli(cap, nodes)
-    model, cpu, whole = st_.node_model[nodes], cap.cpu_free[nodes], cap.whole[nodes]
-    delta = single.per_slot(tables.growth(ARRAYS, model, cpu, single.columns(free), whole, *task(ask)), ask)
+    delta = single.per_slot(tables.growth(ARRAYS, *columns_of(cap, nodes, free), *task(ask)), ask)
     for i, n in enumerate(nodes.tolist()):
         before = brute_frag(cap, n, workload)
         slots = [g for g in range(free.shape[1]) if free[i, g] >= ask.milli] if ask.share else [0]
@@ -206,6 +203,17 @@ def test_fragmentation_delta_matches_placing_and_remeasuring(cap: Capacity, work
             assert got == pytest.approx(after - before), (n, g)
 
 
+def fitting_nodes(cap: Capacity, workload: Workload, ask: Ask) -> tuple[FragTables, np.ndarray, np.ndarray]:
+    """The workload's tables, the nodes that hold the ask and their free milli per GPU slot."""
+    nodes = single.fitting(cap, np.arange(cap.n_nodes), ask)
+    return tables_of(cap, workload)[1], nodes, single.free_milli(cap, nodes)
+
+
+def columns_of(cap: Capacity, nodes: np.ndarray, free: np.ndarray) -> tuple[object, object, list[object], object]:
+    """A formula's array-form operands for ``nodes``: GPU model ids, free CPU, slots column by column, whole GPUs."""
+    return cap.node_model[nodes], cap.cpu_free[nodes], list(single.columns(free)), cap.whole[nodes]
+
+
 def task(ask: Ask) -> tuple[int, int, int]:
     return ask.cpu, ask.milli, ask.gpus
 
@@ -216,18 +224,14 @@ def test_both_forms_of_a_formula_give_the_same_bits(cap: Capacity, workload: Wor
     """Each node's fragmentation, its growth and kfabric's score, computed over all nodes with numpy and for the
     node alone in plain Python (``sched.arith``), are the same float, not merely close: the large-fleet placement
     compares the plain-Python terms where the pool scan compares the array ones."""
-    st_, tables = tables_of(cap, workload)
-    nodes = single.fitting(cap, np.arange(cap.n_nodes), ask)
+    tables, nodes, free = fitting_nodes(cap, workload, ask)
     if not nodes.size:
         return
-    free = single.free_milli(cap, nodes)
-    model, cpu, whole = st_.node_model[nodes], cap.cpu_free[nodes], cap.whole[nodes]
-    cols = single.columns(free)
-    frag = tables.frag(ARRAYS, model, cpu, cols, whole)
-    growth = single.per_slot(tables.growth(ARRAYS, model, cpu, cols, whole, *task(ask)), ask)
+    frag = tables.frag(ARRAYS, *columns_of(cap, nodes, free))
+    growth = single.per_slot(tables.growth(ARRAYS, *columns_of(cap, nodes, free), *task(ask)), ask)
     score = single.kfabric_score(cap, nodes, ask, workload, free)
     for i, n in enumerate(nodes.tolist()):
-        one = (int(st_.node_model[n]), int(cap.cpu_free[n]), free[i].tolist(), int(cap.whole[n]))
+        one = (int(cap.node_model[n]), int(cap.cpu_free[n]), free[i].tolist(), int(cap.whole[n]))
         assert tables.frag(NUMBERS, *one) == frag[i]
         assert tables.growth(NUMBERS, *one, *task(ask)) == (growth[i].tolist() if ask.share else [growth[i]])
         mine = single.kfabric_growth(NUMBERS, cap, one[0], one[1], int(cap.mem_free[n]), one[2], one[3], ask, workload)
