@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -82,3 +83,30 @@ def test_the_api_reaches_the_store_only_through_the_service() -> None:
     contract = next(c for c in config["tool"]["importlinter"]["contracts"] if c["id"] == "api-not-store")
     assert "kfabric.api" in contract["source_modules"]
     assert contract["forbidden_modules"] == ["kfabric.store"]
+
+
+#: the longest function the scheduling core may have (issue 20: a step that grows past it is split)
+CORE_FUNCTION_LINES = 60
+
+
+def long_functions(package: Path, limit: int) -> list[str]:
+    """``file:line name (N lines)`` for each function of ``package`` longer than ``limit`` lines."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(package)}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_of_the_scheduling_core_is_long() -> None:
+    assert long_functions(SRC / "kfabric" / "sched", CORE_FUNCTION_LINES) == []
+
+
+def test_a_long_function_is_reported(tmp_path: Path) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(CORE_FUNCTION_LINES))
+    (tmp_path / "m.py").write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}\n")
+    found = long_functions(tmp_path, CORE_FUNCTION_LINES)
+    assert [f.split(" ", 1)[1] for f in found] == [f"long ({CORE_FUNCTION_LINES + 1} lines)"]

@@ -1,8 +1,9 @@
 """Who sees which jobs is one rule (``kfabric.service.job_visibility``), and every way to look at jobs answers by
-it: the API's list (``GET /v1/jobs``), one job (``GET /v1/jobs/{id}``), the portal's queue (its data,
-``portal_jobs.queue_page``, and the ``/jobs`` page itself) and a job's portal page. For every kind of caller the
-test compares each answer with the product's rule written out here (docs: operators see every job; an org-admin
-its organization's projects' jobs; a member its projects' jobs; nobody else any job)."""
+it: the API's list (``GET /v1/jobs``), its accounting (``GET /v1/acct``, sacct), one job (``GET /v1/jobs/{id}``),
+the portal's queue (its data, ``portal_jobs.queue_page``, and the ``/jobs`` page itself) and a job's portal
+page. For every kind of caller the test compares each answer with the product's rule written out here (docs:
+operators see every job; an org-admin its organization's projects' jobs; a member its projects' jobs; nobody
+else any job)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,13 @@ def test_every_job_view_answers_the_same_set(world: World, tokens: dict[str, str
     listed = api.get("/v1/jobs", token, params={"state": ALL_STATES, "limit": 10_000})
     assert listed.status_code == 200, listed.text
     assert {j["id"] for j in listed.json()} == expected
+
+    acct = api.get("/v1/acct", token)  # sacct: the same rule; a role that runs no jobs is refused outright
+    if caller.portal:
+        assert acct.status_code == 200, acct.text
+        assert {row["id"] for row in acct.json()} == expected
+    else:
+        assert acct.status_code == 403 and acct.json()["error"]["code"] == "forbidden"
 
     shown = {j for j in jobs if api.get(f"/v1/jobs/{j}", token).status_code == 200}
     assert shown == expected

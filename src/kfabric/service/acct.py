@@ -6,8 +6,9 @@ window starts (``submitted < end`` and ``ended is null or ended >= start``). GPU
 SU-hours are the job's totals over its usage records (``service/usage.py``), not clipped to the window: one
 query, jobs joined to the per-job sums of ``usage_records``.
 
-Tenancy: operators see every job; org-admins their organization's; members their projects' (as ``kfabric
-queue``); other roles see none (:class:`PermissionDenied`).
+Tenancy: the jobs the caller sees by the one job-visibility rule (``service/job_visibility.py``, as ``kfabric
+queue`` and ``GET /v1/jobs``): operators every job; org-admins their organization's; members their projects';
+other roles none (:class:`PermissionDenied`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from kfabric.model.errors import PermissionDenied, ValidationError
-from kfabric.service.actors import Actor, Role
+from kfabric.service.actors import Actor
+from kfabric.service.job_visibility import job_condition
 from kfabric.store import tables as t
 
 #: the columns of a row, in order (also the CSV header)
@@ -67,12 +69,10 @@ def job_accounting(
         .outerjoin(usage, usage.c.job_id == t.Job.id)
         .where(t.Job.id > after_id)
     )
-    if actor.role is Role.ORG_ADMIN:
-        q = q.where(t.Project.organization_id == actor.organization_id)
-    elif actor.role is Role.MEMBER:
-        q = q.where(t.Job.project_id.in_(sorted(actor.project_ids)))
-    elif actor.role is not Role.OPERATOR:
+    visible = job_condition(actor)
+    if visible is None:
         raise PermissionDenied("see job accounting", f"the {actor.role.value} role runs no jobs", "ask an operator")
+    q = q.where(visible)
     if end_s is not None:
         q = q.where(t.Job.submitted_at_s < end_s)
     if start_s is not None:
