@@ -9,7 +9,16 @@ echo "== ruff check" && ruff check src tests benchmarks
 echo "== ruff format --check" && ruff format --check src tests benchmarks
 echo "== mypy" && mypy
 echo "== import contracts" && lint-imports --no-cache
-echo "== pytest (Python sources)" && pytest "$@"
+# KFABRIC_TEST_WORKERS=N: N pytest-xdist workers (the suite mostly waits on servers; README); default serial
+workers=()
+if [ -n "${KFABRIC_TEST_WORKERS:-}" ]; then
+  if ! [[ "$KFABRIC_TEST_WORKERS" =~ ^[1-9][0-9]?$ ]]; then
+    echo "error: KFABRIC_TEST_WORKERS='$KFABRIC_TEST_WORKERS' is not a worker count (fix: a number from 1 to 99)" >&2
+    exit 2
+  fi
+  workers=(-n "$KFABRIC_TEST_WORKERS")
+fi
+echo "== pytest (Python sources)" && pytest "${workers[@]}" "$@"
 # the compiled build (when bootstrap could make it) must decide exactly as the sources do: the core's and the
 # simulator's tests again, golden summaries included, on the extension modules
 native=$(python -m kfabric.native_build status)
