@@ -13,7 +13,9 @@ fragmentation gradient descent places each task where ``F`` grows least.
 
 The sum over task types is precomputed into lookup tables indexed by (GPU model, which task types fit the
 node's free CPU, free milli of one GPU), so a node's fragmentation is one gather per GPU slot and scoring
-every candidate (node, GPU) is a handful of array operations. Values are GPU milli x type weight.
+every candidate (node, GPU) is a handful of array operations. Values are GPU milli x type weight. The formulas
+are written once, for numpy columns over candidate nodes and for one node's Python numbers (``sched.arith``),
+and give the same bits in both.
 """
 
 from __future__ import annotations
