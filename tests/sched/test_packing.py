@@ -177,7 +177,8 @@ def test_fragmentation_matches_definition(cap: Capacity, workload: Workload) -> 
     st_, tables = tables_of(cap, workload)
     nodes = np.arange(cap.n_nodes)
     free = single.columns(single.free_milli(cap, nodes))
-    got = tables.frag(ARRAYS, st_.node_model[nodes], cap.cpu_free[nodes], free, cap.whole[nodes])
+    total = single.free_milli(cap, nodes).sum(axis=1)
+    got = tables.frag(ARRAYS, st_.node_model[nodes], cap.cpu_free[nodes], free, total, cap.whole[nodes])
     assert got.tolist() == pytest.approx([brute_frag(cap, n, workload) for n in range(cap.n_nodes)])
 
 
@@ -187,7 +188,7 @@ def test_fragmentation_delta_matches_placing_and_remeasuring(cap: Capacity, work
     tables, nodes, free = fitting_nodes(cap, workload, ask)
     if not nodes.size:
         return
-    delta = single.per_slot(tables.growth(ARRAYS, *columns_of(cap, nodes, free), *task(ask)), ask)
+    delta = single.per_slot(tables.growth(ARRAYS, *columns_of(cap, nodes, free), *single.task_of(ask)), ask)
     for i, n in enumerate(nodes.tolist()):
         before = brute_frag(cap, n, workload)
         slots = [g for g in range(free.shape[1]) if free[i, g] >= ask.milli] if ask.share else [0]
@@ -209,13 +210,12 @@ def fitting_nodes(cap: Capacity, workload: Workload, ask: Ask) -> tuple[FragTabl
     return tables_of(cap, workload)[1], nodes, single.free_milli(cap, nodes)
 
 
-def columns_of(cap: Capacity, nodes: np.ndarray, free: np.ndarray) -> tuple[object, object, list[object], object]:
-    """A formula's array-form operands for ``nodes``: GPU model ids, free CPU, slots column by column, whole GPUs."""
-    return cap.node_model[nodes], cap.cpu_free[nodes], list(single.columns(free)), cap.whole[nodes]
-
-
-def task(ask: Ask) -> tuple[int, int, int]:
-    return ask.cpu, ask.milli, ask.gpus
+def columns_of(
+    cap: Capacity, nodes: np.ndarray, free: np.ndarray
+) -> tuple[object, object, list[object], object, object]:
+    """A formula's array-form operands for ``nodes``: GPU model ids, free CPU, slots column by column, their total,
+    whole GPUs."""
+    return cap.node_model[nodes], cap.cpu_free[nodes], list(single.columns(free)), free.sum(axis=1), cap.whole[nodes]
 
 
 @settings(max_examples=300, deadline=None)
@@ -228,13 +228,13 @@ def test_both_forms_of_a_formula_give_the_same_bits(cap: Capacity, workload: Wor
     if not nodes.size:
         return
     frag = tables.frag(ARRAYS, *columns_of(cap, nodes, free))
-    growth = single.per_slot(tables.growth(ARRAYS, *columns_of(cap, nodes, free), *task(ask)), ask)
-    score = single.kfabric_score(cap, nodes, ask, workload, free)
+    growth = single.per_slot(tables.growth(ARRAYS, *columns_of(cap, nodes, free), *single.task_of(ask)), ask)
+    score = single.kfabric_score(cap, nodes, ask, workload, free, free.sum(axis=1))
     for i, n in enumerate(nodes.tolist()):
-        one = (int(cap.node_model[n]), int(cap.cpu_free[n]), free[i].tolist(), int(cap.whole[n]))
+        one = (int(cap.node_model[n]), int(cap.cpu_free[n]), free[i].tolist(), int(free[i].sum()), int(cap.whole[n]))
         assert tables.frag(NUMBERS, *one) == frag[i]
-        assert tables.growth(NUMBERS, *one, *task(ask)) == (growth[i].tolist() if ask.share else [growth[i]])
-        mine = single.kfabric_growth(NUMBERS, cap, one[0], one[1], int(cap.mem_free[n]), one[2], one[3], ask, workload)
+        assert tables.growth(NUMBERS, *one, *single.task_of(ask)) == (growth[i].tolist() if ask.share else [growth[i]])
+        mine = single.kfabric_growth(NUMBERS, cap, one[0], one[1], int(cap.mem_free[n]), *one[2:], ask, workload)
         assert mine == (score[i].tolist() if ask.share else [score[i]])
 
 

@@ -83,30 +83,34 @@ class FragTables:
             used = used + f * usable[row + f // unit]
         return used
 
-    def frag(self, a: Arith, model: Vec, cpu_free: Vec, slots: Sequence[Vec], n_full: Vec) -> Vec:
+    def frag(self, a: Arith, model: Vec, cpu_free: Vec, slots: Sequence[Vec], total: Vec, n_full: Vec) -> Vec:
         """Fragmentation of nodes of GPU model ids ``model`` (GPU milli x weight); ``slots``: free milli (>= 0)
-        per GPU slot, slot by slot (one operand each); ``n_full``: whole free GPUs."""
+        per GPU slot, slot by slot (one operand each); ``total``: their sum (integers: exact in any order);
+        ``n_full``: whole free GPUs."""
         levels, usable, multi = self._form(a)
         key = model * self._lc + a.count_le(levels, cpu_free)
-        total: Vec = 0
-        for f in slots:
-            total = total + f
         used = self._used(usable, key * self.x_size, slots)
         return total * self.total_weight - used - MILLI_PER_GPU * n_full * multi[key * self._g1 + n_full]
 
     def growth(
-        self, a: Arith, model: Vec, cpu_free: Vec, slots: Sequence[Vec], n_full: Vec, cpu: int, milli: int, gpus: int
+        self,
+        a: Arith,
+        model: Vec,
+        cpu_free: Vec,
+        slots: Sequence[Vec],
+        total: Vec,
+        n_full: Vec,
+        cpu: int,
+        milli: int,
+        gpus: int,
     ) -> list[Vec]:
         """Fragmentation growth for placing a task (``cpu`` CPU; ``gpus`` x ``milli``) on nodes that hold it
         (operands as in :meth:`frag`): one value for CPU-only and whole-GPU tasks, one per GPU slot for a share
         of one GPU (``inf`` where the slot can not hold it)."""
         levels, usable, multi = self._form(a)
-        before = self.frag(a, model, cpu_free, slots, n_full)
+        before = self.frag(a, model, cpu_free, slots, total, n_full)
         key2 = model * self._lc + a.count_le(levels, cpu_free - cpu)
         row2, unit = key2 * self.x_size, self.unit
-        total: Vec = 0
-        for f in slots:
-            total = total + f
         total2 = (total - milli * gpus) * self.total_weight
         used2 = self._used(usable, row2, slots)
         if gpus == 0 or milli >= MILLI_PER_GPU:

@@ -199,26 +199,38 @@ def strand_growth(a: Arith, total: Vec, cpu: Vec, mem: Vec, ask: Ask, workload: 
 
 
 def kfabric_growth(
-    a: Arith, cap: Capacity, model: Vec, cpu: Vec, mem: Vec, slots: Sequence[Vec], whole: Vec, ask: Ask, wl: Workload
+    a: Arith,
+    cap: Capacity,
+    model: Vec,
+    cpu: Vec,
+    mem: Vec,
+    slots: Sequence[Vec],
+    total: Vec,
+    whole: Vec,
+    ask: Ask,
+    wl: Workload,
 ) -> list[Vec]:
     """kfabric's score before ties (see the module doc) of nodes of GPU model ids ``model`` with ``cpu``, ``mem``
-    free, ``slots`` free milli (>= 0) slot by slot and ``whole`` free GPUs: one value, or one per GPU slot for a
-    share of a GPU (``inf`` where the slot can not hold it). One formula for both forms (``sched.arith``)."""
-    total: Vec = 0  # typed so that the compiled build takes an array too
-    for f in slots:
-        total = total + f
+    free, ``slots`` free milli (>= 0) slot by slot (``total`` their sum) and ``whole`` free GPUs: one value, or one
+    per GPU slot for a share of a GPU (``inf`` where the slot can not hold it). One formula for both forms
+    (``sched.arith``)."""
     strand = strand_growth(a, total, cpu, mem, ask, wl)
     if ask.share:
         waste, m = (wl.waste if a.arrays else wl.waste_list), ask.milli
         return [a.where(f >= m, waste[a.where(f >= m, f - m, 0)] - waste[f] + strand, math.inf) for f in slots]
     tables = frag_tables(wl, cap.gpu_models, len(slots))
-    growth = tables.growth(a, model, cpu, slots, whole, ask.cpu, ask.milli, ask.gpus)
+    growth = tables.growth(a, model, cpu, slots, total, whole, *task_of(ask))
     return [growth[0] / tables.total_weight + strand]
 
 
 def columns(free: I64) -> list[I64]:
     """The GPU slots of nodes x slots ``free``, slot by slot (the operands of a formula's array form)."""
     return [free[:, g] for g in range(free.shape[1])]
+
+
+def task_of(ask: Ask) -> tuple[int, int, int]:
+    """The ask as a task of the fragmentation formulas: (CPU, milli per GPU, GPUs)."""
+    return ask.cpu, ask.milli, ask.gpus
 
 
 def per_slot(values: list[F64], ask: Ask) -> F64:
@@ -245,15 +257,16 @@ def fgd(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> Choice:
     free = free_milli(cap, nodes)
     tables = frag_tables(workload, cap.gpu_models, free.shape[1])
     model, cpu, whole = cap.node_model[nodes], cap.cpu_free[nodes], cap.whole[nodes]
-    delta = per_slot(tables.growth(ARRAYS, model, cpu, columns(free), whole, ask.cpu, ask.milli, ask.gpus), ask)
+    total = free.sum(axis=1)
+    delta = per_slot(tables.growth(ARRAYS, model, cpu, columns(free), total, whole, *task_of(ask)), ask)
     return _choice(cap, nodes, lexmin(nodes, ask, delta), free.shape[1], ask)
 
 
-def kfabric_score(cap: Capacity, nodes: I64, ask: Ask, workload: Workload, free: I64) -> F64:
-    """:func:`kfabric_growth` of ``nodes`` (``free``: their :func:`free_milli`): per node, or nodes x slots for a
-    share of a GPU."""
+def kfabric_score(cap: Capacity, nodes: I64, ask: Ask, workload: Workload, free: I64, total: I64) -> F64:
+    """:func:`kfabric_growth` of ``nodes`` (``free``: their :func:`free_milli`, ``total`` its row sums): per node,
+    or nodes x slots for a share of a GPU."""
     model, cpu, mem, whole = cap.node_model[nodes], cap.cpu_free[nodes], cap.mem_free[nodes], cap.whole[nodes]
-    return per_slot(kfabric_growth(ARRAYS, cap, model, cpu, mem, columns(free), whole, ask, workload), ask)
+    return per_slot(kfabric_growth(ARRAYS, cap, model, cpu, mem, columns(free), total, whole, ask, workload), ask)
 
 
 def kfabric_terms(cap: Capacity, node: int, free: list[int], cpu: int, mem: int, ask: Ask, wl: Workload) -> Terms:
@@ -265,7 +278,7 @@ def kfabric_terms(cap: Capacity, node: int, free: list[int], cpu: int, mem: int,
         NUMBERS, cpu, cap.cpu_total.item(node), mem, cap.mem_total.item(node), total, cap.node_gpus.item(node), ask
     )
     model, whole = cap.node_model.item(node), cap.whole.item(node)
-    scores = kfabric_growth(NUMBERS, cap, model, cpu, mem, free, whole, ask, wl)
+    scores = kfabric_growth(NUMBERS, cap, model, cpu, mem, free, total, whole, ask, wl)
     if not ask.share:
         return floor(share * GRID), ((0, floor(scores[0] * GRID), 0.0),)
     m = ask.milli
@@ -284,7 +297,7 @@ def kfabric(cap: Capacity, nodes: I64, ask: Ask, workload: Workload) -> Choice:
     earlier pool, not breaking a fully free rack, (a share:) the tightest GPU, the least remaining share."""
     free = free_milli(cap, nodes)
     total = free.sum(axis=1)
-    score = kfabric_score(cap, nodes, ask, workload, free)
+    score = kfabric_score(cap, nodes, ask, workload, free, total)
     if ask.share:
         flat = lexmin(
             nodes,
